@@ -1,0 +1,130 @@
+//! Composition root: builds the store, PubSub, ingest and state once, serves, and
+//! drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use base64::Engine;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::Adapters;
+use crate::auth::JwtKeys;
+use crate::config::Config;
+use crate::delivery::DeliveryWaker;
+use crate::http::{self, state::AppState};
+use crate::ingest::Ingestor;
+use crate::pubsub::PubSub;
+use crate::store::{Store, StoreOptions};
+
+/// Events a slow subscriber may fall behind before it lags and resynchronises.
+const PUBSUB_CAPACITY: usize = 1024;
+
+/// Connects to the database named by the config and applies pending migrations.
+///
+/// # Errors
+/// The database cannot be reached or migrated.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let options = StoreOptions {
+        max_connections: config.database_max_connections,
+        ..StoreOptions::default()
+    };
+    let store = Store::connect(&config.database_url, &options)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                crate::store::redact_url(&config.database_url)
+            )
+        })?;
+    store.migrate().await.context("cannot apply migrations")?;
+    Ok(store)
+}
+
+/// The JWT key: configured, or (SQLite only) generated once and kept next to the
+/// database file so tokens survive restarts.
+fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.jwt_secret {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let random = || {
+        let bytes: [u8; 48] = rand::random();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let Some(path) = config.sqlite_jwt_secret_path() else {
+        tracing::warn!("no CONVERGER_JWT_SECRET: using a random key; tokens end with this process");
+        return Ok(random().into_bytes());
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let secret = random();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())?;
+    tracing::info!(path = %path.display(), "generated a JWT secret for this SQLite installation");
+    Ok(secret.into_bytes())
+}
+
+/// Builds the application state over an open store.
+///
+/// # Errors
+/// The JWT secret cannot be read or created.
+pub fn build_state(
+    config: Config,
+    store: Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<AppState> {
+    let jwt = JwtKeys::new(&jwt_secret(&config)?);
+    let adapters = Adapters::new();
+    let pubsub = PubSub::local(PUBSUB_CAPACITY);
+    let waker = DeliveryWaker::default();
+    let ingest = Ingestor::new(store.clone(), adapters.clone(), pubsub.clone(), waker);
+    Ok(AppState {
+        config: Arc::new(config),
+        store,
+        adapters,
+        pubsub,
+        ingest,
+        jwt,
+        shutdown,
+    })
+}
+
+/// Runs a node on an already-bound listener until `shutdown` is cancelled, then
+/// finishes in-flight requests and closes the database.
+///
+/// # Errors
+/// Invalid config, an unreachable database, or a failing listener.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Err(problems) = config.validate() {
+        anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
+    }
+    let store = open_store(&config).await?;
+    let state = build_state(config, store.clone(), shutdown.clone())?;
+    let app = http::router(state);
+    tracing::info!(addr = %listener.local_addr()?, backend = ?store.backend(), "converger listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .context("server failed")?;
+    store.close().await;
+    tracing::info!("converger stopped");
+    Ok(())
+}

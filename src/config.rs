@@ -1,0 +1,180 @@
+//! Configuration: one typed struct from flags and `CONVERGER_*` variables, validated
+//! before anything starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::store::{Backend, redact_url};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting of a Converger node. Each flag can also be given as the environment
+/// variable named in its help.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Database: `sqlite://PATH` (embedded, the default) or `postgres://...`.
+    #[arg(long, env = "CONVERGER_DATABASE_URL", default_value = "sqlite://converger.db", global = true)]
+    pub database_url: String,
+
+    /// Most database connections this node opens (readers, for SQLite).
+    #[arg(long, env = "CONVERGER_DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    pub database_max_connections: u32,
+
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "CONVERGER_LISTEN", default_value = "0.0.0.0:4000", global = true)]
+    pub listen: SocketAddr,
+
+    /// Base of the URLs shown to users, such as channels' inbound URLs.
+    #[arg(long, env = "CONVERGER_PUBLIC_URL", default_value = "http://localhost:4000", global = true)]
+    pub public_url: String,
+
+    /// HS256 key for channel and client tokens, at least 32 bytes. Required with
+    /// PostgreSQL; with SQLite, a random key is generated and kept next to the database
+    /// file (`<file>.jwt-secret`) when unset.
+    #[arg(long, env = "CONVERGER_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Largest accepted request body, in bytes; larger ones get 413.
+    #[arg(long, env = "CONVERGER_MAX_BODY_BYTES", default_value_t = 256 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Log format: `text` or `json`. Log levels come from `RUST_LOG` (default `info`).
+    #[arg(long, env = "CONVERGER_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Shortest accepted JWT secret.
+const MIN_JWT_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// A configuration with every default, for tests and embedding.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            database_max_connections: 16,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_url: "http://localhost:4000".into(),
+            jwt_secret: None,
+            max_body_bytes: 256 * 1024,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// Checks the rules that span settings; reports every problem at once.
+    ///
+    /// # Errors
+    /// One line per broken rule.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let backend = Backend::from_url(&self.database_url);
+        if backend.is_none() {
+            problems.push(format!(
+                "CONVERGER_DATABASE_URL `{}` is neither sqlite://PATH nor postgres://...",
+                redact_url(&self.database_url)
+            ));
+        }
+        match &self.jwt_secret {
+            Some(secret) if secret.len() < MIN_JWT_SECRET_BYTES => problems.push(format!(
+                "CONVERGER_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+            )),
+            None if backend == Some(Backend::Postgres) => problems.push(
+                "CONVERGER_JWT_SECRET is required with PostgreSQL, so that every node signs \
+                 and verifies tokens with the same key"
+                    .into(),
+            ),
+            _ => {}
+        }
+        match url::Url::parse(&self.public_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => problems.push(format!(
+                "CONVERGER_PUBLIC_URL `{}` is not an http(s) URL",
+                self.public_url
+            )),
+        }
+        if self.database_max_connections == 0 {
+            problems.push("CONVERGER_DATABASE_MAX_CONNECTIONS must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            problems.push("CONVERGER_MAX_BODY_BYTES must be at least 1024".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// Where the generated JWT secret of an SQLite installation is kept, if this is one.
+    pub fn sqlite_jwt_secret_path(&self) -> Option<PathBuf> {
+        let path = self
+            .database_url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.database_url.strip_prefix("sqlite:"))?;
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path.contains(":memory:") {
+            return None;
+        }
+        Some(PathBuf::from(format!("{path}.jwt-secret")))
+    }
+
+    /// `public_url` without a trailing slash.
+    pub fn public_base(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::new("sqlite://converger.db").validate(), Ok(()));
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let mut c = Config::new("postgres://u:pw@h/db");
+        c.public_url = "nope".into();
+        c.database_max_connections = 0;
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("CONVERGER_JWT_SECRET"));
+        c.jwt_secret = Some("short".into());
+        assert!(c.validate().unwrap_err()[0].contains("at least 32 bytes"));
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let mut c = Config::new("postgres://u:hunter2@h/db");
+        c.jwt_secret = Some("x".repeat(40));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains(&"x".repeat(40)));
+    }
+
+    #[test]
+    fn secret_file_sits_next_to_the_database() {
+        let c = Config::new("sqlite://data/converger.db?mode=rwc");
+        assert_eq!(c.sqlite_jwt_secret_path(), Some(PathBuf::from("data/converger.db.jwt-secret")));
+        assert_eq!(Config::new("sqlite::memory:").sqlite_jwt_secret_path(), None);
+    }
+}

@@ -1,0 +1,92 @@
+//! Vocabulary of Converger: identifiers, entities and their validation rules.
+//!
+//! Stage 0 of the flow. Plain data and pure functions only: nothing here performs I/O
+//! or depends on another module of this crate, so every other stage can use it.
+
+mod activity;
+mod channel;
+mod conversation;
+mod delivery;
+mod ids;
+mod tenant;
+mod time;
+
+pub use activity::{
+    Activity, ActivityType, Direction, MAX_ATTACHMENTS, MAX_METADATA_BYTES, MAX_TEXT_BYTES,
+    NewActivity,
+};
+pub use channel::{Channel, ChannelStatus, ChannelType, Route, RouteDirection};
+pub use conversation::{Conversation, ConversationStatus};
+pub use delivery::{Delivery, DeliveryStatus};
+pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, RouteId, TenantId};
+pub use tenant::{Tenant, TenantStatus};
+pub use time::Timestamp;
+
+/// A rule broken by user input, named by the field it concerns.
+///
+/// Collected rather than returned one at a time, so a client sees every problem of a
+/// request in one answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// JSON path of the offending field, e.g. `config.url` or `attachments[3]`.
+    pub field: String,
+    /// Human-readable description of the rule that was broken.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds a field error from anything string-like.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Declares an enum stored and serialized as a fixed set of snake_case strings.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        $vis enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored and wire form of this value.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown value `{other}`, expected one of: {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                s.parse()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use string_enum;

@@ -1,0 +1,309 @@
+//! Channels of a tenant (DESIGN.md §5 "channels"), managed with the API key.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{Data, Page, page_limit};
+use crate::adapters::{mask_config, merge_config_patch};
+use crate::auth;
+use crate::domain::{Channel, ChannelId, FieldError, ChannelStatus, ChannelType, TenantId, Timestamp};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, TenantAuth};
+use crate::http::state::AppState;
+use crate::store::{ChannelFilter, ChannelUpdate, NewChannel, StoreError};
+
+/// Longest channel name, in characters.
+const MAX_NAME_CHARS: usize = 200;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelIn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ChannelType,
+    /// Settings of the channel type; see the adapter documentation.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub config: Value,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPatch {
+    pub name: Option<String>,
+    /// A JSON merge patch of the config; masked values sent back keep the stored secret.
+    #[schema(value_type = Option<Object>)]
+    pub config: Option<Value>,
+    pub status: Option<ChannelStatus>,
+}
+
+/// A channel as the API shows it: secrets in `config` masked.
+#[derive(Serialize, ToSchema)]
+pub struct ChannelOut {
+    pub id: ChannelId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ChannelType,
+    #[schema(value_type = Object)]
+    pub config: Value,
+    pub status: ChannelStatus,
+    /// Channel token (`x-channel-token`): creates conversations on this channel and
+    /// issues client tokens for them. Revoked by rotating the secret.
+    pub token: String,
+    /// Where the channel's provider or sender posts inbound messages.
+    pub inbound_url: String,
+    pub inserted_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A created channel: the one answer besides `GET /secret` that shows the secret.
+#[derive(Serialize, ToSchema)]
+pub struct ChannelCreated {
+    #[serde(flatten)]
+    pub channel: ChannelOut,
+    /// Standard Webhooks secret (`whsec_...`) signing outbound and verifying inbound webhooks.
+    pub secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SecretOut {
+    pub secret: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChannelQuery {
+    #[serde(rename = "type")]
+    #[param(rename = "type", inline)]
+    pub kind: Option<ChannelType>,
+    #[param(inline)]
+    pub status: Option<ChannelStatus>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<ChannelId>,
+    pub limit: Option<i64>,
+}
+
+impl AppState {
+    pub(crate) fn channel_out(&self, channel: Channel) -> ChannelOut {
+        let adapter = self.adapters.get(channel.kind);
+        ChannelOut {
+            token: self
+                .jwt
+                .issue_channel_token(channel.tenant_id, channel.id, &channel.secret),
+            inbound_url: format!(
+                "{}/api/v1/channels/{}/inbound",
+                self.config.public_base(),
+                channel.id
+            ),
+            config: mask_config(&channel.config, adapter.secret_fields()),
+            id: channel.id,
+            tenant_id: channel.tenant_id,
+            name: channel.name,
+            kind: channel.kind,
+            status: channel.status,
+            inserted_at: channel.inserted_at,
+            updated_at: channel.updated_at,
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<String, FieldError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(FieldError::new(
+            "name",
+            format!("must be 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn channel_not_found(err: StoreError) -> ApiError {
+    match err {
+        StoreError::NotFound => ApiError::not_found("channel"),
+        other => other.into(),
+    }
+}
+
+/// Create a channel; its config is validated by the adapter of its type (DESIGN.md §2, §5).
+#[utoipa::path(post, path = "/channels", tag = "channels", request_body = ChannelIn,
+    security(("api_key" = [])),
+    responses((status = 201, body = Data<ChannelCreated>), (status = 422, body = crate::http::error::ErrorBody)))]
+async fn create_channel(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiJson(body): ApiJson<ChannelIn>,
+) -> ApiResult<(StatusCode, axum::Json<Data<ChannelCreated>>)> {
+    let mut errors = Vec::new();
+    let name = check_name(&body.name).map_err(|e| errors.push(e)).ok();
+    let config = state
+        .adapters
+        .get(body.kind)
+        .validate_config(&body.config)
+        .map_err(|e| errors.extend(e))
+        .ok();
+    let (Some(name), Some(config)) = (name, config) else {
+        return Err(ApiError::validation(errors));
+    };
+    let secret = auth::generate_channel_secret();
+    let channel = state
+        .store
+        .insert_channel(
+            auth.tenant_id,
+            NewChannel {
+                name,
+                kind: body.kind,
+                secret: secret.clone(),
+                config,
+            },
+        )
+        .await?;
+    tracing::info!(channel_id = %channel.id, tenant_id = %channel.tenant_id, kind = %channel.kind, "channel created");
+    Ok((
+        StatusCode::CREATED,
+        Data::new(ChannelCreated {
+            channel: state.channel_out(channel),
+            secret,
+        }),
+    ))
+}
+
+/// List the tenant's channels, keyset-paginated by id.
+#[utoipa::path(get, path = "/channels", tag = "channels", params(ChannelQuery),
+    security(("api_key" = [])), responses((status = 200, body = Page<ChannelOut>)))]
+async fn list_channels(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiQuery(query): ApiQuery<ChannelQuery>,
+) -> ApiResult<axum::Json<Page<ChannelOut>>> {
+    let limit = page_limit(query.limit);
+    let filter = ChannelFilter {
+        kind: query.kind,
+        status: query.status,
+        after: query.cursor,
+        limit,
+    };
+    let channels = state.store.list_channels(auth.tenant_id, &filter).await?;
+    let out = channels.into_iter().map(|c| state.channel_out(c)).collect();
+    Ok(Page::new(out, limit, |c: &ChannelOut| c.id.to_string()))
+}
+
+/// Read one channel, with its token and inbound URL.
+#[utoipa::path(get, path = "/channels/{id}", tag = "channels", params(("id" = ChannelId, Path)),
+    security(("api_key" = [])), responses((status = 200, body = Data<ChannelOut>), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn get_channel(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<ChannelOut>>> {
+    let channel = state
+        .store
+        .get_channel(auth.tenant_id, id)
+        .await
+        .map_err(channel_not_found)?;
+    Ok(Data::new(state.channel_out(channel)))
+}
+
+/// Rename, reconfigure (merge patch, re-validated) or enable/disable a channel.
+#[utoipa::path(patch, path = "/channels/{id}", tag = "channels", params(("id" = ChannelId, Path)),
+    request_body = ChannelPatch, security(("api_key" = [])),
+    responses((status = 200, body = Data<ChannelOut>), (status = 422, body = crate::http::error::ErrorBody)))]
+async fn update_channel(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ChannelId>,
+    ApiJson(body): ApiJson<ChannelPatch>,
+) -> ApiResult<axum::Json<Data<ChannelOut>>> {
+    let current = state
+        .store
+        .get_channel(auth.tenant_id, id)
+        .await
+        .map_err(channel_not_found)?;
+    let name = body
+        .name
+        .as_deref()
+        .map(check_name)
+        .transpose()
+        .map_err(|e| ApiError::validation(vec![e]))?;
+    let config = match &body.config {
+        Some(patch) => {
+            let merged = merge_config_patch(&current.config, patch);
+            Some(
+                state
+                    .adapters
+                    .get(current.kind)
+                    .validate_config(&merged)
+                    .map_err(ApiError::validation)?,
+            )
+        }
+        None => None,
+    };
+    let update = ChannelUpdate {
+        name,
+        config,
+        status: body.status,
+        secret: None,
+    };
+    let channel = state
+        .store
+        .update_channel(auth.tenant_id, id, update)
+        .await
+        .map_err(channel_not_found)?;
+    Ok(Data::new(state.channel_out(channel)))
+}
+
+/// Reveal the channel secret (as Svix does for endpoint secrets).
+#[utoipa::path(get, path = "/channels/{id}/secret", tag = "channels", params(("id" = ChannelId, Path)),
+    security(("api_key" = [])), responses((status = 200, body = Data<SecretOut>)))]
+async fn get_channel_secret(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<SecretOut>>> {
+    let channel = state
+        .store
+        .get_channel(auth.tenant_id, id)
+        .await
+        .map_err(channel_not_found)?;
+    Ok(Data::new(SecretOut {
+        secret: channel.secret,
+    }))
+}
+
+/// Replace the channel secret; channel tokens issued under the old one stop working.
+#[utoipa::path(post, path = "/channels/{id}/rotate_secret", tag = "channels", params(("id" = ChannelId, Path)),
+    security(("api_key" = [])), responses((status = 200, body = Data<ChannelCreated>)))]
+async fn rotate_channel_secret(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<ChannelCreated>>> {
+    let secret = auth::generate_channel_secret();
+    let update = ChannelUpdate {
+        secret: Some(secret.clone()),
+        ..ChannelUpdate::default()
+    };
+    let channel = state
+        .store
+        .update_channel(auth.tenant_id, id, update)
+        .await
+        .map_err(channel_not_found)?;
+    tracing::info!(channel_id = %channel.id, "channel secret rotated");
+    Ok(Data::new(ChannelCreated {
+        channel: state.channel_out(channel),
+        secret,
+    }))
+}
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_channel, list_channels))
+        .routes(routes!(get_channel, update_channel))
+        .routes(routes!(get_channel_secret))
+        .routes(routes!(rotate_channel_secret))
+}

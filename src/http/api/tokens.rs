@@ -1,0 +1,83 @@
+//! Client tokens (DESIGN.md §4): one conversation, one user, one hour.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::auth::CLIENT_TOKEN_TTL_SECS;
+use crate::domain::{ConversationId, ConversationStatus};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, Caller};
+use crate::http::state::AppState;
+
+/// Longest user id, in characters.
+const MAX_USER_ID_CHARS: usize = 255;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIn {
+    pub conversation_id: ConversationId,
+    /// Becomes the `sender` of everything the token posts.
+    pub user_id: String,
+}
+
+/// Bare, without the `data` envelope, as the original API answered.
+#[derive(Serialize, ToSchema)]
+pub struct TokenOut {
+    pub token: String,
+    /// Seconds until the token expires.
+    pub expires_in: i64,
+}
+
+/// Issue a client token for a conversation (channel token of its channel, or API key).
+#[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = TokenIn,
+    security(("api_key" = []), ("channel_token" = [])),
+    responses((status = 201, body = TokenOut), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<TokenIn>,
+) -> ApiResult<(StatusCode, axum::Json<TokenOut>)> {
+    if matches!(caller, Caller::Client { .. }) {
+        return Err(ApiError::forbidden(
+            "insufficient_scope",
+            "client tokens cannot issue tokens",
+        ));
+    }
+    let user_id = body.user_id.trim();
+    if user_id.is_empty() || user_id.chars().count() > MAX_USER_ID_CHARS {
+        return Err(ApiError::invalid_field(
+            "user_id",
+            &format!("must be 1 to {MAX_USER_ID_CHARS} characters"),
+        ));
+    }
+    let conversation = state
+        .visible_conversation(&caller, body.conversation_id)
+        .await?;
+    if conversation.status == ConversationStatus::Closed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conversation_closed",
+            "the conversation is closed",
+        ));
+    }
+    let token = state.jwt.issue_client_token(
+        conversation.tenant_id,
+        conversation.channel_id,
+        conversation.id,
+        user_id,
+    );
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(TokenOut {
+            token,
+            expires_in: CLIENT_TOKEN_TTL_SECS,
+        }),
+    ))
+}
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_token))
+}

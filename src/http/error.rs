@@ -1,0 +1,170 @@
+//! The single mapping from errors to HTTP responses.
+//!
+//! Every error body is `{"error":{"code","message","details"?}}` with a stable
+//! snake_case `code`. Internal errors answer a generic message and are logged in full.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::domain::FieldError;
+use crate::ingest::IngestError;
+use crate::store::StoreError;
+
+/// An error answer of the API.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The error body, for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+/// The object inside an error body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    /// Stable, machine-readable, snake_case.
+    pub code: String,
+    /// For humans; may change between versions.
+    pub message: String,
+    /// Structured context, e.g. `{"fields": [{"field", "message"}]}` for validation.
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Adds structured details.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// 404 for a missing row, or one of another tenant (never 403: existence must not leak).
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    /// 422 naming every broken rule.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let summary = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", summary)
+            .with_details(json!({ "fields": errors }))
+    }
+
+    /// 422 for one field.
+    pub fn invalid_field(field: &str, message: &str) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    /// 401: no usable credential.
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 403: a valid credential that may not do this.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    /// 500 with a generic message; `cause` is logged, never sent.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred; it has been logged",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code.to_owned(),
+                message: self.message,
+                details: self.details,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => ApiError::not_found("resource"),
+            StoreError::Conflict { constraint } => match constraint.as_str() {
+                "conversations_channel_id_external_id_key" => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conversation_exists",
+                    "an active conversation with this external_id exists on the channel",
+                ),
+                "routes_source_target_key" => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "route_exists",
+                    "a route between these channels exists",
+                ),
+                "foreign_key" => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "a referenced resource does not exist any more",
+                ),
+                _ => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("the request conflicts with existing data ({constraint})"),
+                ),
+            },
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(err: IngestError) -> Self {
+        match err {
+            IngestError::Invalid(errors) => ApiError::validation(errors),
+            IngestError::ConversationNotFound => ApiError::not_found("conversation"),
+            IngestError::ConversationClosed => ApiError::new(
+                StatusCode::CONFLICT,
+                "conversation_closed",
+                "the conversation is closed and accepts no new activities",
+            ),
+            IngestError::ChannelInactive => ApiError::forbidden(
+                "channel_inactive",
+                "the conversation's channel is inactive",
+            ),
+            IngestError::IdempotencyConflict { existing } => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                "this idempotency key was already used for a different activity",
+            )
+            .with_details(json!({ "activity_id": existing.id })),
+            IngestError::Store(e) => e.into(),
+        }
+    }
+}

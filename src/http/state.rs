@@ -1,0 +1,26 @@
+//! The one application state, built in `app.rs` and passed to every handler.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::Adapters;
+use crate::auth::JwtKeys;
+use crate::config::Config;
+use crate::ingest::Ingestor;
+use crate::pubsub::PubSub;
+use crate::store::Store;
+
+/// Cheap handles to everything a request may need. Never global: two servers (or two
+/// backends) can run in one process, as the tests do.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub adapters: Adapters,
+    pub pubsub: PubSub,
+    pub ingest: Ingestor,
+    pub jwt: JwtKeys,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+}

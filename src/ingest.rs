@@ -1,0 +1,185 @@
+//! The one write path: every activity, from any edge, is created here.
+//!
+//! Stage 2 of the flow: validate → resolve the conversation → choose delivery targets
+//! → one transaction (activity + delivery rows, idempotency, gap-free `seq`) → commit
+//! → publish to PubSub → wake the delivery workers. Nothing is published or delivered
+//! before the commit, so what a client sees or receives is never lost.
+
+use crate::adapters::Adapters;
+use crate::delivery::DeliveryWaker;
+use crate::domain::{
+    Activity, ChannelId, ChannelStatus, ConversationId, ConversationStatus, FieldError,
+    NewActivity, TenantId,
+};
+use crate::pubsub::{Event, PubSub};
+use crate::store::{ActivityAppend, AppendOutcome, Store, StoreError};
+
+/// Why an activity was not created. Nothing was written in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("invalid activity")]
+    Invalid(Vec<FieldError>),
+    #[error("conversation not found")]
+    ConversationNotFound,
+    #[error("conversation is closed")]
+    ConversationClosed,
+    #[error("the conversation's channel is inactive")]
+    ChannelInactive,
+    /// The idempotency key was used before for a different activity.
+    #[error("idempotency key reused with a different payload")]
+    IdempotencyConflict { existing: Box<Activity> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `ingest` did.
+#[derive(Debug, Clone)]
+pub enum Ingested {
+    /// A new activity was committed, published and handed to delivery.
+    Created(Activity),
+    /// The idempotency key was used before for the same activity: this is it, and
+    /// nothing new was created.
+    Replayed(Activity),
+}
+
+impl Ingested {
+    /// The activity, new or replayed.
+    pub fn activity(&self) -> &Activity {
+        match self {
+            Ingested::Created(a) | Ingested::Replayed(a) => a,
+        }
+    }
+}
+
+/// A request to create one activity.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
+    pub activity: NewActivity,
+    /// The channel the activity arrived from, which never gets it delivered back.
+    pub origin_channel: Option<ChannelId>,
+}
+
+/// The handles `ingest` needs; cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    store: Store,
+    adapters: Adapters,
+    pubsub: PubSub,
+    waker: DeliveryWaker,
+}
+
+impl Ingestor {
+    /// Builds the write path over the node's store, adapters, PubSub and workers.
+    pub fn new(store: Store, adapters: Adapters, pubsub: PubSub, waker: DeliveryWaker) -> Self {
+        Self {
+            store,
+            adapters,
+            pubsub,
+            waker,
+        }
+    }
+
+    /// Creates an activity, or returns the one its idempotency key already names.
+    ///
+    /// # Errors
+    /// See [`IngestError`]; nothing is written when an error is returned.
+    pub async fn ingest(&self, request: IngestRequest) -> Result<Ingested, IngestError> {
+        let errors = request.activity.validate();
+        if !errors.is_empty() {
+            return Err(IngestError::Invalid(errors));
+        }
+        let context = match self
+            .store
+            .get_conversation_context(request.tenant_id, request.conversation_id)
+            .await
+        {
+            Ok(context) => context,
+            Err(StoreError::NotFound) => return Err(IngestError::ConversationNotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let conversation = &context.conversation;
+        if context.channel_status != ChannelStatus::Active {
+            return Err(IngestError::ChannelInactive);
+        }
+        if conversation.status == ConversationStatus::Closed {
+            return Err(IngestError::ConversationClosed);
+        }
+
+        let targets = self
+            .delivery_targets(&request, conversation.channel_id, context.channel_type)
+            .await?;
+        let append = ActivityAppend {
+            tenant_id: request.tenant_id,
+            conversation_id: request.conversation_id,
+            activity: request.activity,
+            targets,
+        };
+        match self.store.append_activity(&append).await? {
+            AppendOutcome::Created {
+                activity,
+                deliveries,
+            } => {
+                self.pubsub
+                    .publish(activity.conversation_id, Event::Activity(activity.clone()));
+                if !deliveries.is_empty() {
+                    self.waker.wake();
+                }
+                tracing::debug!(
+                    activity_id = %activity.id,
+                    conversation_id = %activity.conversation_id,
+                    seq = activity.seq,
+                    deliveries = deliveries.len(),
+                    "activity ingested"
+                );
+                Ok(Ingested::Created(activity))
+            }
+            AppendOutcome::Existing(existing) => {
+                if append.activity.same_request_as(&existing) {
+                    Ok(Ingested::Replayed(existing))
+                } else {
+                    Err(IngestError::IdempotencyConflict {
+                        existing: Box::new(existing),
+                    })
+                }
+            }
+            // Closed between the read above and the transaction.
+            AppendOutcome::NotActive => Err(IngestError::ConversationClosed),
+        }
+    }
+
+    /// The channels that get a delivery row (DESIGN.md §3): the conversation's own
+    /// channel when its adapter delivers this activity, and every matching route's
+    /// target, never the channel the activity came from.
+    async fn delivery_targets(
+        &self,
+        request: &IngestRequest,
+        channel_id: ChannelId,
+        channel_type: crate::domain::ChannelType,
+    ) -> Result<Vec<ChannelId>, StoreError> {
+        let activity = &request.activity;
+        let mut targets = Vec::new();
+        if self
+            .adapters
+            .get(channel_type)
+            .delivers(activity.direction, activity.kind)
+        {
+            targets.push(channel_id);
+        }
+        for route in self
+            .store
+            .list_route_targets(request.tenant_id, channel_id)
+            .await?
+        {
+            if route.direction.matches(activity.direction)
+                && self.adapters.get(route.target_type).accepts_routed(activity.kind)
+                && !targets.contains(&route.target_channel_id)
+            {
+                targets.push(route.target_channel_id);
+            }
+        }
+        targets.retain(|t| Some(*t) != request.origin_channel);
+        Ok(targets)
+    }
+}

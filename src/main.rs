@@ -1,0 +1,177 @@
+//! The `converger` command: parses the CLI, sets up logging and runs a subcommand.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use converger::config::Config;
+use converger::domain::{Tenant, TenantStatus};
+use converger::store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// Converger: a multi-tenant message routing hub.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API, WebSocket endpoint and workers (applies migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its API key (shown this once).
+    Create { name: String },
+    /// List tenants.
+    List,
+    /// Disable a tenant: its credentials stop working at once.
+    Disable {
+        /// Tenant id, name or API key prefix.
+        tenant: String,
+    },
+    /// Enable a disabled tenant.
+    Enable {
+        /// Tenant id, name or API key prefix.
+        tenant: String,
+    },
+    /// Replace a tenant's API key and print the new one; the old one stops working.
+    RotateKey {
+        /// Tenant id, name or API key prefix.
+        tenant: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    converger::telemetry::init(cli.config.log_format);
+    if let Err(problems) = cli.config.validate() {
+        eprintln!("converger: invalid configuration:");
+        for problem in problems {
+            eprintln!("  - {problem}");
+        }
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("converger: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("converger: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => serve(cli.config).await,
+        Command::Migrate => {
+            let store = converger::app::open_store(&cli.config).await?;
+            store.close().await;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Tenant(cmd) => {
+            let store = converger::app::open_store(&cli.config).await?;
+            let result = tenant(&store, cmd).await;
+            store.close().await;
+            result
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    converger::run(config, listener, shutdown).await
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}
+
+fn print_tenant(t: &Tenant) {
+    println!(
+        "{}  {:<8}  {:<14}  {}",
+        t.id,
+        t.status.as_str(),
+        t.api_key_prefix,
+        t.name
+    );
+}
+
+async fn tenant(store: &Store, cmd: TenantCommand) -> anyhow::Result<()> {
+    match cmd {
+        TenantCommand::Create { name } => {
+            let name = name.trim();
+            anyhow::ensure!(!name.is_empty(), "the tenant name must not be empty");
+            let key = converger::auth::generate_api_key();
+            let tenant = store.insert_tenant(name, &key.hash, &key.prefix).await?;
+            println!("tenant  {}", tenant.id);
+            println!("name    {}", tenant.name);
+            println!("api key {}", key.key);
+            eprintln!("(the API key is shown only now: keep it)");
+        }
+        TenantCommand::List => {
+            for t in store.list_tenants().await? {
+                print_tenant(&t);
+            }
+        }
+        TenantCommand::Disable { tenant } => {
+            let t = store.find_tenant(&tenant).await.context("tenant not found")?;
+            print_tenant(&store.set_tenant_status(t.id, TenantStatus::Inactive).await?);
+        }
+        TenantCommand::Enable { tenant } => {
+            let t = store.find_tenant(&tenant).await.context("tenant not found")?;
+            print_tenant(&store.set_tenant_status(t.id, TenantStatus::Active).await?);
+        }
+        TenantCommand::RotateKey { tenant } => {
+            let t = store.find_tenant(&tenant).await.context("tenant not found")?;
+            let key = converger::auth::generate_api_key();
+            store.update_tenant_api_key(t.id, &key.hash, &key.prefix).await?;
+            println!("api key {}", key.key);
+            eprintln!("(the API key is shown only now: keep it; the old one no longer works)");
+        }
+    }
+    Ok(())
+}

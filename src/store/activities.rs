@@ -1,0 +1,150 @@
+//! Activity queries, and the one transaction that appends an activity.
+
+use super::{Store, StoreResult, reader, writer};
+use crate::domain::{
+    Activity, ActivityId, ChannelId, ConversationId, DeliveryId, NewActivity, TenantId, Timestamp,
+};
+
+const COLUMNS: &str = "id, conversation_id, tenant_id, seq, type, direction, sender, text, \
+     attachments, metadata, idempotency_key, inserted_at";
+
+/// Everything `ingest` decided about a new activity.
+#[derive(Debug, Clone)]
+pub struct ActivityAppend {
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
+    pub activity: NewActivity,
+    /// Channels that get a delivery row, in the same transaction.
+    pub targets: Vec<ChannelId>,
+}
+
+/// What appending did.
+#[derive(Debug, Clone)]
+pub enum AppendOutcome {
+    /// The activity and its deliveries are committed.
+    Created {
+        activity: Activity,
+        deliveries: Vec<(DeliveryId, ChannelId)>,
+    },
+    /// An activity with the same idempotency key exists; nothing was written.
+    Existing(Activity),
+    /// The conversation is missing or not active; nothing was written.
+    NotActive,
+}
+
+impl Store {
+    /// Appends an activity and its delivery rows in one transaction.
+    ///
+    /// Bumping the conversation's `last_seq` comes first: it takes the conversation's
+    /// row lock (PostgreSQL) or the database write lock (SQLite), so concurrent writers
+    /// of one conversation queue there, get consecutive `seq`s, and an idempotent retry
+    /// racing its original sees the committed original. Bailing out rolls the bump back,
+    /// so `seq` stays gap-free.
+    pub async fn append_activity(&self, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
+        const BUMP: &str = "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'active' RETURNING last_seq";
+        const FIND_KEY: &str = const_format::concatcp!(
+            "SELECT ", COLUMNS, " FROM activities WHERE conversation_id = $1 AND idempotency_key = $2"
+        );
+        const INSERT: &str = const_format::concatcp!(
+            "INSERT INTO activities (id, conversation_id, tenant_id, seq, type, direction, sender, text, \
+             attachments, metadata, idempotency_key, inserted_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ", COLUMNS
+        );
+        const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
+             conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7)";
+
+        let now = Timestamp::now();
+        let new = &append.activity;
+        writer!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
+                .bind(append.tenant_id)
+                .bind(append.conversation_id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((seq,)) = bumped else {
+                tx.rollback().await?;
+                return Ok(AppendOutcome::NotActive);
+            };
+            if let Some(key) = &new.idempotency_key {
+                let existing: Option<Activity> = sqlx::query_as(FIND_KEY)
+                    .bind(append.conversation_id)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(existing) = existing {
+                    tx.rollback().await?;
+                    return Ok(AppendOutcome::Existing(existing));
+                }
+            }
+            let activity: Activity = sqlx::query_as(INSERT)
+                .bind(ActivityId::new())
+                .bind(append.conversation_id)
+                .bind(append.tenant_id)
+                .bind(seq)
+                .bind(new.kind.as_str())
+                .bind(new.direction.as_str())
+                .bind(&new.sender)
+                .bind(new.text.as_deref())
+                .bind(sqlx::types::Json(&new.attachments))
+                .bind(sqlx::types::Json(&new.metadata))
+                .bind(new.idempotency_key.as_deref())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut deliveries = Vec::with_capacity(append.targets.len());
+            for &channel_id in &append.targets {
+                let id = DeliveryId::new();
+                sqlx::query(INSERT_DELIVERY)
+                    .bind(id)
+                    .bind(append.tenant_id)
+                    .bind(activity.id)
+                    .bind(channel_id)
+                    .bind(append.conversation_id)
+                    .bind(seq)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                deliveries.push((id, channel_id));
+            }
+            tx.commit().await?;
+            Ok(AppendOutcome::Created { activity, deliveries })
+        })
+    }
+
+    /// Activities of a conversation with `seq` greater than `after_seq`, in `seq` order.
+    pub async fn list_activities(
+        &self,
+        tenant_id: TenantId,
+        conversation_id: ConversationId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Activity>> {
+        const SQL: &str = const_format::concatcp!(
+            "SELECT ", COLUMNS, " FROM activities \
+             WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+        );
+        Ok(reader!(self, |pool| {
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(conversation_id)
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+
+    /// One activity of a tenant.
+    pub async fn get_activity(&self, tenant_id: TenantId, id: ActivityId) -> StoreResult<Activity> {
+        const SQL: &str = const_format::concatcp!(
+            "SELECT ", COLUMNS, " FROM activities WHERE tenant_id = $1 AND id = $2"
+        );
+        Ok(reader!(self, |pool| {
+            sqlx::query_as(SQL).bind(tenant_id).bind(id).fetch_one(pool).await
+        })?)
+    }
+}

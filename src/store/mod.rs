@@ -1,0 +1,202 @@
+//! Durable state: one `Store` over SQLite or PostgreSQL.
+//!
+//! Stage 3 of the flow. The store knows SQL, not HTTP, and holds no business rules:
+//! `ingest` decides what to write, the store writes it atomically. Every query that
+//! reads tenant data takes the `TenantId` first and filters by it, so a row of another
+//! tenant is indistinguishable from a missing one.
+//!
+//! Queries are written once, in SQL both dialects accept (`$N` placeholders,
+//! `RETURNING`, `ON CONFLICT`), and expanded for either pool by [`reader!`] and [`writer!`].
+
+mod activities;
+mod channels;
+mod conversations;
+mod deliveries;
+mod error;
+mod postgres;
+mod routes;
+mod sqlite;
+mod tenants;
+
+use std::time::Duration;
+
+use sqlx::{PgPool, SqlitePool};
+
+pub use activities::{ActivityAppend, AppendOutcome};
+pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
+pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
+pub use routes::RouteTarget;
+pub use error::StoreError;
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Connection pools of one database, cheap to clone.
+#[derive(Clone)]
+pub enum Store {
+    /// Embedded: one writer connection (SQLite serialises writers anyway; queuing them
+    /// in the pool avoids busy-wait retries) and a pool of readers (WAL lets them run
+    /// beside the writer).
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+    /// Production and multi-node.
+    Postgres(PgPool),
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, or `None` for an unsupported scheme.
+    pub fn from_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most connections to PostgreSQL (readers, for SQLite).
+    pub max_connections: u32,
+    /// How long to wait for a free connection before failing a request.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Expands `$body` with `$pool` bound to a pool that may read.
+macro_rules! reader {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite { reader: $pool, .. } => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Expands `$body` with `$pool` bound to a pool that may write.
+macro_rules! writer {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite { writer: $pool, .. } => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use {reader, writer};
+
+impl Store {
+    /// Connects to the database a URL names (`sqlite://PATH` or `postgres://...`).
+    ///
+    /// # Errors
+    /// An unsupported scheme, an unreachable server, or an unopenable file.
+    pub async fn connect(url: &str, options: &StoreOptions) -> StoreResult<Self> {
+        match Backend::from_url(url) {
+            Some(Backend::Sqlite) => sqlite::connect(url, options).await,
+            Some(Backend::Postgres) => postgres::connect(url, options).await,
+            None => Err(StoreError::Config(format!(
+                "unsupported database URL scheme in `{}`: use sqlite://PATH or postgres://...",
+                redact_url(url)
+            ))),
+        }
+    }
+
+    /// Which backend this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite { .. } => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The PostgreSQL pool, for the parts that need PostgreSQL itself (LISTEN/NOTIFY).
+    pub fn pg_pool(&self) -> Option<&PgPool> {
+        match self {
+            Store::Postgres(pool) => Some(pool),
+            Store::Sqlite { .. } => None,
+        }
+    }
+
+    /// Applies the embedded migrations of this backend that have not run yet.
+    ///
+    /// # Errors
+    /// A migration failed or the database holds migrations this binary does not know.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match self {
+            Store::Sqlite { writer, .. } => sqlx::migrate!("migrations/sqlite").run(writer).await?,
+            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    pub async fn ping(&self) -> StoreResult<()> {
+        reader!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Closes every connection; pending queries finish first.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite { writer, reader } => {
+                writer.close().await;
+                reader.close().await;
+            }
+            Store::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A database URL with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_by_scheme() {
+        assert_eq!(Backend::from_url("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::from_url("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::from_url("mysql://h/db"), None);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:hunter2@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("sqlite://converger.db"), "sqlite://converger.db");
+    }
+}
