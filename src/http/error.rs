@@ -38,6 +38,7 @@ pub struct ErrorObject {
     pub message: String,
     /// Structured context, e.g. `{"fields": [{"field", "message"}]}` for validation.
     #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Value>,
 }
 
