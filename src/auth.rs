@@ -142,7 +142,12 @@ impl JwtKeys {
     }
 
     /// Issues a channel token; it lives until the channel secret is rotated.
-    pub fn issue_channel_token(&self, tenant: TenantId, channel: ChannelId, secret: &str) -> String {
+    pub fn issue_channel_token(
+        &self,
+        tenant: TenantId,
+        channel: ChannelId,
+        secret: &str,
+    ) -> String {
         self.sign(&Claims {
             typ: TokenType::Channel,
             tenant,
@@ -271,18 +276,37 @@ mod tests {
         let verified = keys.verify_client_token(&client).unwrap();
         assert_eq!(verified.conversation_id, conv);
         assert_eq!(verified.user_id, "u1");
-        assert_eq!(keys.verify_channel_token(&client), Err(TokenError::WrongType));
+        assert_eq!(
+            keys.verify_channel_token(&client),
+            Err(TokenError::WrongType)
+        );
 
         let channel = keys.issue_channel_token(t, ch, "whsec_x");
-        assert_eq!(keys.verify_channel_token(&channel).unwrap().secret_fingerprint, secret_fingerprint("whsec_x"));
-        assert_eq!(keys.verify_client_token(&channel), Err(TokenError::WrongType));
+        assert_eq!(
+            keys.verify_channel_token(&channel)
+                .unwrap()
+                .secret_fingerprint,
+            secret_fingerprint("whsec_x")
+        );
+        assert_eq!(
+            keys.verify_client_token(&channel),
+            Err(TokenError::WrongType)
+        );
     }
 
     #[test]
     fn rejects_other_keys_expired_and_alg_none() {
         let keys = keys();
-        let token = keys.issue_client_token(TenantId::new(), ChannelId::new(), ConversationId::new(), "u");
-        assert_eq!(JwtKeys::new(b"other").verify_client_token(&token), Err(TokenError::Invalid));
+        let token = keys.issue_client_token(
+            TenantId::new(),
+            ChannelId::new(),
+            ConversationId::new(),
+            "u",
+        );
+        assert_eq!(
+            JwtKeys::new(b"other").verify_client_token(&token),
+            Err(TokenError::Invalid)
+        );
 
         let now = chrono::Utc::now().timestamp();
         let expired = keys.sign(&Claims {
@@ -301,7 +325,10 @@ mod tests {
         // The same claims with `alg: none` and no signature.
         let payload = token.split('.').nth(1).unwrap();
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        assert_eq!(keys.verify_client_token(&format!("{header}.{payload}.")), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify_client_token(&format!("{header}.{payload}.")),
+            Err(TokenError::Invalid)
+        );
         // HS512 with the right key is still refused: only HS256 is accepted.
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
@@ -315,13 +342,21 @@ mod tests {
     #[test]
     fn tampered_payload_is_rejected() {
         let keys = keys();
-        let token = keys.issue_client_token(TenantId::new(), ChannelId::new(), ConversationId::new(), "u");
+        let token = keys.issue_client_token(
+            TenantId::new(),
+            ChannelId::new(),
+            ConversationId::new(),
+            "u",
+        );
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         let mut claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
         claims["sub"] = "admin".into();
         parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
-        assert_eq!(keys.verify_client_token(&parts.join(".")), Err(TokenError::Invalid));
+        assert_eq!(
+            keys.verify_client_token(&parts.join(".")),
+            Err(TokenError::Invalid)
+        );
     }
 
     proptest! {

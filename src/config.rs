@@ -22,25 +22,50 @@ pub enum LogFormat {
 #[derive(Clone, Args)]
 pub struct Config {
     /// Database: `sqlite://PATH` (embedded, the default) or `postgres://...`.
-    #[arg(long, env = "CONVERGER_DATABASE_URL", default_value = "sqlite://converger.db", global = true)]
+    #[arg(
+        long,
+        env = "CONVERGER_DATABASE_URL",
+        default_value = "sqlite://converger.db",
+        global = true
+    )]
     pub database_url: String,
 
     /// Most database connections this node opens (readers, for SQLite).
-    #[arg(long, env = "CONVERGER_DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "CONVERGER_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub database_max_connections: u32,
 
     /// Address to serve HTTP and WebSocket on.
-    #[arg(long, env = "CONVERGER_LISTEN", default_value = "0.0.0.0:4000", global = true)]
+    #[arg(
+        long,
+        env = "CONVERGER_LISTEN",
+        default_value = "0.0.0.0:4000",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Base of the URLs shown to users, such as channels' inbound URLs.
-    #[arg(long, env = "CONVERGER_PUBLIC_URL", default_value = "http://localhost:4000", global = true)]
+    #[arg(
+        long,
+        env = "CONVERGER_PUBLIC_URL",
+        default_value = "http://localhost:4000",
+        global = true
+    )]
     pub public_url: String,
 
     /// HS256 key for channel and client tokens, at least 32 bytes. Required with
     /// PostgreSQL; with SQLite, a random key is generated and kept next to the database
     /// file (`<file>.jwt-secret`) when unset.
-    #[arg(long, env = "CONVERGER_JWT_SECRET", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "CONVERGER_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// Largest accepted request body, in bytes; larger ones get 413.
@@ -48,7 +73,13 @@ pub struct Config {
     pub max_body_bytes: usize,
 
     /// Log format: `text` or `json`. Log levels come from `RUST_LOG` (default `info`).
-    #[arg(long, env = "CONVERGER_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "CONVERGER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -106,7 +137,11 @@ impl Config {
         if self.max_body_bytes < 1024 {
             problems.push("CONVERGER_MAX_BODY_BYTES must be at least 1024".into());
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// Where the generated JWT secret of an SQLite installation is kept, if this is one.
@@ -174,7 +209,13 @@ mod tests {
     #[test]
     fn secret_file_sits_next_to_the_database() {
         let c = Config::new("sqlite://data/converger.db?mode=rwc");
-        assert_eq!(c.sqlite_jwt_secret_path(), Some(PathBuf::from("data/converger.db.jwt-secret")));
-        assert_eq!(Config::new("sqlite::memory:").sqlite_jwt_secret_path(), None);
+        assert_eq!(
+            c.sqlite_jwt_secret_path(),
+            Some(PathBuf::from("data/converger.db.jwt-secret"))
+        );
+        assert_eq!(
+            Config::new("sqlite::memory:").sqlite_jwt_secret_path(),
+            None
+        );
     }
 }

@@ -151,7 +151,9 @@ impl Ingestor {
 
     /// The channels that get a delivery row (DESIGN.md §3): the conversation's own
     /// channel when its adapter delivers this activity, and every matching route's
-    /// target, never the channel the activity came from.
+    /// target except the channel the activity came from. The own channel needs no such
+    /// exclusion: what arrives from a channel is inbound, and adapters deliver outbound
+    /// only, but for echo, whose delivery of an inbound message is its reply.
     async fn delivery_targets(
         &self,
         request: &IngestRequest,
@@ -173,13 +175,16 @@ impl Ingestor {
             .await?
         {
             if route.direction.matches(activity.direction)
-                && self.adapters.get(route.target_type).accepts_routed(activity.kind)
+                && self
+                    .adapters
+                    .get(route.target_type)
+                    .accepts_routed(activity.kind)
+                && Some(route.target_channel_id) != request.origin_channel
                 && !targets.contains(&route.target_channel_id)
             {
                 targets.push(route.target_channel_id);
             }
         }
-        targets.retain(|t| Some(*t) != request.origin_channel);
         Ok(targets)
     }
 }

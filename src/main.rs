@@ -158,17 +158,32 @@ async fn tenant(store: &Store, cmd: TenantCommand) -> anyhow::Result<()> {
             }
         }
         TenantCommand::Disable { tenant } => {
-            let t = store.find_tenant(&tenant).await.context("tenant not found")?;
-            print_tenant(&store.set_tenant_status(t.id, TenantStatus::Inactive).await?);
+            let t = store
+                .find_tenant(&tenant)
+                .await
+                .context("tenant not found")?;
+            print_tenant(
+                &store
+                    .set_tenant_status(t.id, TenantStatus::Inactive)
+                    .await?,
+            );
         }
         TenantCommand::Enable { tenant } => {
-            let t = store.find_tenant(&tenant).await.context("tenant not found")?;
+            let t = store
+                .find_tenant(&tenant)
+                .await
+                .context("tenant not found")?;
             print_tenant(&store.set_tenant_status(t.id, TenantStatus::Active).await?);
         }
         TenantCommand::RotateKey { tenant } => {
-            let t = store.find_tenant(&tenant).await.context("tenant not found")?;
+            let t = store
+                .find_tenant(&tenant)
+                .await
+                .context("tenant not found")?;
             let key = converger::auth::generate_api_key();
-            store.update_tenant_api_key(t.id, &key.hash, &key.prefix).await?;
+            store
+                .update_tenant_api_key(t.id, &key.hash, &key.prefix)
+                .await?;
             println!("api key {}", key.key);
             eprintln!("(the API key is shown only now: keep it; the old one no longer works)");
         }

@@ -68,7 +68,9 @@ impl<'a> ConfigReader<'a> {
 
     /// A string field with a default.
     pub(super) fn string_or(&mut self, name: &'static str, default: &str) -> String {
-        let value = self.string(name, false).unwrap_or_else(|| default.to_owned());
+        let value = self
+            .string(name, false)
+            .unwrap_or_else(|| default.to_owned());
         self.out.insert(name.into(), Value::String(value.clone()));
         value
     }
@@ -156,8 +158,10 @@ impl<'a> ConfigReader<'a> {
     /// The normalised config, or every problem found.
     pub(super) fn finish(mut self) -> Result<Value, Vec<FieldError>> {
         if let Some(object) = self.object {
-            let mut unknown: Vec<&String> =
-                object.keys().filter(|k| !self.known.contains(&k.as_str())).collect();
+            let mut unknown: Vec<&String> = object
+                .keys()
+                .filter(|k| !self.known.contains(&k.as_str()))
+                .collect();
             unknown.sort();
             for key in unknown {
                 self.error(key, "is not a setting of this channel type");
@@ -174,9 +178,16 @@ impl<'a> ConfigReader<'a> {
 /// Header names whose values are credentials.
 fn is_sensitive_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["authorization", "token", "key", "secret", "password", "cookie"]
-        .iter()
-        .any(|word| name.contains(word))
+    [
+        "authorization",
+        "token",
+        "key",
+        "secret",
+        "password",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 /// A config as it may be shown: secret fields and credential-like headers masked.
@@ -234,7 +245,10 @@ mod tests {
     fn masks_secrets_and_credential_headers() {
         let config = json!({"access_token": "EAAG", "phone_number_id": "1", "headers": {"Authorization": "Bearer x", "X-Team": "a"}});
         let masked = mask_config(&config, &["access_token", "app_secret"]);
-        assert_eq!(masked, json!({"access_token": MASK, "phone_number_id": "1", "headers": {"Authorization": MASK, "X-Team": "a"}}));
+        assert_eq!(
+            masked,
+            json!({"access_token": MASK, "phone_number_id": "1", "headers": {"Authorization": MASK, "X-Team": "a"}})
+        );
     }
 
     #[test]

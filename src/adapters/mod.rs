@@ -102,13 +102,29 @@ mod tests {
     fn delivery_directions_follow_the_design() {
         let a = Adapters::new();
         let msg = ActivityType::Message;
-        assert!(a.get(ChannelType::Webhook).delivers(Direction::Outbound, msg));
-        assert!(!a.get(ChannelType::Webhook).delivers(Direction::Inbound, msg));
+        assert!(
+            a.get(ChannelType::Webhook)
+                .delivers(Direction::Outbound, msg)
+        );
+        assert!(
+            !a.get(ChannelType::Webhook)
+                .delivers(Direction::Inbound, msg)
+        );
         assert!(a.get(ChannelType::Echo).delivers(Direction::Inbound, msg));
         assert!(!a.get(ChannelType::Echo).delivers(Direction::Outbound, msg));
-        assert!(!a.get(ChannelType::Websocket).delivers(Direction::Outbound, msg));
-        for kind in [ChannelType::Webhook, ChannelType::WhatsappMeta, ChannelType::WhatsappInfobip] {
-            assert!(!a.get(kind).delivers(Direction::Outbound, ActivityType::Typing));
+        assert!(
+            !a.get(ChannelType::Websocket)
+                .delivers(Direction::Outbound, msg)
+        );
+        for kind in [
+            ChannelType::Webhook,
+            ChannelType::WhatsappMeta,
+            ChannelType::WhatsappInfobip,
+        ] {
+            assert!(
+                !a.get(kind)
+                    .delivers(Direction::Outbound, ActivityType::Typing)
+            );
         }
     }
 }

@@ -53,9 +53,19 @@ mod tests {
     #[test]
     fn names_every_bad_field() {
         let errors = WebhookAdapter
-            .validate_config(&json!({"url": "ftp://x", "method": "GET", "headers": {"a": 1}, "retries": 3}))
+            .validate_config(
+                &json!({"url": "ftp://x", "method": "GET", "headers": {"a": 1}, "retries": 3}),
+            )
             .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["config.url", "config.method", "config.headers.a", "config.retries"]);
+        assert_eq!(
+            fields,
+            [
+                "config.url",
+                "config.method",
+                "config.headers.a",
+                "config.retries"
+            ]
+        );
     }
 }

@@ -44,6 +44,9 @@ mod tests {
             .validate_config(&json!({"base_url": "nope"}))
             .unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["config.base_url", "config.api_key", "config.sender"]);
+        assert_eq!(
+            fields,
+            ["config.base_url", "config.api_key", "config.sender"]
+        );
     }
 }

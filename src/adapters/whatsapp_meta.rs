@@ -19,7 +19,10 @@ impl ChannelAdapter for WhatsappMetaAdapter {
         if let Some(id) = r.string("phone_number_id", true)
             && !id.chars().all(|c| c.is_ascii_digit())
         {
-            r.invalid("phone_number_id", "must be the numeric id Meta shows for the number");
+            r.invalid(
+                "phone_number_id",
+                "must be the numeric id Meta shows for the number",
+            );
         }
         r.string("access_token", true);
         r.string("verify_token", true);
@@ -31,7 +34,10 @@ impl ChannelAdapter for WhatsappMetaAdapter {
             .is_some_and(|(major, minor)| {
                 !major.is_empty()
                     && !minor.is_empty()
-                    && major.chars().chain(minor.chars()).all(|c| c.is_ascii_digit())
+                    && major
+                        .chars()
+                        .chain(minor.chars())
+                        .all(|c| c.is_ascii_digit())
             });
         if !valid_version {
             r.invalid("api_version", "must look like v18.0");
@@ -60,7 +66,14 @@ mod tests {
     fn requires_credentials_and_fills_defaults() {
         let errors = WhatsappMetaAdapter.validate_config(&json!({})).unwrap_err();
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["config.phone_number_id", "config.access_token", "config.verify_token"]);
+        assert_eq!(
+            fields,
+            [
+                "config.phone_number_id",
+                "config.access_token",
+                "config.verify_token"
+            ]
+        );
 
         let ok = WhatsappMetaAdapter
             .validate_config(&json!({"phone_number_id": "106540352242922", "access_token": "EAAG", "verify_token": "v"}))

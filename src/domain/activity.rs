@@ -25,7 +25,9 @@ string_enum! {
 }
 
 /// A stored activity, serialized exactly as REST and WebSocket clients receive it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Activity {
     pub id: ActivityId,
     pub conversation_id: ConversationId,
@@ -168,7 +170,13 @@ mod tests {
     #[test]
     fn message_needs_content() {
         let errors = message("  ").validate();
-        assert_eq!(errors, vec![FieldError::new("text", "a message needs text or at least one attachment")]);
+        assert_eq!(
+            errors,
+            vec![FieldError::new(
+                "text",
+                "a message needs text or at least one attachment"
+            )]
+        );
         let mut typing = message("");
         typing.kind = ActivityType::Typing;
         assert!(typing.validate().is_empty());

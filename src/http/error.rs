@@ -61,7 +61,11 @@ impl ApiError {
 
     /// 404 for a missing row, or one of another tenant (never 403: existence must not leak).
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     /// 422 naming every broken rule.
@@ -71,8 +75,12 @@ impl ApiError {
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>()
             .join("; ");
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", summary)
-            .with_details(json!({ "fields": errors }))
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            summary,
+        )
+        .with_details(json!({ "fields": errors }))
     }
 
     /// 422 for one field.
@@ -155,10 +163,9 @@ impl From<IngestError> for ApiError {
                 "conversation_closed",
                 "the conversation is closed and accepts no new activities",
             ),
-            IngestError::ChannelInactive => ApiError::forbidden(
-                "channel_inactive",
-                "the conversation's channel is inactive",
-            ),
+            IngestError::ChannelInactive => {
+                ApiError::forbidden("channel_inactive", "the conversation's channel is inactive")
+            }
             IngestError::IdempotencyConflict { existing } => ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_conflict",

@@ -28,7 +28,8 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.split(';').next())
         .map(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         })
         .unwrap_or(false)
 }
@@ -52,7 +53,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
     })?;
     de.end().map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
     })?;
     Ok(value)
 }
@@ -67,7 +72,11 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
                 "the request body is larger than allowed",
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rejection.body_text())
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                rejection.body_text(),
+            )
         }
     })
 }
@@ -99,7 +108,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|Query(v)| ApiQuery(v))
             .map_err(|rejection| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    rejection.body_text(),
+                )
             })
     }
 }
@@ -168,7 +181,10 @@ impl Caller {
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -181,27 +197,38 @@ fn token_error(err: TokenError) -> ApiError {
     match err {
         TokenError::Expired => ApiError::unauthorized("token_expired", "the token has expired"),
         TokenError::Invalid => ApiError::unauthorized("invalid_token", "the token is not valid"),
-        TokenError::WrongType => ApiError::unauthorized(
-            "invalid_token",
-            "this kind of token cannot be used here",
-        ),
+        TokenError::WrongType => {
+            ApiError::unauthorized("invalid_token", "this kind of token cannot be used here")
+        }
     }
 }
 
 impl AppState {
     /// Authenticates a tenant API key.
     pub async fn authenticate_api_key(&self, key: &str) -> Result<Caller, ApiError> {
-        let tenant = match self.store.get_tenant_by_key_hash(&auth::hash_api_key(key)).await {
+        let tenant = match self
+            .store
+            .get_tenant_by_key_hash(&auth::hash_api_key(key))
+            .await
+        {
             Ok(t) => t,
             Err(StoreError::NotFound) => {
-                return Err(ApiError::unauthorized("invalid_api_key", "the API key is not valid"));
+                return Err(ApiError::unauthorized(
+                    "invalid_api_key",
+                    "the API key is not valid",
+                ));
             }
             Err(e) => return Err(e.into()),
         };
         if tenant.status != TenantStatus::Active {
-            return Err(ApiError::forbidden("tenant_inactive", "the tenant is inactive"));
+            return Err(ApiError::forbidden(
+                "tenant_inactive",
+                "the tenant is inactive",
+            ));
         }
-        Ok(Caller::Tenant { tenant_id: tenant.id })
+        Ok(Caller::Tenant {
+            tenant_id: tenant.id,
+        })
     }
 
     /// Checks that a token's tenant and channel exist and are active; returns the
@@ -217,15 +244,24 @@ impl AppState {
         ) {
             Ok(found) => found,
             Err(StoreError::NotFound) => {
-                return Err(ApiError::unauthorized("invalid_token", "the token is not valid"));
+                return Err(ApiError::unauthorized(
+                    "invalid_token",
+                    "the token is not valid",
+                ));
             }
             Err(e) => return Err(e.into()),
         };
         if tenant.status != TenantStatus::Active {
-            return Err(ApiError::forbidden("tenant_inactive", "the tenant is inactive"));
+            return Err(ApiError::forbidden(
+                "tenant_inactive",
+                "the tenant is inactive",
+            ));
         }
         if channel.status != ChannelStatus::Active {
-            return Err(ApiError::forbidden("channel_inactive", "the channel is inactive"));
+            return Err(ApiError::forbidden(
+                "channel_inactive",
+                "the channel is inactive",
+            ));
         }
         Ok(channel.secret)
     }
@@ -233,7 +269,9 @@ impl AppState {
     /// Authenticates a channel token.
     pub async fn authenticate_channel_token(&self, token: &str) -> Result<Caller, ApiError> {
         let claims = self.jwt.verify_channel_token(token).map_err(token_error)?;
-        let secret = self.check_token_scope(claims.tenant_id, claims.channel_id).await?;
+        let secret = self
+            .check_token_scope(claims.tenant_id, claims.channel_id)
+            .await?;
         if auth::secret_fingerprint(&secret) != claims.secret_fingerprint {
             return Err(ApiError::unauthorized(
                 "invalid_token",
@@ -249,7 +287,8 @@ impl AppState {
     /// Authenticates a client token.
     pub async fn authenticate_client_token(&self, token: &str) -> Result<Caller, ApiError> {
         let claims = self.jwt.verify_client_token(token).map_err(token_error)?;
-        self.check_token_scope(claims.tenant_id, claims.channel_id).await?;
+        self.check_token_scope(claims.tenant_id, claims.channel_id)
+            .await?;
         Ok(Caller::Client {
             tenant_id: claims.tenant_id,
             channel_id: claims.channel_id,
@@ -274,9 +313,10 @@ impl FromRequestParts<AppState> for Caller {
             Some(credential) if JwtKeys::looks_like_jwt(credential) => {
                 match state.authenticate_client_token(credential).await {
                     // A channel token sent as a bearer token works as well.
-                    Err(e) if e.code == "invalid_token" => {
-                        state.authenticate_channel_token(credential).await.map_err(|_| e)
-                    }
+                    Err(e) if e.code == "invalid_token" => state
+                        .authenticate_channel_token(credential)
+                        .await
+                        .map_err(|_| e),
                     other => other,
                 }
             }
@@ -319,9 +359,15 @@ mod tests {
     fn json_content_types() {
         let mut h = HeaderMap::new();
         assert!(!is_json(&h));
-        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         assert!(is_json(&h));
-        h.insert(header::CONTENT_TYPE, "application/vnd.api+json".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/vnd.api+json".parse().unwrap(),
+        );
         assert!(is_json(&h));
         h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
         assert!(!is_json(&h));
@@ -335,9 +381,15 @@ mod tests {
             n: u32,
         }
         assert_eq!(parse_json::<In>(b"{").unwrap_err().code, "invalid_json");
-        assert_eq!(parse_json::<In>(br#"{"n": 1} x"#).unwrap_err().code, "invalid_json");
+        assert_eq!(
+            parse_json::<In>(br#"{"n": 1} x"#).unwrap_err().code,
+            "invalid_json"
+        );
         let err = parse_json::<In>(br#"{"n": "x"}"#).unwrap_err();
-        assert_eq!((err.code, err.status), ("validation_failed", StatusCode::UNPROCESSABLE_ENTITY));
+        assert_eq!(
+            (err.code, err.status),
+            ("validation_failed", StatusCode::UNPROCESSABLE_ENTITY)
+        );
         assert_eq!(err.details.unwrap()["fields"][0]["field"], "n");
     }
 }

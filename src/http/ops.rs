@@ -27,7 +27,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<HealthO
     if state.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(HealthOut { status: "shutting_down" }),
+            axum::Json(HealthOut {
+                status: "shutting_down",
+            }),
         );
     }
     match state.store.ping().await {

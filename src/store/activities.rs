@@ -44,12 +44,15 @@ impl Store {
         const BUMP: &str = "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
              WHERE tenant_id = $1 AND id = $2 AND status = 'active' RETURNING last_seq";
         const FIND_KEY: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM activities WHERE conversation_id = $1 AND idempotency_key = $2"
+            "SELECT ",
+            COLUMNS,
+            " FROM activities WHERE conversation_id = $1 AND idempotency_key = $2"
         );
         const INSERT: &str = const_format::concatcp!(
             "INSERT INTO activities (id, conversation_id, tenant_id, seq, type, direction, sender, text, \
              attachments, metadata, idempotency_key, inserted_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ", COLUMNS
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
+            COLUMNS
         );
         const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
              conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at) \
@@ -111,7 +114,10 @@ impl Store {
                 deliveries.push((id, channel_id));
             }
             tx.commit().await?;
-            Ok(AppendOutcome::Created { activity, deliveries })
+            Ok(AppendOutcome::Created {
+                activity,
+                deliveries,
+            })
         })
     }
 
@@ -124,7 +130,9 @@ impl Store {
         limit: i64,
     ) -> StoreResult<Vec<Activity>> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM activities \
+            "SELECT ",
+            COLUMNS,
+            " FROM activities \
              WHERE tenant_id = $1 AND conversation_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
         );
         Ok(reader!(self, |pool| {
@@ -141,10 +149,16 @@ impl Store {
     /// One activity of a tenant.
     pub async fn get_activity(&self, tenant_id: TenantId, id: ActivityId) -> StoreResult<Activity> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM activities WHERE tenant_id = $1 AND id = $2"
+            "SELECT ",
+            COLUMNS,
+            " FROM activities WHERE tenant_id = $1 AND id = $2"
         );
         Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL).bind(tenant_id).bind(id).fetch_one(pool).await
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(pool)
+                .await
         })?)
     }
 }

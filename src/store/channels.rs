@@ -37,10 +37,15 @@ pub struct ChannelUpdate {
 
 impl Store {
     /// Inserts a channel for a tenant.
-    pub async fn insert_channel(&self, tenant_id: TenantId, new: NewChannel) -> StoreResult<Channel> {
+    pub async fn insert_channel(
+        &self,
+        tenant_id: TenantId,
+        new: NewChannel,
+    ) -> StoreResult<Channel> {
         const SQL: &str = const_format::concatcp!(
             "INSERT INTO channels (id, tenant_id, name, type, secret, config, status, inserted_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7) RETURNING ", COLUMNS
+             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7) RETURNING ",
+            COLUMNS
         );
         Ok(writer!(self, |pool| {
             sqlx::query_as(SQL)
@@ -59,18 +64,28 @@ impl Store {
     /// One channel of a tenant.
     pub async fn get_channel(&self, tenant_id: TenantId, id: ChannelId) -> StoreResult<Channel> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM channels WHERE tenant_id = $1 AND id = $2"
+            "SELECT ",
+            COLUMNS,
+            " FROM channels WHERE tenant_id = $1 AND id = $2"
         );
         Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL).bind(tenant_id).bind(id).fetch_one(pool).await
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(pool)
+                .await
         })?)
     }
 
     /// A channel by id alone, for inbound webhooks, which are authenticated by the
     /// channel's own signature rather than by a tenant credential.
     pub async fn get_channel_unscoped(&self, id: ChannelId) -> StoreResult<Channel> {
-        const SQL: &str = const_format::concatcp!("SELECT ", COLUMNS, " FROM channels WHERE id = $1");
-        Ok(reader!(self, |pool| sqlx::query_as(SQL).bind(id).fetch_one(pool).await)?)
+        const SQL: &str =
+            const_format::concatcp!("SELECT ", COLUMNS, " FROM channels WHERE id = $1");
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(id)
+            .fetch_one(pool)
+            .await)?)
     }
 
     /// A page of a tenant's channels in id order.
@@ -80,7 +95,9 @@ impl Store {
         filter: &ChannelFilter,
     ) -> StoreResult<Vec<Channel>> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM channels WHERE tenant_id = $1 \
+            "SELECT ",
+            COLUMNS,
+            " FROM channels WHERE tenant_id = $1 \
              AND ($2 IS NULL OR type = $2) AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR id > $4) \
              ORDER BY id LIMIT $5"
         );
@@ -106,7 +123,8 @@ impl Store {
         const SQL: &str = const_format::concatcp!(
             "UPDATE channels SET name = COALESCE($3, name), config = COALESCE($4, config), \
              status = COALESCE($5, status), secret = COALESCE($6, secret), updated_at = $7 \
-             WHERE tenant_id = $1 AND id = $2 RETURNING ", COLUMNS
+             WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            COLUMNS
         );
         Ok(writer!(self, |pool| {
             sqlx::query_as(SQL)

@@ -49,7 +49,8 @@ impl Store {
     ) -> StoreResult<Conversation> {
         const SQL: &str = const_format::concatcp!(
             "INSERT INTO conversations (id, tenant_id, channel_id, external_id, status, metadata, last_seq, inserted_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'active', $5, 0, $6, $6) RETURNING ", COLUMNS
+             VALUES ($1, $2, $3, $4, 'active', $5, 0, $6, $6) RETURNING ",
+            COLUMNS
         );
         Ok(writer!(self, |pool| {
             sqlx::query_as(SQL)
@@ -71,10 +72,16 @@ impl Store {
         id: ConversationId,
     ) -> StoreResult<Conversation> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM conversations WHERE tenant_id = $1 AND id = $2"
+            "SELECT ",
+            COLUMNS,
+            " FROM conversations WHERE tenant_id = $1 AND id = $2"
         );
         Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL).bind(tenant_id).bind(id).fetch_one(pool).await
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(pool)
+                .await
         })?)
     }
 
@@ -89,7 +96,11 @@ impl Store {
              FROM conversations c JOIN channels ch ON ch.id = c.channel_id \
              WHERE c.tenant_id = $1 AND c.id = $2";
         Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL).bind(tenant_id).bind(id).fetch_one(pool).await
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_one(pool)
+                .await
         })?)
     }
 
@@ -101,7 +112,9 @@ impl Store {
         external_id: &str,
     ) -> StoreResult<Option<Conversation>> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM conversations \
+            "SELECT ",
+            COLUMNS,
+            " FROM conversations \
              WHERE tenant_id = $1 AND channel_id = $2 AND external_id = $3 AND status = 'active'"
         );
         Ok(reader!(self, |pool| {
@@ -121,7 +134,9 @@ impl Store {
         filter: &ConversationFilter,
     ) -> StoreResult<Vec<Conversation>> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM conversations WHERE tenant_id = $1 \
+            "SELECT ",
+            COLUMNS,
+            " FROM conversations WHERE tenant_id = $1 \
              AND ($2 IS NULL OR channel_id = $2) AND ($3 IS NULL OR status = $3) \
              AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
         );
@@ -146,7 +161,8 @@ impl Store {
         const SQL: &str = const_format::concatcp!(
             "UPDATE conversations SET status = 'closed', \
              updated_at = CASE WHEN status = 'closed' THEN updated_at ELSE $3 END \
-             WHERE tenant_id = $1 AND id = $2 RETURNING ", COLUMNS
+             WHERE tenant_id = $1 AND id = $2 RETURNING ",
+            COLUMNS
         );
         Ok(writer!(self, |pool| {
             sqlx::query_as(SQL)

@@ -14,10 +14,16 @@ impl Store {
         activity_id: ActivityId,
     ) -> StoreResult<Vec<Delivery>> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM deliveries WHERE tenant_id = $1 AND activity_id = $2 ORDER BY id"
+            "SELECT ",
+            COLUMNS,
+            " FROM deliveries WHERE tenant_id = $1 AND activity_id = $2 ORDER BY id"
         );
         Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL).bind(tenant_id).bind(activity_id).fetch_all(pool).await
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(activity_id)
+                .fetch_all(pool)
+                .await
         })?)
     }
 }

@@ -92,8 +92,10 @@ mod tests {
     #[test]
     fn sqlite_messages_map_to_constraint_names() {
         assert_eq!(
-            sqlite_constraint("UNIQUE constraint failed: conversations.channel_id, conversations.external_id")
-                .as_deref(),
+            sqlite_constraint(
+                "UNIQUE constraint failed: conversations.channel_id, conversations.external_id"
+            )
+            .as_deref(),
             Some("conversations_channel_id_external_id_key")
         );
         assert_eq!(

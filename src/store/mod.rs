@@ -25,8 +25,8 @@ use sqlx::{PgPool, SqlitePool};
 pub use activities::{ActivityAppend, AppendOutcome};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
-pub use routes::RouteTarget;
 pub use error::StoreError;
+pub use routes::RouteTarget;
 
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -153,7 +153,10 @@ impl Store {
     /// # Errors
     /// The database cannot be reached.
     pub async fn ping(&self) -> StoreResult<()> {
-        reader!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
+        reader!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -187,7 +190,10 @@ mod tests {
     #[test]
     fn backend_by_scheme() {
         assert_eq!(Backend::from_url("sqlite://x.db"), Some(Backend::Sqlite));
-        assert_eq!(Backend::from_url("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(
+            Backend::from_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
         assert_eq!(Backend::from_url("mysql://h/db"), None);
     }
 

@@ -27,7 +27,8 @@ impl Store {
     ) -> StoreResult<Route> {
         const SQL: &str = const_format::concatcp!(
             "INSERT INTO routes (id, tenant_id, source_channel_id, target_channel_id, direction, inserted_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ", COLUMNS
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ",
+            COLUMNS
         );
         Ok(writer!(self, |pool| {
             sqlx::query_as(SQL)
@@ -45,9 +46,14 @@ impl Store {
     /// Every route of a tenant, oldest first.
     pub async fn list_routes(&self, tenant_id: TenantId) -> StoreResult<Vec<Route>> {
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM routes WHERE tenant_id = $1 ORDER BY id"
+            "SELECT ",
+            COLUMNS,
+            " FROM routes WHERE tenant_id = $1 ORDER BY id"
         );
-        Ok(reader!(self, |pool| sqlx::query_as(SQL).bind(tenant_id).fetch_all(pool).await)?)
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(tenant_id)
+            .fetch_all(pool)
+            .await)?)
     }
 
     /// Where activities of conversations on `source` are forwarded: the targets of its
@@ -61,7 +67,11 @@ impl Store {
              FROM routes r JOIN channels t ON t.id = r.target_channel_id \
              WHERE r.tenant_id = $1 AND r.source_channel_id = $2 AND t.status = 'active' ORDER BY r.id";
         Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL).bind(tenant_id).bind(source).fetch_all(pool).await
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(source)
+                .fetch_all(pool)
+                .await
         })?)
     }
 

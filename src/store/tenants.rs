@@ -43,9 +43,8 @@ impl Store {
 
     /// The tenant owning the API key with this hash.
     pub async fn get_tenant_by_key_hash(&self, api_key_hash: &str) -> StoreResult<Tenant> {
-        const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM tenants WHERE api_key_hash = $1"
-        );
+        const SQL: &str =
+            const_format::concatcp!("SELECT ", COLUMNS, " FROM tenants WHERE api_key_hash = $1");
         Ok(reader!(self, |pool| {
             sqlx::query_as(SQL).bind(api_key_hash).fetch_one(pool).await
         })?)
@@ -53,20 +52,31 @@ impl Store {
 
     /// A tenant by id.
     pub async fn get_tenant(&self, id: TenantId) -> StoreResult<Tenant> {
-        const SQL: &str = const_format::concatcp!("SELECT ", COLUMNS, " FROM tenants WHERE id = $1");
-        Ok(reader!(self, |pool| sqlx::query_as(SQL).bind(id).fetch_one(pool).await)?)
+        const SQL: &str =
+            const_format::concatcp!("SELECT ", COLUMNS, " FROM tenants WHERE id = $1");
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(id)
+            .fetch_one(pool)
+            .await)?)
     }
 
     /// Every tenant, oldest first.
     pub async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
         const SQL: &str = const_format::concatcp!("SELECT ", COLUMNS, " FROM tenants ORDER BY id");
-        Ok(reader!(self, |pool| sqlx::query_as(SQL).fetch_all(pool).await)?)
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .fetch_all(pool)
+            .await)?)
     }
 
     /// Enables or disables a tenant.
-    pub async fn set_tenant_status(&self, id: TenantId, status: TenantStatus) -> StoreResult<Tenant> {
+    pub async fn set_tenant_status(
+        &self,
+        id: TenantId,
+        status: TenantStatus,
+    ) -> StoreResult<Tenant> {
         const SQL: &str = const_format::concatcp!(
-            "UPDATE tenants SET status = $2, updated_at = $3 WHERE id = $1 RETURNING ", COLUMNS
+            "UPDATE tenants SET status = $2, updated_at = $3 WHERE id = $1 RETURNING ",
+            COLUMNS
         );
         Ok(writer!(self, |pool| {
             sqlx::query_as(SQL)
@@ -87,7 +97,8 @@ impl Store {
     ) -> StoreResult<Tenant> {
         const SQL: &str = const_format::concatcp!(
             "UPDATE tenants SET api_key_hash = $2, api_key_prefix = $3, updated_at = $4 \
-             WHERE id = $1 RETURNING ", COLUMNS
+             WHERE id = $1 RETURNING ",
+            COLUMNS
         );
         Ok(writer!(self, |pool| {
             sqlx::query_as(SQL)
@@ -106,10 +117,14 @@ impl Store {
             return self.get_tenant(id).await;
         }
         const SQL: &str = const_format::concatcp!(
-            "SELECT ", COLUMNS, " FROM tenants WHERE name = $1 OR api_key_prefix = $1 ORDER BY id LIMIT 2"
+            "SELECT ",
+            COLUMNS,
+            " FROM tenants WHERE name = $1 OR api_key_prefix = $1 ORDER BY id LIMIT 2"
         );
-        let found: Vec<Tenant> =
-            reader!(self, |pool| sqlx::query_as(SQL).bind(needle).fetch_all(pool).await)?;
+        let found: Vec<Tenant> = reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(needle)
+            .fetch_all(pool)
+            .await)?;
         match found.len() {
             1 => Ok(found.into_iter().next().ok_or(StoreError::NotFound)?),
             0 => Err(StoreError::NotFound),

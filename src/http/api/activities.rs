@@ -170,7 +170,9 @@ async fn list_activities(
         .store
         .list_activities(caller.tenant_id(), conversation.id, after_seq, limit)
         .await?;
-    Ok(Page::new(activities, limit, |a: &Activity| a.seq.to_string()))
+    Ok(Page::new(activities, limit, |a: &Activity| {
+        a.seq.to_string()
+    }))
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {

@@ -10,7 +10,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{Data, Page, page_limit};
 use crate::adapters::{mask_config, merge_config_patch};
 use crate::auth;
-use crate::domain::{Channel, ChannelId, FieldError, ChannelStatus, ChannelType, TenantId, Timestamp};
+use crate::domain::{
+    Channel, ChannelId, ChannelStatus, ChannelType, FieldError, TenantId, Timestamp,
+};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;

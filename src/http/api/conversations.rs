@@ -95,7 +95,10 @@ async fn create_conversation(
     let channel_id = match (&caller, body.channel_id) {
         (Caller::Tenant { .. }, Some(id)) => id,
         (Caller::Tenant { .. }, None) => {
-            return Err(ApiError::invalid_field("channel_id", "is required with an API key"));
+            return Err(ApiError::invalid_field(
+                "channel_id",
+                "is required with an API key",
+            ));
         }
         (Caller::Channel { channel_id, .. }, None) => *channel_id,
         (Caller::Channel { channel_id, .. }, Some(id)) if id == *channel_id => id,
@@ -117,7 +120,10 @@ async fn create_conversation(
         Err(e) => return Err(e.into()),
     };
     if channel.status != ChannelStatus::Active {
-        return Err(ApiError::forbidden("channel_inactive", "the channel is inactive"));
+        return Err(ApiError::forbidden(
+            "channel_inactive",
+            "the channel is inactive",
+        ));
     }
     let new = NewConversation {
         channel_id,
@@ -157,8 +163,13 @@ async fn list_conversations(
         before: query.cursor,
         limit,
     };
-    let conversations = state.store.list_conversations(auth.tenant_id, &filter).await?;
-    Ok(Page::new(conversations, limit, |c: &Conversation| c.id.to_string()))
+    let conversations = state
+        .store
+        .list_conversations(auth.tenant_id, &filter)
+        .await?;
+    Ok(Page::new(conversations, limit, |c: &Conversation| {
+        c.id.to_string()
+    }))
 }
 
 /// Read a conversation (any credential that reaches it).

@@ -1,0 +1,353 @@
+//! The integration-test harness: a real server on a random port over a fresh database
+//! per test (SQLite temp file, or a PostgreSQL database created for the test and
+//! dropped afterwards, also when the test fails).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use converger::Config;
+use converger::auth::{JwtKeys, generate_api_key};
+use converger::domain::TenantId;
+use converger::store::Store;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Where `CONVERGER_TEST_DATABASE_URL` points: a PostgreSQL server whose user may
+/// create databases. Unset: the PostgreSQL variants of tests return at once.
+pub const PG_URL_VAR: &str = "CONVERGER_TEST_DATABASE_URL";
+
+/// The JWT secret of every test server, so tests can mint tokens of their own.
+pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Whether the PostgreSQL variants run.
+pub fn postgres_url() -> Option<String> {
+    std::env::var(PG_URL_VAR).ok().filter(|s| !s.is_empty())
+}
+
+/// Generates a `sqlite` and a `postgres` test for each async fn taking a `Backend`.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if crate::common::postgres_url().is_none() {
+                    eprintln!("{} unset: PostgreSQL variant not run", crate::common::PG_URL_VAR);
+                    return;
+                }
+                super::$name(crate::common::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+pub(crate) use both_backends;
+
+/// A database that exists for one test.
+enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    async fn create(backend: Backend) -> (Self, String) {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("converger.db").display());
+                (TestDb::Sqlite(dir), url)
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_url().expect("PostgreSQL URL");
+                let name = format!("converger_test_{}", uuid::Uuid::now_v7().simple());
+                let mut conn = connect_admin(&admin_url).await;
+                sqlx::Executor::execute(
+                    &mut conn,
+                    sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+                )
+                .await
+                .expect("create test database");
+                let mut url = url::Url::parse(&admin_url).expect("PostgreSQL URL");
+                url.set_path(&name);
+                (TestDb::Postgres { admin_url, name }, url.to_string())
+            }
+        }
+    }
+}
+
+async fn connect_admin(url: &str) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("{PG_URL_VAR} is set but PostgreSQL is unreachable: {e}"))
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin_url, name } = self {
+            let (admin_url, db) = (admin_url.clone(), name.clone());
+            // Drop runs inside the test's runtime: do the async work on a thread of its own.
+            let dropped = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let mut conn = connect_admin(&admin_url).await;
+                    sqlx::Executor::execute(
+                        &mut conn,
+                        sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")),
+                    )
+                    .await
+                    .map(|_| ())
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!("could not drop test database {name}: {dropped:?}");
+            }
+        }
+    }
+}
+
+/// A running server with one tenant.
+pub struct TestApp {
+    pub base: String,
+    pub backend: Backend,
+    pub api_key: String,
+    pub tenant_id: TenantId,
+    /// A second handle on the server's database, for set-up and checks.
+    pub store: Store,
+    pub jwt: JwtKeys,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    // Last: dropped after the server has been told to stop.
+    _db: TestDb,
+}
+
+impl TestApp {
+    /// Starts a server on `127.0.0.1:0` over a fresh database and creates a tenant.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestApp::start`], with config changes.
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        let (db, url) = TestDb::create(backend).await;
+        let mut config = Config::new(url);
+        config.jwt_secret = Some(JWT_SECRET.into());
+        config.database_max_connections = 8;
+        configure(&mut config);
+        let store = converger::app::open_store(&config)
+            .await
+            .expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(converger::run(config, listener, shutdown.clone()));
+        let mut app = TestApp {
+            base,
+            backend,
+            api_key: String::new(),
+            tenant_id: TenantId::new(),
+            store,
+            jwt: JwtKeys::new(JWT_SECRET.as_bytes()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            shutdown,
+            server: Some(server),
+            _db: db,
+        };
+        let (tenant_id, api_key) = app.create_tenant("acme").await;
+        app.tenant_id = tenant_id;
+        app.api_key = api_key;
+        app.wait_ready().await;
+        app
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.http.get(format!("{}/ready", self.base)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    /// Creates another tenant; returns its id and API key.
+    pub async fn create_tenant(&self, name: &str) -> (TenantId, String) {
+        let key = generate_api_key();
+        let tenant = self
+            .store
+            .insert_tenant(name, &key.hash, &key.prefix)
+            .await
+            .expect("insert tenant");
+        (tenant.id, key.key)
+    }
+
+    /// A request with no credentials.
+    pub fn anon(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// A request with this app's tenant API key.
+    pub fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.with_key(&self.api_key, method, path)
+    }
+
+    /// A request with a given API key.
+    pub fn with_key(&self, key: &str, method: Method, path: &str) -> RequestBuilder {
+        self.anon(method, path).header("x-api-key", key)
+    }
+
+    /// A request with a bearer token.
+    pub fn with_bearer(&self, token: &str, method: Method, path: &str) -> RequestBuilder {
+        self.anon(method, path).bearer_auth(token)
+    }
+
+    /// Creates a channel with the tenant key; returns its JSON (`data`).
+    pub async fn create_channel(&self, kind: &str, config: Value) -> Value {
+        self.create_channel_as(&self.api_key, kind, config).await
+    }
+
+    /// Creates a channel with a given key.
+    pub async fn create_channel_as(&self, key: &str, kind: &str, config: Value) -> Value {
+        let resp = self
+            .with_key(key, Method::POST, "/api/v1/channels")
+            .json(&json!({"name": format!("{kind} channel"), "type": kind, "config": config}))
+            .send()
+            .await
+            .expect("request");
+        expect_data(resp, StatusCode::CREATED).await
+    }
+
+    /// A `websocket` channel, which delivers nothing: the simplest home for a conversation.
+    pub async fn websocket_channel(&self) -> Value {
+        self.create_channel("websocket", json!({})).await
+    }
+
+    /// Creates a conversation on a channel with the tenant key.
+    pub async fn create_conversation(&self, channel_id: &str, external_id: Option<&str>) -> Value {
+        let resp = self
+            .req(Method::POST, "/api/v1/conversations")
+            .json(&json!({"channel_id": channel_id, "external_id": external_id}))
+            .send()
+            .await
+            .expect("request");
+        expect_data(resp, StatusCode::CREATED).await
+    }
+
+    /// Posts an activity with the tenant key.
+    pub async fn post_activity(&self, conversation_id: &str, body: Value) -> Response {
+        self.req(
+            Method::POST,
+            &format!("/api/v1/conversations/{conversation_id}/activities"),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+    }
+
+    /// Every activity of a conversation, read with the tenant key.
+    pub async fn activities(&self, conversation_id: &str) -> Vec<Value> {
+        let resp = self
+            .req(
+                Method::GET,
+                &format!("/api/v1/conversations/{conversation_id}/activities?limit=500"),
+            )
+            .send()
+            .await
+            .expect("request");
+        expect_data(resp, StatusCode::OK)
+            .await
+            .as_array()
+            .expect("array")
+            .clone()
+    }
+}
+
+impl TestApp {
+    /// How many activities the database holds for a conversation, read past the API.
+    pub async fn activities_count_direct(&self, conversation_id: &str) -> usize {
+        self.store
+            .list_activities(
+                self.tenant_id,
+                conversation_id.parse().expect("uuid"),
+                0,
+                10_000,
+            )
+            .await
+            .expect("list")
+            .len()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Asserts the status and returns the body's `data`.
+#[track_caller]
+pub fn expect_data(resp: Response, status: StatusCode) -> impl Future<Output = Value> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let got = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(got, status, "at {caller}: unexpected status, body {body}");
+        body.get("data").cloned().unwrap_or(body)
+    }
+}
+
+/// Asserts an error answer: status and `error.code`; returns the error object.
+#[track_caller]
+pub fn expect_error(resp: Response, status: StatusCode, code: &str) -> impl Future<Output = Value> {
+    let caller = std::panic::Location::caller();
+    let code = code.to_owned();
+    async move {
+        let got = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(got, status, "at {caller}: unexpected status, body {body}");
+        assert_eq!(
+            body["error"]["code"],
+            code.as_str(),
+            "at {caller}: body {body}"
+        );
+        assert!(
+            body["error"]["message"].is_string(),
+            "at {caller}: body {body}"
+        );
+        body["error"].clone()
+    }
+}
+
+/// A JSON string field as `&str`.
+pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{field}` is not a string in {v}"))
+}

@@ -1,0 +1,13 @@
+//! The one integration-test binary: every module drives a real server over real HTTP,
+//! each test on SQLite and (with `CONVERGER_TEST_DATABASE_URL`) on PostgreSQL.
+
+mod common;
+
+mod activities;
+mod channels;
+mod concurrency;
+mod conversations;
+mod errors;
+mod ops;
+mod tenancy;
+mod tokens;

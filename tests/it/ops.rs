@@ -1,0 +1,80 @@
+//! Operations endpoints and the OpenAPI document.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::common::{Backend, TestApp, both_backends};
+
+both_backends!(health_ready_and_openapi);
+
+async fn health_ready_and_openapi(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let health: Value = app
+        .anon(Method::GET, "/health")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = app.anon(Method::GET, "/ready").send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let resp = app
+        .anon(Method::GET, "/health")
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-123");
+
+    let doc: Value = app
+        .anon(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let expected: BTreeSet<String> = [
+        "/api/v1/channels",
+        "/api/v1/channels/{id}",
+        "/api/v1/channels/{id}/secret",
+        "/api/v1/channels/{id}/rotate_secret",
+        "/api/v1/conversations",
+        "/api/v1/conversations/{id}",
+        "/api/v1/conversations/{id}/close",
+        "/api/v1/conversations/{id}/activities",
+        "/api/v1/activities/{id}/deliveries",
+        "/api/v1/tokens",
+        "/health",
+        "/ready",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(paths, expected);
+    // Every operation documents its responses, and bodies reference real schemas.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "Activity",
+        "Conversation",
+        "ChannelOut",
+        "ErrorBody",
+        "ActivityIn",
+        "TokenOut",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name}");
+    }
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}"
+            );
+        }
+    }
+}
