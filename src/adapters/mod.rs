@@ -89,6 +89,62 @@ impl Adapters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON, biased towards objects with the keys adapters know.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            ".{0,20}".prop_map(Value::String),
+            Just(Value::String("https://x.example/h".into())),
+            Just(Value::String("12345".into())),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            let key = prop_oneof![
+                Just("url".to_owned()),
+                Just("method".to_owned()),
+                Just("headers".to_owned()),
+                Just("timeout_ms".to_owned()),
+                Just("phone_number_id".to_owned()),
+                Just("access_token".to_owned()),
+                Just("verify_token".to_owned()),
+                Just("api_version".to_owned()),
+                Just("base_url".to_owned()),
+                Just("api_key".to_owned()),
+                Just("sender".to_owned()),
+                "[a-z_]{1,8}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Validation is total (never panics), and what it accepts is a fixed point:
+        /// the normalised config validates again to itself, so stored configs stay valid.
+        #[test]
+        fn config_validation_is_total_and_idempotent(config in json_value(), kind in 0usize..5) {
+            let adapters = Adapters::new();
+            let adapter = adapters.get(ChannelType::ALL[kind]);
+            match adapter.validate_config(&config) {
+                Ok(normalised) => {
+                    prop_assert!(normalised.is_object());
+                    prop_assert_eq!(adapter.validate_config(&normalised), Ok(normalised.clone()));
+                }
+                Err(errors) => {
+                    prop_assert!(!errors.is_empty());
+                    for e in errors {
+                        prop_assert!(e.field.starts_with("config"), "{}", e.field);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_channel_type_has_its_adapter() {

@@ -5,6 +5,7 @@ mod common;
 
 mod activities;
 mod channels;
+mod cli;
 mod concurrency;
 mod conversations;
 mod errors;
