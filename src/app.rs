@@ -8,6 +8,7 @@ use anyhow::Context;
 use base64::Engine;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::adapters::Adapters;
 use crate::auth::JwtKeys;
@@ -20,6 +21,8 @@ use crate::store::{Store, StoreOptions};
 
 /// Events a slow subscriber may fall behind before it lags and resynchronises.
 const PUBSUB_CAPACITY: usize = 1024;
+/// How long shutdown waits for tracked tasks (sockets closing) before giving up.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects to the database named by the config and applies pending migrations.
 ///
@@ -97,6 +100,7 @@ pub fn build_state(
         ingest,
         jwt,
         shutdown,
+        tasks: TaskTracker::new(),
     })
 }
 
@@ -115,6 +119,7 @@ pub async fn run(
     }
     let store = open_store(&config).await?;
     let state = build_state(config, store.clone(), shutdown.clone())?;
+    let tasks = state.tasks.clone();
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = ?store.backend(), "converger listening");
     axum::serve(
@@ -124,6 +129,14 @@ pub async fn run(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
     .context("server failed")?;
+    // Upgraded sockets outlive their HTTP connection: wait for them to close.
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(remaining = tasks.len(), "tasks still running at shutdown");
+    }
     store.close().await;
     tracing::info!("converger stopped");
     Ok(())

@@ -81,6 +81,52 @@ pub struct Config {
         global = true
     )]
     pub log_format: LogFormat,
+
+    /// WebSocket: close a socket that sent no frame at all (heartbeats included) for
+    /// this many seconds. Clients heartbeat every 30 s.
+    #[arg(
+        long,
+        env = "CONVERGER_SOCKET_IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub socket_idle_timeout_secs: u64,
+
+    /// WebSocket: largest accepted client frame, in bytes; a larger one closes the
+    /// socket with code 1009.
+    #[arg(long, env = "CONVERGER_SOCKET_MAX_FRAME_BYTES", default_value_t = 256 * 1024, global = true)]
+    pub socket_max_frame_bytes: usize,
+
+    /// WebSocket: most topics one socket may have joined at once; further joins get
+    /// the error reply `too many channels joined`.
+    #[arg(
+        long,
+        env = "CONVERGER_SOCKET_MAX_CHANNELS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub socket_max_channels: usize,
+
+    /// WebSocket: client messages per second and socket (heartbeats excepted), with
+    /// bursts of as many; beyond it they get the error reply `rate_limited`.
+    #[arg(
+        long,
+        env = "CONVERGER_SOCKET_PUSH_RATE",
+        default_value_t = 50,
+        global = true
+    )]
+    pub socket_push_rate: u32,
+
+    /// WebSocket: server messages queued for one socket. A socket that falls behind
+    /// its conversation while this queue is full is closed with code 1013 (try again
+    /// later); the client reconnects and resumes from its last activity.
+    #[arg(
+        long,
+        env = "CONVERGER_SOCKET_OUTBOUND_QUEUE",
+        default_value_t = 256,
+        global = true
+    )]
+    pub socket_outbound_queue: usize,
 }
 
 /// Shortest accepted JWT secret.
@@ -97,6 +143,11 @@ impl Config {
             jwt_secret: None,
             max_body_bytes: 256 * 1024,
             log_format: LogFormat::Text,
+            socket_idle_timeout_secs: 60,
+            socket_max_frame_bytes: 256 * 1024,
+            socket_max_channels: 100,
+            socket_push_rate: 50,
+            socket_outbound_queue: 256,
         }
     }
 
@@ -137,6 +188,31 @@ impl Config {
         if self.max_body_bytes < 1024 {
             problems.push("CONVERGER_MAX_BODY_BYTES must be at least 1024".into());
         }
+        for (name, value) in [
+            (
+                "CONVERGER_SOCKET_IDLE_TIMEOUT_SECS",
+                self.socket_idle_timeout_secs,
+            ),
+            (
+                "CONVERGER_SOCKET_MAX_CHANNELS",
+                self.socket_max_channels as u64,
+            ),
+            (
+                "CONVERGER_SOCKET_PUSH_RATE",
+                u64::from(self.socket_push_rate),
+            ),
+            (
+                "CONVERGER_SOCKET_OUTBOUND_QUEUE",
+                self.socket_outbound_queue as u64,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.socket_max_frame_bytes < 1024 {
+            problems.push("CONVERGER_SOCKET_MAX_FRAME_BYTES must be at least 1024".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -173,6 +249,11 @@ impl std::fmt::Debug for Config {
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_format", &self.log_format)
+            .field("socket_idle_timeout_secs", &self.socket_idle_timeout_secs)
+            .field("socket_max_frame_bytes", &self.socket_max_frame_bytes)
+            .field("socket_max_channels", &self.socket_max_channels)
+            .field("socket_push_rate", &self.socket_push_rate)
+            .field("socket_outbound_queue", &self.socket_outbound_queue)
             .finish()
     }
 }
@@ -196,6 +277,17 @@ mod tests {
         assert!(problems[0].contains("CONVERGER_JWT_SECRET"));
         c.jwt_secret = Some("short".into());
         assert!(c.validate().unwrap_err()[0].contains("at least 32 bytes"));
+    }
+
+    #[test]
+    fn socket_limits_must_be_positive() {
+        let mut c = Config::new("sqlite://converger.db");
+        c.socket_push_rate = 0;
+        c.socket_outbound_queue = 0;
+        c.socket_max_frame_bytes = 10;
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("CONVERGER_SOCKET_PUSH_RATE"));
     }
 
     #[test]

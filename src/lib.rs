@@ -6,8 +6,8 @@
 //!
 //! 0. [`domain`]: vocabulary (ids, entities, validation rules); no I/O. [`auth`]:
 //!    API keys, channel secrets and JWTs, pure.
-//! 1. [`http`]: the edges. Decode, authenticate, then call [`ingest`] or read the
-//!    [`store`].
+//! 1. [`http`] and [`realtime`]: the edges (REST, Phoenix Channels WebSocket).
+//!    Decode, authenticate, then call [`ingest`] or read the [`store`].
 //! 2. [`ingest`]: the one write path. Validation, idempotency, gap-free `seq`, the
 //!    activity and its delivery rows in one transaction, then publish and wake.
 //! 3. [`store`]: durable state over SQLite or PostgreSQL; [`pubsub`]: fan-out of
@@ -26,6 +26,7 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod pubsub;
+pub mod realtime;
 pub mod store;
 pub mod telemetry;
 

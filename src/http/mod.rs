@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     routes
+        .merge(crate::realtime::router())
         .route(
             "/openapi.json",
             get(move || {

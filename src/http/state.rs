@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::adapters::Adapters;
 use crate::auth::JwtKeys;
@@ -23,4 +24,7 @@ pub struct AppState {
     pub jwt: JwtKeys,
     /// Cancelled when the node starts shutting down.
     pub shutdown: CancellationToken,
+    /// Long-lived tasks outside the request cycle (WebSocket sessions), which must
+    /// watch `shutdown` themselves; the node waits for them before it stops.
+    pub tasks: TaskTracker,
 }

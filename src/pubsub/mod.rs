@@ -1,4 +1,5 @@
-//! Fan-out of committed activities to the sockets of a conversation.
+//! Fan-out of committed activities (and ephemeral typing signals) to the sockets of a
+//! conversation.
 //!
 //! Stage 3 of the flow, beside the store. `ingest` publishes after commit; real-time
 //! sessions subscribe per conversation. Events are notifications, not the record: a
@@ -20,6 +21,13 @@ pub use local::LocalPubSub;
 pub enum Event {
     /// An activity was committed.
     Activity(Activity),
+    /// Someone is typing. Ephemeral: never stored, so a subscriber that misses it
+    /// has nothing to catch up on.
+    Typing {
+        conversation_id: ConversationId,
+        /// The user id of the typist, as in their client token.
+        sender: String,
+    },
 }
 
 /// A stream of events of one conversation.

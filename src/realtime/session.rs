@@ -1,0 +1,370 @@
+//! The per-socket loop: one task per WebSocket, `select!` over client frames, the
+//! outbound queue fed by joined channels, the idle timer and shutdown.
+//!
+//! It owns the socket and the set of joined topics and applies the protocol's
+//! bookkeeping (replies, refs, `phx_close`, limits). What a join or a push means is
+//! decided in `channel`; the wire format is `frame`'s. Nothing here touches the store
+//! directly.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::SocketAuth;
+use super::channel::{self, Stream, StreamEnd};
+use super::frame::{Frame, Ref, Vsn};
+use crate::http::state::AppState;
+
+/// Close codes (RFC 6455 §7.4 and the IANA registry). None is 1000, which the JS client
+/// takes as "stay disconnected".
+mod close_code {
+    /// Idle: no frame within the timeout.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A binary frame: only JSON text frames are spoken here.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame that is not a Phoenix message.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame over `socket_max_frame_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The node is shutting down: reconnect, probably to another node.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The socket fell behind its conversations with a full outbound queue: reconnect
+    /// and rejoin with the last activity seen, which replays what was missed.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Topic of heartbeats.
+const PHOENIX: &str = "phoenix";
+
+/// A token bucket: `rate` messages per second with bursts of `rate`.
+#[derive(Debug)]
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: rate,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn try_acquire(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A joined channel instance.
+struct JoinedTopic {
+    join_ref: Option<Ref>,
+    stream: AbortHandle,
+}
+
+/// Why the loop ended, and how to close the socket.
+enum Exit {
+    /// The client closed or the connection dropped: nothing to send.
+    Gone,
+    Close(u16, &'static str),
+}
+
+struct Session {
+    state: AppState,
+    auth: SocketAuth,
+    vsn: Vsn,
+    socket: WebSocket,
+    joined: HashMap<String, JoinedTopic>,
+    streams: JoinSet<(String, Option<Ref>, StreamEnd)>,
+    out_tx: mpsc::Sender<String>,
+    out_rx: mpsc::Receiver<String>,
+    overloaded: CancellationToken,
+    limiter: RateLimiter,
+}
+
+/// Serves one upgraded socket until the client leaves, it idles out, it falls behind,
+/// or the node shuts down.
+pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vsn: Vsn) {
+    let (out_tx, out_rx) = mpsc::channel(state.config.socket_outbound_queue.max(1));
+    let limiter = RateLimiter::new(state.config.socket_push_rate);
+    let mut session = Session {
+        state,
+        auth,
+        vsn,
+        socket,
+        joined: HashMap::new(),
+        streams: JoinSet::new(),
+        out_tx,
+        out_rx,
+        overloaded: CancellationToken::new(),
+        limiter,
+    };
+    let exit = session.serve().await;
+    session.streams.abort_all();
+    if let Exit::Close(code, reason) = exit {
+        tracing::debug!(code, reason, "closing socket");
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = session.socket.send(Message::Close(Some(frame))).await;
+    }
+}
+
+impl Session {
+    async fn serve(&mut self) -> Exit {
+        let idle = Duration::from_secs(self.state.config.socket_idle_timeout_secs);
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
+        let shutdown = self.state.shutdown.clone();
+        let overloaded = self.overloaded.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Exit::Close(close_code::SERVICE_RESTART, "server restart"),
+                _ = overloaded.cancelled() => return Exit::Close(close_code::TRY_AGAIN_LATER, "try again later"),
+                _ = &mut idle_timer => return Exit::Close(close_code::GOING_AWAY, "idle timeout"),
+                message = self.socket.recv() => {
+                    idle_timer.as_mut().reset(Instant::now() + idle);
+                    let outcome = match message {
+                        None => Err(Exit::Gone),
+                        Some(Err(e)) => Err(receive_error(e)),
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            Err(Exit::Close(close_code::UNSUPPORTED_DATA, "binary frames are not supported"))
+                        }
+                        Some(Ok(Message::Close(_))) => Err(Exit::Gone),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    };
+                    if let Err(exit) = outcome {
+                        return exit;
+                    }
+                }
+                Some(text) = self.out_rx.recv() => {
+                    if self.socket.send(Message::Text(text.into())).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                Some(ended) = self.streams.join_next(), if !self.streams.is_empty() => {
+                    // Aborted streams were already forgotten; one that ended on its own
+                    // is no longer joined.
+                    if let Ok((topic, join_ref, end)) = ended {
+                        tracing::debug!(%topic, ?end, "channel stream ended");
+                        if self.joined.get(&topic).is_some_and(|j| j.join_ref == join_ref) {
+                            self.joined.remove(&topic);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: Frame) -> Result<(), Exit> {
+        self.socket
+            .send(Message::Text(frame.encode(self.vsn).into()))
+            .await
+            .map_err(|_| Exit::Gone)
+    }
+
+    async fn reply(
+        &mut self,
+        join_ref: Option<Ref>,
+        frame: &Frame,
+        result: Result<Value, Value>,
+    ) -> Result<(), Exit> {
+        let (status, response) = match result {
+            Ok(response) => ("ok", response),
+            Err(response) => ("error", response),
+        };
+        let reply = Frame::reply(
+            join_ref,
+            frame.msg_ref.clone(),
+            &frame.topic,
+            status,
+            response,
+        );
+        self.send(reply).await
+    }
+
+    async fn unmatched(&mut self, frame: &Frame) -> Result<(), Exit> {
+        self.reply(None, frame, Err(json!({ "reason": "unmatched topic" })))
+            .await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
+        let frame = match Frame::parse(self.vsn, text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::debug!(error = %e, "malformed frame");
+                return Err(Exit::Close(close_code::INVALID_PAYLOAD, "malformed frame"));
+            }
+        };
+        if frame.topic == PHOENIX {
+            return if frame.event == "heartbeat" {
+                self.reply(None, &frame, Ok(json!({}))).await
+            } else {
+                self.unmatched(&frame).await
+            };
+        }
+        if !self.limiter.try_acquire() {
+            return self
+                .reply(
+                    frame.join_ref.clone(),
+                    &frame,
+                    Err(json!({ "reason": "rate_limited" })),
+                )
+                .await;
+        }
+        match frame.event.as_str() {
+            "phx_join" => self.on_join(frame).await,
+            "phx_leave" => self.on_leave(frame).await,
+            _ => self.on_push(frame).await,
+        }
+    }
+
+    /// Forgets a joined topic and stops its stream.
+    fn forget(&mut self, topic: &str) -> Option<JoinedTopic> {
+        let joined = self.joined.remove(topic)?;
+        joined.stream.abort();
+        Some(joined)
+    }
+
+    async fn on_join(&mut self, frame: Frame) -> Result<(), Exit> {
+        let Some(conversation) = channel::conversation_topic(&frame.topic) else {
+            return self.unmatched(&frame).await;
+        };
+        // The JS client uses the join's own ref as join_ref; V1 clients may send none.
+        let join_ref = frame.join_ref.clone().or_else(|| frame.msg_ref.clone());
+        if let Some(old) = self.forget(&frame.topic) {
+            self.send(Frame::close(old.join_ref, &frame.topic)).await?;
+        }
+        if self.joined.len() >= self.state.config.socket_max_channels {
+            return self
+                .reply(
+                    join_ref,
+                    &frame,
+                    Err(json!({ "reason": "too many channels joined" })),
+                )
+                .await;
+        }
+        let params = frame.payload.to_value();
+        let joined = match channel::join(&self.state, &self.auth, conversation, &params).await {
+            Ok(joined) => joined,
+            Err(refusal) => return self.reply(join_ref, &frame, Err(refusal.0)).await,
+        };
+        // The reply goes out before the stream starts, so replayed activities follow it.
+        self.reply(
+            join_ref.clone(),
+            &frame,
+            Ok(json!({ "last_seq": joined.watermark })),
+        )
+        .await?;
+        let stream = Stream {
+            state: self.state.clone(),
+            auth: self.auth.clone(),
+            vsn: self.vsn,
+            topic: frame.topic.clone(),
+            join_ref: join_ref.clone(),
+            subscription: joined.subscription,
+            last: joined.after,
+            out: self.out_tx.clone(),
+            overloaded: self.overloaded.clone(),
+        };
+        let (topic, stream_ref) = (frame.topic.clone(), join_ref.clone());
+        let handle = self
+            .streams
+            .spawn(async move { (topic, stream_ref, stream.run().await) });
+        self.joined.insert(
+            frame.topic,
+            JoinedTopic {
+                join_ref,
+                stream: handle,
+            },
+        );
+        Ok(())
+    }
+
+    async fn on_leave(&mut self, frame: Frame) -> Result<(), Exit> {
+        let Some(current) = self.joined.get(&frame.topic) else {
+            return self
+                .reply(frame.join_ref.clone(), &frame, Ok(json!({})))
+                .await;
+        };
+        if frame.join_ref.is_some() && frame.join_ref != current.join_ref {
+            return Ok(());
+        }
+        let join_ref = current.join_ref.clone();
+        self.forget(&frame.topic);
+        self.reply(join_ref.clone(), &frame, Ok(json!({}))).await?;
+        self.send(Frame::close(join_ref, &frame.topic)).await
+    }
+
+    async fn on_push(&mut self, frame: Frame) -> Result<(), Exit> {
+        let Some(current) = self.joined.get(&frame.topic) else {
+            return self.unmatched(&frame).await;
+        };
+        if frame.join_ref.is_some() && frame.join_ref != current.join_ref {
+            // A message of an earlier instance of this channel: dropped, as Phoenix does.
+            return Ok(());
+        }
+        let join_ref = current.join_ref.clone();
+        let result = channel::push(
+            &self.state,
+            &self.auth,
+            &frame.event,
+            frame.payload.to_value(),
+        )
+        .await
+        .map_err(|refusal| refusal.0);
+        self.reply(join_ref, &frame, result).await
+    }
+}
+
+fn receive_error(err: axum::Error) -> Exit {
+    match err.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => {
+            Exit::Close(close_code::MESSAGE_TOO_BIG, "frame too large")
+        }
+        _ => Exit::Gone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_allows_bursts_then_refills() {
+        let mut limiter = RateLimiter::new(5);
+        for _ in 0..5 {
+            assert!(limiter.try_acquire());
+        }
+        assert!(!limiter.try_acquire());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(limiter.try_acquire());
+        assert!(!limiter.try_acquire());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for _ in 0..5 {
+            assert!(limiter.try_acquire());
+        }
+        assert!(!limiter.try_acquire());
+    }
+}

@@ -1,0 +1,730 @@
+//! The Phoenix Channels WebSocket endpoint, driven over a real socket against a real
+//! server (SQLite in a temporary directory).
+//!
+//! Self-contained (its own small harness) so it can move into the shared integration
+//! binary as one module.
+
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use converger::config::Config;
+use converger::domain::TenantStatus;
+use converger::store::Store;
+
+/// Longest wait for any expected frame.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    base: String,
+    ws: String,
+    api_key: String,
+    http: reqwest::Client,
+    store: Store,
+    tenant_id: converger::domain::TenantId,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(format!("sqlite://{}", dir.path().join("test.db").display()));
+        config.jwt_secret = Some("realtime-test-secret-0123456789abcdef".into());
+        configure(&mut config);
+        let store = converger::app::open_store(&config).await.unwrap();
+        let key = converger::auth::generate_api_key();
+        let tenant = store
+            .insert_tenant("test", &key.hash, &key.prefix)
+            .await
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(converger::app::run(config, listener, shutdown.clone()));
+        Server {
+            base: format!("http://{addr}/api/v1"),
+            ws: format!("ws://{addr}/socket/websocket"),
+            api_key: key.key,
+            http: reqwest::Client::new(),
+            store,
+            tenant_id: tenant.id,
+            shutdown,
+            handle,
+            _dir: dir,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-api-key", &self.api_key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A new conversation on a new websocket channel; returns its id.
+    async fn conversation(&self) -> String {
+        let (status, channel) = self
+            .call(
+                reqwest::Method::POST,
+                "/channels",
+                Some(json!({"name": "web", "type": "websocket"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{channel}");
+        let channel_id = channel["data"]["id"].as_str().unwrap();
+        let (status, conversation) = self
+            .call(
+                reqwest::Method::POST,
+                "/conversations",
+                Some(json!({"channel_id": channel_id})),
+            )
+            .await;
+        assert_eq!(status, 201, "{conversation}");
+        conversation["data"]["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn token(&self, conversation: &str, user: &str) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/tokens",
+                Some(json!({"conversation_id": conversation, "user_id": user})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts a message with the API key; returns the activity.
+    async fn post(&self, conversation: &str, text: &str) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/conversations/{conversation}/activities"),
+                Some(json!({"text": text})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["data"].clone()
+    }
+
+    async fn activities(&self, conversation: &str) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/conversations/{conversation}/activities?limit=500"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["data"].as_array().unwrap().clone()
+    }
+
+    fn url(&self, token: &str, vsn: Option<&str>) -> String {
+        match vsn {
+            Some(vsn) => format!("{}?token={token}&vsn={vsn}", self.ws),
+            None => format!("{}?token={token}", self.ws),
+        }
+    }
+
+    /// A V2 socket for this conversation and user.
+    async fn socket(&self, conversation: &str, user: &str) -> Socket {
+        let token = self.token(conversation, user).await;
+        Socket::connect(&self.url(&token, Some("2.0.0"))).await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// The status of a refused handshake.
+async fn refused(request: impl IntoClientRequest + Unpin) -> u16 {
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("the handshake succeeded"),
+    }
+}
+
+struct Socket {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Socket {
+    async fn connect(url: &str) -> Socket {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Socket { ws }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    /// The next text frame, as raw text.
+    async fn recv_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no frame in time")
+                .expect("socket closed")
+                .unwrap();
+            match message {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        serde_json::from_str(&self.recv_text().await).unwrap()
+    }
+
+    /// The close frame the server ends with.
+    async fn closed(&mut self) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("not closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Joins and returns the reply.
+    async fn join(&mut self, topic: &str, join_ref: &str, params: Value) -> Value {
+        self.send(json!([join_ref, join_ref, topic, "phx_join", params]))
+            .await;
+        self.recv().await
+    }
+
+    /// Receives `new_activity` pushes until `count` have arrived; returns their payloads.
+    async fn activities(&mut self, count: usize) -> Vec<Value> {
+        let mut found = Vec::new();
+        while found.len() < count {
+            let frame = self.recv().await;
+            if frame[3] == "new_activity" {
+                found.push(frame[4].clone());
+            }
+        }
+        found
+    }
+
+    /// Round-trips a heartbeat: every frame the server queued before it is returned.
+    async fn drain(&mut self) -> Vec<Value> {
+        self.send(json!([null, "hb", "phoenix", "heartbeat", {}]))
+            .await;
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame[1] == "hb" {
+                return frames;
+            }
+            frames.push(frame);
+        }
+    }
+}
+
+fn topic(conversation: &str) -> String {
+    format!("conversation:{conversation}")
+}
+
+fn seqs(activities: &[Value]) -> Vec<i64> {
+    activities
+        .iter()
+        .map(|a| a["seq"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_credentials_and_versions_get_403_before_upgrade() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+
+    assert_eq!(refused(server.ws.clone()).await, 403);
+    assert_eq!(refused(server.url("not-a-jwt", Some("2.0.0"))).await, 403);
+    let mut forged = token.clone();
+    forged.pop();
+    assert_eq!(refused(server.url(&forged, Some("2.0.0"))).await, 403);
+    assert_eq!(refused(server.url(&token, Some("3.0.0"))).await, 403);
+    // A channel token is not a client token.
+    let (_, channel) = server
+        .call(
+            reqwest::Method::POST,
+            "/channels",
+            Some(json!({"name": "w2", "type": "websocket"})),
+        )
+        .await;
+    let channel_token = channel["data"]["token"].as_str().unwrap();
+    assert_eq!(refused(server.url(channel_token, Some("2.0.0"))).await, 403);
+
+    server
+        .store
+        .set_tenant_status(server.tenant_id, TenantStatus::Inactive)
+        .await
+        .unwrap();
+    assert_eq!(refused(server.url(&token, Some("2.0.0"))).await, 403);
+    server
+        .store
+        .set_tenant_status(server.tenant_id, TenantStatus::Active)
+        .await
+        .unwrap();
+    Socket::connect(&server.url(&token, Some("2.0.0"))).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeat_is_answered_with_null_join_ref() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let mut socket = server.socket(&conversation, "alice").await;
+    socket
+        .send(json!([null, "12", "phoenix", "heartbeat", {}]))
+        .await;
+    assert_eq!(
+        socket.recv_text().await,
+        r#"[null,"12","phoenix","phx_reply",{"status":"ok","response":{}}]"#
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn joins_are_authorised_and_topics_matched() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let other = server.conversation().await;
+    let mut socket = server.socket(&conversation, "alice").await;
+
+    let reply = socket.join(&topic(&conversation), "1", json!({})).await;
+    assert_eq!(
+        reply,
+        json!(["1", "1", topic(&conversation), "phx_reply", {"status": "ok", "response": {"last_seq": 0}}])
+    );
+
+    let reply = socket.join(&topic(&other), "2", json!({})).await;
+    assert_eq!(reply[0], "2");
+    assert_eq!(reply[4]["status"], "error");
+    assert_eq!(reply[4]["response"]["reason"], "unauthorized");
+
+    socket
+        .send(json!(["3", "3", "room:lobby", "phx_join", {}]))
+        .await;
+    assert_eq!(
+        socket.recv_text().await,
+        r#"[null,"3","room:lobby","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#
+    );
+    // A message to a topic not joined.
+    socket
+        .send(json!([null, "4", topic(&other), "new_activity", {"text": "x"}]))
+        .await;
+    let reply = socket.recv().await;
+    assert_eq!(reply[0], Value::Null);
+    assert_eq!(reply[4]["response"]["reason"], "unmatched topic");
+
+    // A duplicate join closes the old instance first.
+    let reply = socket.join(&topic(&conversation), "5", json!({})).await;
+    assert_eq!(
+        reply,
+        json!(["1", "1", topic(&conversation), "phx_close", {}])
+    );
+    let reply = socket.recv().await;
+    assert_eq!(
+        (
+            reply[0].clone(),
+            reply[3].clone(),
+            reply[4]["status"].clone()
+        ),
+        (json!("5"), json!("phx_reply"), json!("ok"))
+    );
+
+    // A push with the stale join ref is dropped without a reply.
+    socket
+        .send(json!(["1", "6", topic(&conversation), "new_activity", {"text": "stale"}]))
+        .await;
+    assert!(socket.drain().await.is_empty());
+    assert!(server.activities(&conversation).await.is_empty());
+
+    // Leave: ok reply, then phx_close with the join ref as both refs.
+    socket
+        .send(json!(["5", "7", topic(&conversation), "phx_leave", {}]))
+        .await;
+    assert_eq!(
+        socket.recv().await,
+        json!(["5", "7", topic(&conversation), "phx_reply", {"status": "ok", "response": {}}])
+    );
+    assert_eq!(
+        socket.recv().await,
+        json!(["5", "5", topic(&conversation), "phx_close", {}])
+    );
+    server.post(&conversation, "after leave").await;
+    assert!(socket.drain().await.is_empty());
+
+    // A closed conversation cannot be joined.
+    let (status, _) = server
+        .call(
+            reqwest::Method::POST,
+            &format!("/conversations/{conversation}/close"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let reply = socket.join(&topic(&conversation), "8", json!({})).await;
+    assert_eq!(reply[4]["response"]["reason"], "conversation_closed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rest_posts_reach_joined_sockets_with_their_join_ref() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let mut socket = server.socket(&conversation, "alice").await;
+    socket.join(&topic(&conversation), "1", json!({})).await;
+    let posted = server.post(&conversation, "hello").await;
+    let push = socket.recv().await;
+    assert_eq!(
+        push,
+        json!(["1", null, topic(&conversation), "new_activity", posted])
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pushed_activities_are_ingested_as_the_token_user_once() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let mut socket = server.socket(&conversation, "alice").await;
+    socket.join(&topic(&conversation), "1", json!({})).await;
+
+    let body = json!({"text": "hi", "idempotency_key": "k1", "metadata": {"a": 1}});
+    socket
+        .send(json!([
+            "1",
+            "2",
+            topic(&conversation),
+            "new_activity",
+            body
+        ]))
+        .await;
+    let mut frames = [socket.recv().await, socket.recv().await];
+    frames.sort_by_key(|f| f[3].as_str().unwrap().to_owned());
+    let (push, reply) = (&frames[0], &frames[1]);
+    assert_eq!(reply[1], "2");
+    assert_eq!(reply[4]["status"], "ok");
+    let id = reply[4]["response"]["id"].clone();
+    assert_eq!(reply[4]["response"]["seq"], 1);
+    assert_eq!(push[4]["id"], id);
+    assert_eq!(push[4]["sender"], "alice");
+    assert_eq!(push[4]["direction"], "inbound");
+
+    // The same push again: the original, nothing new.
+    socket
+        .send(json!([
+            "1",
+            "3",
+            topic(&conversation),
+            "new_activity",
+            body
+        ]))
+        .await;
+    let reply = socket.recv().await;
+    assert_eq!(
+        reply[4],
+        json!({"status": "ok", "response": {"id": id, "seq": 1}})
+    );
+    // Same key, other content: a conflict.
+    socket
+        .send(json!(["1", "4", topic(&conversation), "new_activity", {"text": "other", "idempotency_key": "k1"}]))
+        .await;
+    assert_eq!(
+        socket.recv().await[4]["response"]["reason"],
+        "idempotency_conflict"
+    );
+    // The client cannot choose the sender; invalid content names its field.
+    socket
+        .send(json!(["1", "5", topic(&conversation), "new_activity", {"text": "x", "sender": "mallory"}]))
+        .await;
+    assert_eq!(
+        socket.recv().await[4]["response"]["reason"],
+        "validation_failed"
+    );
+    socket
+        .send(json!(["1", "6", topic(&conversation), "new_activity", {"text": "  "}]))
+        .await;
+    let reply = socket.recv().await;
+    assert_eq!(reply[4]["response"]["reason"], "validation_failed");
+    assert_eq!(reply[4]["response"]["fields"][0]["field"], "text");
+
+    assert!(socket.drain().await.is_empty());
+    let stored = server.activities(&conversation).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["sender"], "alice");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rejoin_replays_exactly_what_was_missed() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+    let mut socket = Socket::connect(&server.url(&token, Some("2.0.0"))).await;
+    socket.join(&topic(&conversation), "1", json!({})).await;
+    for i in 1..=3 {
+        server.post(&conversation, &format!("m{i}")).await;
+    }
+    let seen = socket.activities(3).await;
+    assert_eq!(seqs(&seen), [1, 2, 3]);
+    drop(socket);
+
+    for i in 4..=6 {
+        server.post(&conversation, &format!("m{i}")).await;
+    }
+    let mut socket = Socket::connect(&server.url(&token, Some("2.0.0"))).await;
+    let reply = socket
+        .join(
+            &topic(&conversation),
+            "7",
+            json!({"last_activity_id": seen[2]["id"]}),
+        )
+        .await;
+    assert_eq!(
+        reply[4],
+        json!({"status": "ok", "response": {"last_seq": 6}})
+    );
+    let replayed = socket.activities(3).await;
+    assert_eq!(seqs(&replayed), [4, 5, 6]);
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|a| a["text"].clone())
+            .collect::<Vec<_>>(),
+        ["m4", "m5", "m6"]
+    );
+    assert!(socket.drain().await.is_empty());
+    server.post(&conversation, "m7").await;
+    assert_eq!(seqs(&socket.activities(1).await), [7]);
+
+    // `last_seq` works the same; a watermark from the future or another conversation is refused.
+    let mut other = Socket::connect(&server.url(&token, Some("2.0.0"))).await;
+    other
+        .join(&topic(&conversation), "1", json!({"last_seq": 5}))
+        .await;
+    assert_eq!(seqs(&other.activities(2).await), [6, 7]);
+    let reply = other
+        .join(&topic(&conversation), "2", json!({"last_seq": 99}))
+        .await;
+    assert_eq!(reply[3], "phx_close");
+    assert_eq!(
+        other.recv().await[4]["response"]["reason"],
+        "invalid_watermark"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_the_others_only() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let mut alice = server.socket(&conversation, "alice").await;
+    let mut bob = server.socket(&conversation, "bob").await;
+    alice.join(&topic(&conversation), "1", json!({})).await;
+    bob.join(&topic(&conversation), "9", json!({})).await;
+
+    alice
+        .send(json!(["1", "2", topic(&conversation), "typing", {}]))
+        .await;
+    assert_eq!(
+        alice.recv().await[4],
+        json!({"status": "ok", "response": {}})
+    );
+    assert_eq!(
+        bob.recv().await,
+        json!(["9", null, topic(&conversation), "typing", {"sender": "alice"}])
+    );
+    // Events reach a stream in order: had alice's typing been forwarded to her, it
+    // would come before this activity.
+    server.post(&conversation, "after typing").await;
+    assert_eq!(alice.recv().await[3], "new_activity");
+    assert_eq!(bob.recv().await[3], "new_activity");
+    assert!(server.activities(&conversation).await.len() == 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn v1_object_frames() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+    for vsn in [None, Some("1.0.0")] {
+        let mut socket = Socket::connect(&server.url(&token, vsn)).await;
+        socket
+            .send(json!({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "12"}))
+            .await;
+        assert_eq!(
+            socket.recv_text().await,
+            r#"{"topic":"phoenix","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"12"}"#
+        );
+        socket
+            .send(json!({"topic": topic(&conversation), "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"}))
+            .await;
+        let reply = socket.recv().await;
+        assert_eq!(reply["payload"]["status"], "ok");
+        assert!(reply.get("join_ref").is_none());
+        let posted = server.post(&conversation, "v1").await;
+        assert_eq!(
+            socket.recv().await,
+            json!({"topic": topic(&conversation), "event": "new_activity", "payload": posted, "ref": null})
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn token_in_the_subprotocol_header() {
+    let server = Server::start().await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+    let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&token);
+    let mut request = format!("{}?vsn=2.0.0", server.ws)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("phoenix, base64url.bearer.phx.{encoded}")
+            .parse()
+            .unwrap(),
+    );
+    let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "phoenix");
+    let mut socket = Socket { ws };
+    assert_eq!(
+        socket.join(&topic(&conversation), "1", json!({})).await[4]["status"],
+        "ok"
+    );
+
+    let mut bad = format!("{}?vsn=2.0.0", server.ws)
+        .into_client_request()
+        .unwrap();
+    bad.headers_mut().insert(
+        "sec-websocket-protocol",
+        "phoenix, base64url.bearer.phx.bm9wZQ".parse().unwrap(),
+    );
+    assert_eq!(refused(bad).await, 403);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limits_idle_timeout_and_shutdown_close_codes() {
+    let server = Server::start_with(|c| {
+        c.socket_push_rate = 3;
+        c.socket_max_channels = 1;
+        c.socket_idle_timeout_secs = 1;
+    })
+    .await;
+    let conversation = server.conversation().await;
+    let mut socket = server.socket(&conversation, "alice").await;
+    socket.join(&topic(&conversation), "1", json!({})).await;
+    for r in ["2", "3"] {
+        socket
+            .send(json!(["1", r, topic(&conversation), "typing", {}]))
+            .await;
+        assert_eq!(socket.recv().await[4]["status"], "ok");
+    }
+    socket
+        .send(json!(["1", "4", topic(&conversation), "typing", {}]))
+        .await;
+    assert_eq!(
+        socket.recv().await[4],
+        json!({"status": "error", "response": {"reason": "rate_limited"}})
+    );
+    // Without a frame for the idle timeout, the server closes (not with 1000).
+    assert_eq!(socket.closed().await, Some(CloseCode::Away));
+
+    let mut socket = server.socket(&conversation, "alice").await;
+    socket
+        .send(json!(["5", "5", "conversation:x", "phx_join", {}]))
+        .await;
+    assert_eq!(socket.recv().await[4]["response"]["reason"], "unauthorized");
+    socket.join(&topic(&conversation), "6", json!({})).await;
+    let reply = socket.join("conversation:other", "7", json!({})).await;
+    assert_eq!(reply[4]["response"]["reason"], "too many channels joined");
+
+    server.shutdown.cancel();
+    assert_eq!(socket.closed().await, Some(CloseCode::Restart));
+    server.handle.await.unwrap().unwrap();
+}
+
+/// Writers and joiners race: every joiner sees each activity after its watermark
+/// exactly once, in order, up to the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_and_joiners_see_gap_free_sequences() {
+    const WRITERS: usize = 10;
+    const PER_WRITER: usize = 15;
+    const BEFORE: usize = 20;
+    const FINAL: i64 = (BEFORE + WRITERS * PER_WRITER) as i64;
+    let server = std::sync::Arc::new(Server::start().await);
+    let conversation = server.conversation().await;
+    for i in 0..BEFORE {
+        server.post(&conversation, &format!("before {i}")).await;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let (server, conversation) = (server.clone(), conversation.clone());
+        tasks.spawn(async move {
+            for i in 0..PER_WRITER {
+                server.post(&conversation, &format!("w{w} {i}")).await;
+            }
+        });
+    }
+    for j in 0..10 {
+        let (server, conversation) = (server.clone(), conversation.clone());
+        tasks.spawn(async move {
+            let watermark = rand::random_range(0..=BEFORE as i64);
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..40))).await;
+            let mut socket = server.socket(&conversation, &format!("joiner{j}")).await;
+            let reply = socket
+                .join(&topic(&conversation), "1", json!({"last_seq": watermark}))
+                .await;
+            assert_eq!(reply[4]["status"], "ok", "{reply}");
+            let seen = socket.activities((FINAL - watermark) as usize).await;
+            assert_eq!(
+                seqs(&seen),
+                ((watermark + 1)..=FINAL).collect::<Vec<_>>(),
+                "joiner {j} from {watermark}"
+            );
+            assert!(socket.drain().await.is_empty());
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    std::sync::Arc::into_inner(server).unwrap().stop().await;
+}
