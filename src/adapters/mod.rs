@@ -7,6 +7,8 @@
 
 mod config;
 mod echo;
+mod inbound;
+pub mod signing;
 mod webhook;
 mod websocket;
 mod whatsapp_infobip;
@@ -14,14 +16,76 @@ mod whatsapp_meta;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::http::HeaderMap;
 use serde_json::Value;
 
-use crate::domain::{ActivityType, ChannelType, Direction, FieldError};
+use crate::domain::{
+    Activity, ActivityType, Channel, ChannelType, Conversation, DeliveryId, Direction, FieldError,
+    NewActivity,
+};
 
 pub use config::{MASK, mask_config, merge_config_patch};
+pub use inbound::{InboundBatch, InboundError, InboundMessage, StatusUpdate};
+
+/// One attempt to deliver an activity to a channel.
+pub struct Outbound<'a> {
+    pub delivery_id: DeliveryId,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub activity: &'a Activity,
+    pub conversation: &'a Conversation,
+    pub channel: &'a Channel,
+    /// Shared client: connection pools are reused across deliveries.
+    pub http: &'a reqwest::Client,
+    /// Upper bound for this attempt's request, below the worker's lease.
+    pub max_timeout: Duration,
+}
+
+/// A successful delivery.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delivered {
+    /// The receiver's id for the message, for status callbacks.
+    pub external_id: Option<String>,
+    /// An activity to create in answer (the echo adapter's reply); the worker ingests it.
+    pub reply: Option<NewActivity>,
+}
+
+/// A failed delivery attempt.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdapterError {
+    /// Worth another attempt (transport errors, timeouts, 408, 425, 429, 5xx).
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        /// The receiver's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (other 4xx, bad config, no recipient).
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl AdapterError {
+    /// A permanent failure with a message.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        AdapterError::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// A retryable failure without `Retry-After`.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        AdapterError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
 
 /// The behaviour of one channel type.
+#[async_trait::async_trait]
 pub trait ChannelAdapter: Send + Sync + 'static {
     /// The channel type this adapter serves.
     fn channel_type(&self) -> ChannelType;
@@ -45,6 +109,43 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     /// delivery row. The route's direction filter has already matched.
     fn accepts_routed(&self, kind: ActivityType) -> bool {
         kind != ActivityType::Typing
+    }
+
+    /// Makes one delivery attempt.
+    ///
+    /// # Errors
+    /// Retryable or permanent, as the receiver's answer says.
+    async fn deliver(&self, outbound: &Outbound<'_>) -> Result<Delivered, AdapterError> {
+        let _ = outbound;
+        Err(AdapterError::permanent(format!(
+            "{} channels deliver nothing",
+            self.channel_type()
+        )))
+    }
+
+    /// Checks that an inbound request comes from the channel's sender.
+    ///
+    /// # Errors
+    /// `Unauthorized` for a missing or wrong signature; `NotSupported` for channel types
+    /// without inbound webhooks.
+    fn verify_inbound(
+        &self,
+        channel: &Channel,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), InboundError> {
+        let _ = (channel, headers, body, now);
+        Err(InboundError::NotSupported)
+    }
+
+    /// Parses a verified inbound payload into messages and status updates.
+    ///
+    /// # Errors
+    /// `Malformed` for a payload this channel type cannot read.
+    fn parse_inbound(&self, channel: &Channel, body: &[u8]) -> Result<InboundBatch, InboundError> {
+        let _ = (channel, body);
+        Err(InboundError::NotSupported)
     }
 }
 

@@ -1,11 +1,17 @@
 //! `webhook`: generic HTTP. Inbound messages arrive signed at the channel's inbound
 //! URL; outbound activities are sent as Standard Webhooks to the configured `url`.
 
-use serde_json::Value;
+use std::time::Duration;
 
-use super::ChannelAdapter;
+use axum::http::HeaderMap;
+use serde_json::{Map, Value, json};
+
 use super::config::ConfigReader;
-use crate::domain::{ActivityType, ChannelType, Direction, FieldError};
+use super::signing::{standard_webhooks_signature, verify_converger_signature};
+use super::{
+    AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, InboundMessage, Outbound,
+};
+use crate::domain::{ActivityType, Channel, ChannelType, Direction, FieldError};
 
 /// Adapter of `webhook` channels.
 pub struct WebhookAdapter;
@@ -13,6 +19,16 @@ pub struct WebhookAdapter;
 /// Longest request timeout a channel may configure, in milliseconds.
 const MAX_TIMEOUT_MS: u64 = 60_000;
 
+/// Most messages in one inbound batch.
+pub const MAX_INBOUND_BATCH: usize = 100;
+
+/// Header carrying inbound signatures.
+pub const SIGNATURE_HEADER: &str = "x-converger-signature";
+
+/// How much of a failed response body is kept in `last_error`.
+const ERROR_BODY_CHARS: usize = 200;
+
+#[async_trait::async_trait]
 impl ChannelAdapter for WebhookAdapter {
     fn channel_type(&self) -> ChannelType {
         ChannelType::Webhook
@@ -32,12 +48,343 @@ impl ChannelAdapter for WebhookAdapter {
     fn delivers(&self, direction: Direction, kind: ActivityType) -> bool {
         direction == Direction::Outbound && kind != ActivityType::Typing
     }
+
+    async fn deliver(&self, out: &Outbound<'_>) -> Result<Delivered, AdapterError> {
+        let config = &out.channel.config;
+        let url = config["url"]
+            .as_str()
+            .ok_or_else(|| AdapterError::permanent("channel config has no url"))?;
+        let method = match config["method"].as_str() {
+            Some("PUT") => reqwest::Method::PUT,
+            Some("PATCH") => reqwest::Method::PATCH,
+            _ => reqwest::Method::POST,
+        };
+        let timeout = Duration::from_millis(config["timeout_ms"].as_u64().unwrap_or(15_000))
+            .min(out.max_timeout);
+        let body = serde_json::to_vec(&payload(out))
+            .map_err(|e| AdapterError::permanent(format!("cannot encode the activity: {e}")))?;
+        let msg_id = out.delivery_id.to_string();
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = standard_webhooks_signature(&out.channel.secret, &msg_id, timestamp, &body);
+
+        let mut request = out.http.request(method, url).timeout(timeout);
+        if let Some(headers) = config["headers"].as_object() {
+            for (name, value) in headers {
+                if let Some(value) = value.as_str()
+                    && !name.to_ascii_lowercase().starts_with("webhook-")
+                {
+                    request = request.header(name.as_str(), value);
+                }
+            }
+        }
+        let response = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        classify(response).await
+    }
+
+    fn verify_inbound(
+        &self,
+        channel: &Channel,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), InboundError> {
+        match headers.get(SIGNATURE_HEADER) {
+            Some(value) => {
+                let value = value.to_str().map_err(|_| {
+                    InboundError::Unauthorized("the signature header is not ASCII".into())
+                })?;
+                verify_converger_signature(&channel.secret, value, body, now)
+                    .map_err(|e| InboundError::Unauthorized(e.to_string()))
+            }
+            None if channel.config["require_signature"].as_bool() == Some(false) => Ok(()),
+            None => Err(InboundError::Unauthorized(format!(
+                "the {SIGNATURE_HEADER} header is required"
+            ))),
+        }
+    }
+
+    fn parse_inbound(&self, _channel: &Channel, body: &[u8]) -> Result<InboundBatch, InboundError> {
+        parse_generic(body)
+    }
+}
+
+/// The webhook body: the activity JSON, plus the conversation and channel it belongs to.
+fn payload(out: &Outbound<'_>) -> Value {
+    let mut body = serde_json::to_value(out.activity).unwrap_or_else(|_| json!({}));
+    if let Value::Object(map) = &mut body {
+        map.insert(
+            "conversation".into(),
+            json!({
+                "id": out.conversation.id,
+                "channel_id": out.conversation.channel_id,
+                "external_id": out.conversation.external_id,
+                "metadata": out.conversation.metadata,
+            }),
+        );
+        map.insert(
+            "channel".into(),
+            json!({"id": out.channel.id, "name": out.channel.name, "type": out.channel.kind}),
+        );
+    }
+    body
+}
+
+fn transport_error(e: &reqwest::Error) -> AdapterError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_redirect() {
+        return AdapterError::permanent("refused a redirect to another host");
+    } else {
+        "request failed"
+    };
+    // The error's Display includes the URL, whose query may carry a credential.
+    AdapterError::retryable(format!("{what}: {}", without_url(e)))
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut last = None;
+    while let Some(s) = source {
+        last = Some(s.to_string());
+        source = s.source();
+    }
+    last.unwrap_or_else(|| "no details".into())
+}
+
+/// A `Retry-After` of seconds or an HTTP date.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
+}
+
+async fn classify(response: reqwest::Response) -> Result<Delivered, AdapterError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(Delivered::default());
+    }
+    let after = retry_after(response.headers());
+    let text = response.text().await.unwrap_or_default();
+    let excerpt: String = text.chars().take(ERROR_BODY_CHARS).collect();
+    let message = if excerpt.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {excerpt}")
+    };
+    let code = status.as_u16();
+    if matches!(code, 408 | 425 | 429) || status.is_server_error() {
+        Err(AdapterError::Retryable {
+            message,
+            retry_after: after,
+        })
+    } else {
+        Err(AdapterError::Permanent { message })
+    }
+}
+
+/// Reads the generic inbound format: one message object, `{"messages": [...]}`, or a
+/// bare array of messages.
+pub fn parse_generic(body: &[u8]) -> Result<InboundBatch, InboundError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| InboundError::Malformed(format!("the body is not valid JSON: {e}")))?;
+    let items: Vec<Value> = match value {
+        Value::Array(items) => items,
+        Value::Object(mut map) if map.contains_key("messages") => match map.remove("messages") {
+            Some(Value::Array(items)) => items,
+            _ => {
+                return Err(InboundError::Malformed(
+                    "`messages` must be an array".into(),
+                ));
+            }
+        },
+        Value::Object(map) => vec![Value::Object(map)],
+        _ => {
+            return Err(InboundError::Malformed(
+                "expected a message object or an array".into(),
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(InboundError::Malformed("the batch holds no message".into()));
+    }
+    if items.len() > MAX_INBOUND_BATCH {
+        return Err(InboundError::Malformed(format!(
+            "a batch holds at most {MAX_INBOUND_BATCH} messages"
+        )));
+    }
+    let messages = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            parse_message(item).map_err(|e| InboundError::Malformed(format!("message {i}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(InboundBatch {
+        messages,
+        statuses: Vec::new(),
+    })
+}
+
+fn string_field(map: &Map<String, Value>, names: &[&str]) -> Result<Option<String>, String> {
+    for name in names {
+        match map.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => return Ok(Some(s.clone())),
+            Some(Value::Number(n)) => return Ok(Some(n.to_string())),
+            Some(_) => return Err(format!("`{name}` must be a string")),
+        }
+    }
+    Ok(None)
+}
+
+fn parse_message(item: Value) -> Result<InboundMessage, String> {
+    let Value::Object(map) = item else {
+        return Err("must be an object".into());
+    };
+    let text = string_field(&map, &["text", "message", "body"])?;
+    // `sender`/`from` may be a plain id or an object with `id` and `name`.
+    let mut sender_name = None;
+    let sender = match map.get("sender").or_else(|| map.get("from")) {
+        Some(Value::Object(from)) => {
+            sender_name = string_field(from, &["name"])?;
+            string_field(from, &["id"])?
+        }
+        _ => string_field(&map, &["sender", "from"])?,
+    };
+    let external_id = string_field(&map, &["external_id"])?;
+    let conversation_id = match string_field(&map, &["conversation_id"])? {
+        Some(id) => Some(
+            id.parse()
+                .map_err(|_| "`conversation_id` is not a UUID".to_string())?,
+        ),
+        None => None,
+    };
+    let sender = sender
+        .or_else(|| external_id.clone())
+        .filter(|s| !s.trim().is_empty())
+        .ok_or("`sender` (or `from`, or `external_id`) is required")?;
+    let kind = match string_field(&map, &["type"])? {
+        None => ActivityType::Message,
+        Some(t) => t.parse().map_err(|e| format!("`type`: {e}"))?,
+    };
+    let attachments = match map.get("attachments") {
+        None | Some(Value::Null) => json!([]),
+        Some(v) => v.clone(),
+    };
+    let mut metadata = match map.get("metadata") {
+        None | Some(Value::Null) => json!({}),
+        Some(Value::Object(m)) => Value::Object(m.clone()),
+        Some(_) => return Err("`metadata` must be an object".into()),
+    };
+    if let (Some(name), Value::Object(m)) = (sender_name, &mut metadata) {
+        m.entry("sender_name").or_insert(Value::String(name));
+    }
+    Ok(InboundMessage {
+        provider_id: string_field(&map, &["id", "message_id", "idempotency_key"])?,
+        external_id: external_id.unwrap_or_else(|| sender.clone()),
+        sender,
+        conversation_id,
+        kind,
+        text,
+        attachments,
+        metadata,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_single_batch_and_array_forms() {
+        let one = parse_generic(br#"{"text": "hi", "from": "+49151", "id": "m1"}"#).unwrap();
+        assert_eq!(one.messages.len(), 1);
+        let m = &one.messages[0];
+        assert_eq!(
+            (m.sender.as_str(), m.external_id.as_str()),
+            ("+49151", "+49151")
+        );
+        assert_eq!(m.provider_id.as_deref(), Some("m1"));
+        assert_eq!(m.text.as_deref(), Some("hi"));
+
+        let batch = parse_generic(
+            br#"{"messages": [{"message": "a", "sender": {"id": "u1", "name": "Ann"}}, {"body": "b", "sender": "u2", "type": "event", "metadata": {"k": 1}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(batch.messages[0].metadata, json!({"sender_name": "Ann"}));
+        assert_eq!(batch.messages[1].kind, ActivityType::Event);
+        let array = parse_generic(br#"[{"text": "a", "external_id": "x"}]"#).unwrap();
+        assert_eq!(array.messages[0].sender, "x");
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_read() {
+        for body in [
+            &br#"{"text": "no sender"}"#[..],
+            br#"{"messages": {}}"#,
+            br#"[]"#,
+            br#"[1]"#,
+            br#"{"sender": "u", "type": "shout"}"#,
+            br#"{"sender": "u", "conversation_id": "nope"}"#,
+            br#"{"sender": "u", "metadata": []}"#,
+            b"\xff",
+            br#""text""#,
+        ] {
+            assert!(
+                matches!(parse_generic(body), Err(InboundError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_generic(&body);
+        }
+
+        #[test]
+        fn arbitrary_json_messages_never_panic(text in ".{0,40}", sender in ".{0,20}", extra in ".{0,20}") {
+            let body = json!({"text": text, "sender": sender, "metadata": {"x": extra}, "attachments": [extra]});
+            if let Ok(batch) = parse_generic(body.to_string().as_bytes()) {
+                prop_assert_eq!(batch.messages.len(), 1);
+                prop_assert!(!batch.messages[0].sender.trim().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        h.insert(reqwest::header::RETRY_AFTER, later.parse().unwrap());
+        assert!(retry_after(&h).is_some_and(|d| d > Duration::from_secs(80)));
+        h.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
 
     #[test]
     fn fills_defaults() {

@@ -10,6 +10,7 @@ use crate::domain::{ActivityType, ChannelType, Direction, FieldError};
 /// Adapter of `websocket` channels.
 pub struct WebsocketAdapter;
 
+#[async_trait::async_trait]
 impl ChannelAdapter for WebsocketAdapter {
     fn channel_type(&self) -> ChannelType {
         ChannelType::Websocket

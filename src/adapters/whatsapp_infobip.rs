@@ -9,6 +9,7 @@ use crate::domain::{ActivityType, ChannelType, Direction, FieldError};
 /// Adapter of `whatsapp_infobip` channels.
 pub struct WhatsappInfobipAdapter;
 
+#[async_trait::async_trait]
 impl ChannelAdapter for WhatsappInfobipAdapter {
     fn channel_type(&self) -> ChannelType {
         ChannelType::WhatsappInfobip

@@ -9,6 +9,7 @@ use crate::domain::{ActivityType, ChannelType, Direction, FieldError};
 /// Adapter of `whatsapp_meta` channels.
 pub struct WhatsappMetaAdapter;
 
+#[async_trait::async_trait]
 impl ChannelAdapter for WhatsappMetaAdapter {
     fn channel_type(&self) -> ChannelType {
         ChannelType::WhatsappMeta
