@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
@@ -13,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::adapters::Adapters;
 use crate::auth::JwtKeys;
 use crate::config::Config;
-use crate::delivery::DeliveryWaker;
+use crate::delivery::{DeliveryEngine, DeliverySettings, DeliveryWaker};
 use crate::http::{self, state::AppState};
 use crate::ingest::Ingestor;
 use crate::pubsub::PubSub;
@@ -91,8 +92,14 @@ pub fn build_state(
     let adapters = Adapters::new();
     let pubsub = PubSub::local(PUBSUB_CAPACITY);
     let waker = DeliveryWaker::default();
-    let ingest = Ingestor::new(store.clone(), adapters.clone(), pubsub.clone(), waker);
+    let ingest = Ingestor::new(
+        store.clone(),
+        adapters.clone(),
+        pubsub.clone(),
+        waker.clone(),
+    );
     Ok(AppState {
+        waker,
         config: Arc::new(config),
         store,
         adapters,
@@ -120,6 +127,22 @@ pub async fn run(
     let store = open_store(&config).await?;
     let state = build_state(config, store.clone(), shutdown.clone())?;
     let tasks = state.tasks.clone();
+    if state.config.delivery_enabled {
+        let settings = DeliverySettings {
+            concurrency: state.config.delivery_concurrency,
+            backoff_scale: state.config.delivery_backoff_scale,
+            lease: Duration::from_secs(state.config.delivery_lease_secs),
+            ..DeliverySettings::default()
+        };
+        let engine = DeliveryEngine::new(
+            store.clone(),
+            state.adapters.clone(),
+            state.ingest.clone(),
+            state.waker.clone(),
+            settings,
+        );
+        tasks.spawn(engine.run(shutdown.clone(), tasks.clone()));
+    }
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = ?store.backend(), "converger listening");
     axum::serve(

@@ -127,6 +127,40 @@ pub struct Config {
         global = true
     )]
     pub socket_outbound_queue: usize,
+
+    /// Run delivery workers on this node. Turn off for API-only nodes.
+    #[arg(long, env = "CONVERGER_DELIVERY_ENABLED", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub delivery_enabled: bool,
+
+    /// Delivery attempts in flight on this node (HTTP requests to receivers; database
+    /// connections are not held while waiting on a receiver).
+    #[arg(
+        long,
+        env = "CONVERGER_DELIVERY_CONCURRENCY",
+        default_value_t = 256,
+        global = true
+    )]
+    pub delivery_concurrency: usize,
+
+    /// Multiplies every retry wait (30 s, 90 s, 270 s, 810 s and `Retry-After`); a small
+    /// value runs the whole schedule in moments, for tests.
+    #[arg(
+        long,
+        env = "CONVERGER_DELIVERY_BACKOFF_SCALE",
+        default_value_t = 1.0,
+        global = true
+    )]
+    pub delivery_backoff_scale: f64,
+
+    /// Seconds a claimed delivery stays leased to this node. If the node dies, another
+    /// takes the delivery over after this; every attempt times out well before it.
+    #[arg(
+        long,
+        env = "CONVERGER_DELIVERY_LEASE_SECS",
+        default_value_t = 90,
+        global = true
+    )]
+    pub delivery_lease_secs: u64,
 }
 
 /// Shortest accepted JWT secret.
@@ -148,6 +182,10 @@ impl Config {
             socket_max_channels: 100,
             socket_push_rate: 50,
             socket_outbound_queue: 256,
+            delivery_enabled: true,
+            delivery_concurrency: 256,
+            delivery_backoff_scale: 1.0,
+            delivery_lease_secs: 90,
         }
     }
 
@@ -210,6 +248,15 @@ impl Config {
                 problems.push(format!("{name} must be at least 1"));
             }
         }
+        if self.delivery_concurrency == 0 {
+            problems.push("CONVERGER_DELIVERY_CONCURRENCY must be at least 1".into());
+        }
+        if !self.delivery_backoff_scale.is_finite() || self.delivery_backoff_scale < 0.0 {
+            problems.push("CONVERGER_DELIVERY_BACKOFF_SCALE must be a number ≥ 0".into());
+        }
+        if self.delivery_lease_secs == 0 {
+            problems.push("CONVERGER_DELIVERY_LEASE_SECS must be at least 1".into());
+        }
         if self.socket_max_frame_bytes < 1024 {
             problems.push("CONVERGER_SOCKET_MAX_FRAME_BYTES must be at least 1024".into());
         }
@@ -254,6 +301,10 @@ impl std::fmt::Debug for Config {
             .field("socket_max_channels", &self.socket_max_channels)
             .field("socket_push_rate", &self.socket_push_rate)
             .field("socket_outbound_queue", &self.socket_outbound_queue)
+            .field("delivery_enabled", &self.delivery_enabled)
+            .field("delivery_concurrency", &self.delivery_concurrency)
+            .field("delivery_backoff_scale", &self.delivery_backoff_scale)
+            .field("delivery_lease_secs", &self.delivery_lease_secs)
             .finish()
     }
 }

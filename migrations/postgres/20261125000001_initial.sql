@@ -106,8 +106,8 @@ CREATE TABLE deliveries (
 );
 -- Claiming due work: only pending rows are indexed.
 CREATE INDEX deliveries_due_idx ON deliveries (next_attempt_at) WHERE status = 'pending';
--- Per (conversation, channel) ordering check.
-CREATE INDEX deliveries_order_idx ON deliveries (conversation_id, channel_id, seq);
+-- Per (conversation, channel) order: is an earlier delivery of the pair still pending?
+CREATE INDEX deliveries_order_idx ON deliveries (conversation_id, channel_id, seq) WHERE status = 'pending';
 -- Listing and counting by status per tenant and channel.
 CREATE INDEX deliveries_tenant_status_idx ON deliveries (tenant_id, status, id);
 CREATE INDEX deliveries_channel_status_idx ON deliveries (channel_id, status, id);

@@ -14,6 +14,7 @@ mod conversations;
 mod deliveries;
 mod error;
 mod postgres;
+mod queue;
 mod routes;
 mod sqlite;
 mod tenants;
@@ -26,6 +27,7 @@ pub use activities::{ActivityAppend, AppendOutcome};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
 pub use error::StoreError;
+pub use queue::AttemptResult;
 pub use routes::RouteTarget;
 
 /// Result of a store operation.

@@ -237,7 +237,8 @@ async fn sender_and_direction_follow_the_credential(backend: Backend) {
 }
 
 async fn delivery_rows_follow_channels_and_routes(backend: Backend) {
-    let app = TestApp::start(backend).await;
+    // Rows as `ingest` writes them, before any worker touches them.
+    let app = TestApp::start_with(backend, |c| c.delivery_enabled = false).await;
     let hook = app
         .create_channel("webhook", json!({"url": "https://bot.example.com/h"}))
         .await;

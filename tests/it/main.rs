@@ -8,6 +8,7 @@ mod channels;
 mod cli;
 mod concurrency;
 mod conversations;
+mod delivery;
 mod errors;
 mod ops;
 mod tenancy;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod sink;
+
 use std::time::Duration;
 
 use converger::Config;
@@ -342,6 +344,24 @@ pub fn expect_error(resp: Response, status: StatusCode, code: &str) -> impl Futu
             "at {caller}: body {body}"
         );
         body["error"].clone()
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`; panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,0 +1,232 @@
+//! The delivery loop: claim due rows under a lease, deliver through the channel's
+//! adapter, record the outcome. In the mini-redis shape: one loop per node,
+//! `select!` over wake-ups, a timer and shutdown; attempts run as tasks bounded by a
+//! semaphore, so hundreds of slow receivers hold permits, not database connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::outcome::attempt_result;
+use super::{DeliverySettings, DeliveryWaker};
+use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
+use crate::domain::{ChannelStatus, Delivery, Timestamp};
+use crate::ingest::{IngestError, IngestRequest, Ingestor};
+use crate::store::{AttemptResult, Store, StoreError};
+
+/// Most rows claimed in one query.
+const CLAIM_BATCH: usize = 64;
+/// Pause after a failing queue query before the next look.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Everything the delivery loop needs; cheap to clone into attempt tasks.
+#[derive(Clone)]
+pub struct DeliveryEngine {
+    store: Store,
+    adapters: Adapters,
+    ingest: Ingestor,
+    waker: DeliveryWaker,
+    http: reqwest::Client,
+    settings: Arc<DeliverySettings>,
+}
+
+impl DeliveryEngine {
+    /// An engine over the node's store and adapters.
+    pub fn new(
+        store: Store,
+        adapters: Adapters,
+        ingest: Ingestor,
+        waker: DeliveryWaker,
+        settings: DeliverySettings,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("Converger/", env!("CARGO_PKG_VERSION")))
+            // Redirects are followed only on the same host: a receiver must not be
+            // able to bounce signed payloads elsewhere.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_host = attempt
+                    .previous()
+                    .first()
+                    .is_some_and(|first| first.host_str() == attempt.url().host_str());
+                if attempt.previous().len() > 5 {
+                    attempt.error("too many redirects")
+                } else if same_host {
+                    attempt.follow()
+                } else {
+                    attempt.error("redirect to another host refused")
+                }
+            }))
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            store,
+            adapters,
+            ingest,
+            waker,
+            http,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// Runs the loop until `shutdown`; attempts are spawned on `tasks`, so the node
+    /// can wait for those in flight.
+    pub async fn run(self, shutdown: CancellationToken, tasks: TaskTracker) {
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        tracing::info!(
+            concurrency = self.settings.concurrency,
+            "delivery workers started"
+        );
+        loop {
+            let wait = match self.claim_and_spawn(&permits, &tasks).await {
+                Ok(true) => continue,
+                Ok(false) => self.time_to_next_due().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery queue unavailable");
+                    ERROR_PAUSE
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.waker.woken() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!("delivery workers stopped");
+    }
+
+    /// Claims as many due rows as there are free permits and starts their attempts.
+    /// Returns whether it may be worth claiming again at once.
+    async fn claim_and_spawn(
+        &self,
+        permits: &Arc<Semaphore>,
+        tasks: &TaskTracker,
+    ) -> Result<bool, StoreError> {
+        let free = permits.available_permits().min(CLAIM_BATCH);
+        if free == 0 {
+            // A finishing attempt wakes the loop.
+            return Ok(false);
+        }
+        let now = Timestamp::now();
+        let lease = now.plus(self.settings.lease);
+        let claimed = self
+            .store
+            .claim_due_deliveries(now, lease, free as i64)
+            .await?;
+        let full = claimed.len() == free;
+        for delivery in claimed {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                // Cannot happen (only this loop takes permits); give the row back.
+                self.store.release_delivery(delivery.id, lease).await?;
+                continue;
+            };
+            let engine = self.clone();
+            tasks.spawn(async move {
+                engine.attempt(delivery, lease).await;
+                drop(permit);
+                // The next delivery of this conversation and channel may be due now.
+                engine.waker.wake();
+            });
+        }
+        Ok(full)
+    }
+
+    async fn time_to_next_due(&self) -> Duration {
+        let poll = self.settings.poll_interval;
+        match self.store.next_delivery_due().await {
+            Ok(Some(at)) => (at.0 - Timestamp::now().0)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(5), poll),
+            Ok(None) => poll,
+            Err(_) => ERROR_PAUSE,
+        }
+    }
+
+    /// One attempt of one leased delivery, recorded.
+    async fn attempt(&self, delivery: Delivery, lease: Timestamp) {
+        let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
+        let result = self.deliver(&delivery, attempt).await;
+        let now = Timestamp::now();
+        let recorded = attempt_result(&result, attempt, now, self.settings.backoff_scale);
+        match &recorded {
+            AttemptResult::Delivered { .. } => {
+                tracing::debug!(delivery_id = %delivery.id, attempt, "delivered")
+            }
+            AttemptResult::RetryAt { error, at } => {
+                tracing::info!(delivery_id = %delivery.id, attempt, %error, retry_at = ?at.0, "delivery attempt failed");
+            }
+            AttemptResult::Failed { error } => {
+                tracing::warn!(delivery_id = %delivery.id, attempt, %error, "delivery failed");
+            }
+        }
+        match self
+            .store
+            .record_attempt(delivery.id, lease, now, &recorded)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(delivery_id = %delivery.id, "lease lost before the outcome was recorded")
+            }
+            // The lease expires and another attempt follows: delivered at least once.
+            Err(e) => {
+                tracing::error!(delivery_id = %delivery.id, error = %e, "cannot record delivery outcome")
+            }
+        }
+    }
+
+    async fn deliver(&self, delivery: &Delivery, attempt: u32) -> Result<Delivered, AdapterError> {
+        let tenant = delivery.tenant_id;
+        let loaded = tokio::try_join!(
+            self.store.get_activity(tenant, delivery.activity_id),
+            self.store
+                .get_conversation(tenant, delivery.conversation_id),
+            self.store.get_channel(tenant, delivery.channel_id),
+        );
+        let (activity, conversation, channel) = match loaded {
+            Ok(found) => found,
+            Err(StoreError::NotFound) => {
+                return Err(AdapterError::permanent(
+                    "the activity or channel no longer exists",
+                ));
+            }
+            Err(e) => return Err(AdapterError::retryable(format!("database: {e}"))),
+        };
+        if channel.status != ChannelStatus::Active {
+            return Err(AdapterError::permanent("the channel is inactive"));
+        }
+        let outbound = Outbound {
+            delivery_id: delivery.id,
+            attempt,
+            activity: &activity,
+            conversation: &conversation,
+            channel: &channel,
+            http: &self.http,
+            max_timeout: self.settings.lease.mul_f64(0.8),
+        };
+        let delivered = self.adapters.get(channel.kind).deliver(&outbound).await?;
+        if let Some(reply) = delivered.reply.clone() {
+            let request = IngestRequest {
+                tenant_id: tenant,
+                conversation_id: conversation.id,
+                activity: reply,
+                origin_channel: Some(channel.id),
+            };
+            match self.ingest.ingest(request).await {
+                Ok(_) => {}
+                Err(IngestError::Store(e)) => {
+                    return Err(AdapterError::retryable(format!(
+                        "cannot store the reply: {e}"
+                    )));
+                }
+                Err(e) => return Err(AdapterError::permanent(format!("reply refused: {e}"))),
+            }
+        }
+        Ok(delivered)
+    }
+}
