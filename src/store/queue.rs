@@ -81,13 +81,11 @@ impl Store {
     /// When the next delivery becomes claimable (due, or its lease expires), if any
     /// is pending.
     pub async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>> {
-        const SQL: &str = concat!(
-            "SELECT MIN(CASE WHEN d.locked_until IS NOT NULL AND d.locked_until > d.next_attempt_at \
-             THEN d.locked_until ELSE d.next_attempt_at END) FROM deliveries d \
-             WHERE d.status = 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries e \
+        const SQL: &str = "SELECT MIN(CASE WHEN d.locked_until IS NOT NULL \
+             AND d.locked_until > d.next_attempt_at THEN d.locked_until ELSE d.next_attempt_at END) \
+             FROM deliveries d WHERE d.status = 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries e \
              WHERE e.conversation_id = d.conversation_id AND e.channel_id = d.channel_id \
-             AND e.status = 'pending' AND e.seq < d.seq)"
-        );
+             AND e.status = 'pending' AND e.seq < d.seq)";
         let row: (Option<Timestamp>,) =
             reader!(self, |pool| sqlx::query_as(SQL).fetch_one(pool).await)?;
         Ok(row.0)
