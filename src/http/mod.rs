@@ -6,6 +6,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod inbound;
 pub mod openapi;
 pub mod ops;
 pub mod state;
@@ -31,7 +32,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The API and operations routes with their OpenAPI document.
 pub fn api_with_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .nest("/api/v1", api::router())
+        .nest("/api/v1", api::router().merge(inbound::router()))
         .merge(ops::router())
         .split_for_parts()
 }

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         (name = "activities", description = "Messages, events and typing signals"),
         (name = "deliveries", description = "Per-channel delivery status"),
         (name = "tokens", description = "Client tokens for one conversation"),
+        (name = "inbound", description = "Messages from channels' external side, authenticated by signature"),
         (name = "operations", description = "Health and readiness"),
     )
 )]

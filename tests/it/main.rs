@@ -10,6 +10,7 @@ mod concurrency;
 mod conversations;
 mod delivery;
 mod errors;
+mod inbound;
 mod ops;
 mod tenancy;
 mod tokens;

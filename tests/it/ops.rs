@@ -50,6 +50,7 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/api/v1/conversations/{id}/activities",
         "/api/v1/activities/{id}/deliveries",
         "/api/v1/tokens",
+        "/api/v1/channels/{id}/inbound",
         "/health",
         "/ready",
     ]
