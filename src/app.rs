@@ -23,6 +23,8 @@ use crate::store::{Store, StoreOptions};
 /// Events a slow subscriber may fall behind before it lags and resynchronises.
 const PUBSUB_CAPACITY: usize = 1024;
 /// How long shutdown waits for tracked tasks (sockets closing) before giving up.
+/// How often the pruner runs when a retention is configured.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connects to the database named by the config and applies pending migrations.
@@ -142,6 +144,14 @@ pub async fn run(
             settings,
         );
         tasks.spawn(engine.run(shutdown.clone(), tasks.clone()));
+    }
+    if let Some(days) = state.config.prune_after_days {
+        tasks.spawn(crate::delivery::run_pruner(
+            store.clone(),
+            Duration::from_secs(days * 86_400),
+            PRUNE_INTERVAL,
+            shutdown.clone(),
+        ));
     }
     let app = http::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend = ?store.backend(), "converger listening");

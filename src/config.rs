@@ -161,6 +161,11 @@ pub struct Config {
         global = true
     )]
     pub delivery_lease_secs: u64,
+
+    /// Delete activities older than this many days whose deliveries all succeeded
+    /// (checked hourly). Unset: keep everything. `converger prune` does the same once.
+    #[arg(long, env = "CONVERGER_PRUNE_AFTER_DAYS", global = true)]
+    pub prune_after_days: Option<u64>,
 }
 
 /// Shortest accepted JWT secret.
@@ -186,6 +191,7 @@ impl Config {
             delivery_concurrency: 256,
             delivery_backoff_scale: 1.0,
             delivery_lease_secs: 90,
+            prune_after_days: None,
         }
     }
 
@@ -254,6 +260,9 @@ impl Config {
         if !self.delivery_backoff_scale.is_finite() || self.delivery_backoff_scale < 0.0 {
             problems.push("CONVERGER_DELIVERY_BACKOFF_SCALE must be a number ≥ 0".into());
         }
+        if self.prune_after_days == Some(0) {
+            problems.push("CONVERGER_PRUNE_AFTER_DAYS must be at least 1 when set".into());
+        }
         if self.delivery_lease_secs == 0 {
             problems.push("CONVERGER_DELIVERY_LEASE_SECS must be at least 1".into());
         }
@@ -305,6 +314,7 @@ impl std::fmt::Debug for Config {
             .field("delivery_concurrency", &self.delivery_concurrency)
             .field("delivery_backoff_scale", &self.delivery_backoff_scale)
             .field("delivery_lease_secs", &self.delivery_lease_secs)
+            .field("prune_after_days", &self.prune_after_days)
             .finish()
     }
 }

@@ -81,11 +81,6 @@ impl Ingestor {
         }
     }
 
-    /// Wakes this node's delivery workers, e.g. after an operator retried a delivery.
-    pub fn wake_delivery(&self) {
-        self.waker.wake();
-    }
-
     /// Creates an activity, or returns the one its idempotency key already names.
     ///
     /// # Errors

@@ -28,6 +28,12 @@ enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Delete activities older than N days whose deliveries all succeeded, in batches.
+    Prune {
+        /// Age in days; younger activities are kept.
+        #[arg(long)]
+        older_than_days: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +92,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let store = converger::app::open_store(&cli.config).await?;
             store.close().await;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Prune { older_than_days } => {
+            let store = converger::app::open_store(&cli.config).await?;
+            let cutoff = converger::domain::Timestamp::now().minus(std::time::Duration::from_secs(
+                older_than_days.saturating_mul(86_400),
+            ));
+            let result = store
+                .prune_delivered(cutoff, converger::delivery::PRUNE_BATCH)
+                .await;
+            store.close().await;
+            println!("pruned {} activities", result?);
             Ok(())
         }
         Command::Tenant(cmd) => {

@@ -80,6 +80,8 @@ CREATE TABLE activities (
     CONSTRAINT activities_conversation_id_seq_key UNIQUE (conversation_id, seq),
     CONSTRAINT activities_conversation_id_idempotency_key_key UNIQUE (conversation_id, idempotency_key)
 );
+-- Pruning walks activities from the oldest.
+CREATE INDEX activities_inserted_at_idx ON activities (inserted_at);
 
 CREATE TABLE deliveries (
     id               UUID PRIMARY KEY,
@@ -108,7 +110,8 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due_idx ON deliveries (next_attempt_at) WHERE status = 'pending';
 -- Per (conversation, channel) order: is an earlier delivery of the pair still pending?
 CREATE INDEX deliveries_order_idx ON deliveries (conversation_id, channel_id, seq) WHERE status = 'pending';
--- Listing and counting by status per tenant and channel.
+-- Listing and counting per tenant (all statuses, or one) and per channel.
+CREATE INDEX deliveries_tenant_idx ON deliveries (tenant_id, id);
 CREATE INDEX deliveries_tenant_status_idx ON deliveries (tenant_id, status, id);
 CREATE INDEX deliveries_channel_status_idx ON deliveries (channel_id, status, id);
 -- Status callbacks find the delivery by the provider's message id.

@@ -8,6 +8,7 @@
 
 mod backoff;
 mod outcome;
+mod pruner;
 mod worker;
 
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use backoff::{MAX_ATTEMPTS, next_delay};
-pub use outcome::attempt_result;
+pub use outcome::{attempt_result, retry_failed};
+pub use pruner::{PRUNE_BATCH, run_pruner};
 pub use worker::DeliveryEngine;
 
 /// Wakes the delivery workers of this node when new work was committed.

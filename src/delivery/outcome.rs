@@ -1,8 +1,26 @@
 //! Turning an adapter's answer into what is recorded on the delivery row.
 
 use crate::adapters::{AdapterError, Delivered};
-use crate::domain::Timestamp;
-use crate::store::AttemptResult;
+use crate::domain::{Delivery, DeliveryId, TenantId, Timestamp};
+use crate::store::{AttemptResult, Store, StoreResult};
+
+use super::DeliveryWaker;
+
+/// An operator's retry of a failed delivery: back to `pending` with its attempts
+/// reset, due now; the workers are woken after the commit.
+///
+/// # Errors
+/// `NotFound` when the tenant has no failed delivery with this id.
+pub async fn retry_failed(
+    store: &Store,
+    waker: &DeliveryWaker,
+    tenant_id: TenantId,
+    id: DeliveryId,
+) -> StoreResult<Delivery> {
+    let delivery = store.retry_failed_delivery(tenant_id, id).await?;
+    waker.wake();
+    Ok(delivery)
+}
 
 use super::backoff::next_delay;
 

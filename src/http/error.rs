@@ -98,6 +98,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// 409: the request conflicts with the current state of a resource.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
     /// 500 with a generic message; `cause` is logged, never sent.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
@@ -136,6 +141,11 @@ impl From<StoreError> for ApiError {
                     StatusCode::CONFLICT,
                     "route_exists",
                     "a route between these channels exists",
+                ),
+                "routes_acyclic" => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "route_cycle",
+                    "this route would close a cycle of routes between the tenant's channels",
                 ),
                 "foreign_key" => ApiError::new(
                     StatusCode::CONFLICT,

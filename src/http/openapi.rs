@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         (name = "channels", description = "Where messages come from and go to"),
         (name = "conversations", description = "Ordered streams of activities"),
         (name = "activities", description = "Messages, events and typing signals"),
+        (name = "routes", description = "Routing rules between channels"),
         (name = "deliveries", description = "Per-channel delivery status"),
         (name = "tokens", description = "Client tokens for one conversation"),
         (name = "inbound", description = "Messages from channels' external side, authenticated by signature"),

@@ -14,6 +14,7 @@ mod conversations;
 mod deliveries;
 mod error;
 mod postgres;
+mod prune;
 mod queue;
 mod routes;
 mod sqlite;

@@ -150,6 +150,14 @@ impl Store {
         Ok(())
     }
 
+    /// How many deliveries each status holds, over all tenants (operations).
+    pub async fn count_deliveries_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
+        const SQL: &str = "SELECT status, COUNT(*) FROM deliveries GROUP BY status ORDER BY status";
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .fetch_all(pool)
+            .await)?)
+    }
+
     /// A delivery by id, unscoped (workers and tests).
     pub async fn get_delivery_unscoped(&self, id: DeliveryId) -> StoreResult<Delivery> {
         const SQL: &str =

@@ -49,6 +49,10 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/api/v1/conversations/{id}/close",
         "/api/v1/conversations/{id}/activities",
         "/api/v1/activities/{id}/deliveries",
+        "/api/v1/deliveries",
+        "/api/v1/deliveries/{id}/retry",
+        "/api/v1/routes",
+        "/api/v1/routes/{id}",
         "/api/v1/tokens",
         "/api/v1/channels/{id}/inbound",
         "/health",
@@ -67,6 +71,9 @@ async fn health_ready_and_openapi(backend: Backend) {
         "ErrorBody",
         "ActivityIn",
         "TokenOut",
+        "Route",
+        "RouteIn",
+        "Delivery",
     ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }

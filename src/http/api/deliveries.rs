@@ -1,14 +1,31 @@
-//! Delivery status of activities (DESIGN.md §5 "deliveries").
+//! Deliveries: status per activity, the tenant's dead letters, and replay (DESIGN.md §3
+//! "Delivery", §5 "deliveries").
 
 use axum::extract::State;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::Data;
-use crate::domain::{ActivityId, Delivery};
+use super::{Data, Page, page_limit};
+use crate::domain::{ActivityId, ChannelId, Delivery, DeliveryId, DeliveryStatus};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiPath, TenantAuth};
+use crate::http::extract::{ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;
 use crate::store::StoreError;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// `failed` lists the dead letters.
+    #[param(inline)]
+    pub status: Option<DeliveryStatus>,
+    /// Only deliveries to this channel.
+    pub channel_id: Option<ChannelId>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<DeliveryId>,
+    pub limit: Option<i64>,
+}
 
 /// The deliveries of one activity: one per target channel, with status and attempts.
 #[utoipa::path(get, path = "/activities/{id}/deliveries", tag = "deliveries", params(("id" = ActivityId, Path)),
@@ -31,6 +48,68 @@ async fn list_activity_deliveries(
     Ok(Data::new(deliveries))
 }
 
+/// List the tenant's deliveries, newest first, keyset-paginated; `?status=failed` are
+/// the dead letters (DESIGN.md §5).
+#[utoipa::path(get, path = "/deliveries", tag = "deliveries", params(DeliveryQuery),
+    security(("api_key" = [])), responses((status = 200, body = Page<Delivery>)))]
+async fn list_deliveries(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
+) -> ApiResult<axum::Json<Page<Delivery>>> {
+    let limit = page_limit(query.limit);
+    let deliveries = state
+        .store
+        .list_deliveries(
+            auth.tenant_id,
+            query.status,
+            query.channel_id,
+            query.cursor,
+            limit,
+        )
+        .await?;
+    Ok(Page::new(deliveries, limit, |d: &Delivery| {
+        d.id.to_string()
+    }))
+}
+
+/// Retry a failed delivery (DESIGN.md §3 "Delivery": an operator can retry a failed
+/// delivery): it is pending again, due now, with its attempts reset and `last_error`
+/// kept; any other status is 409 `delivery_not_failed`.
+#[utoipa::path(post, path = "/deliveries/{id}/retry", tag = "deliveries", params(("id" = DeliveryId, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = Data<Delivery>), (status = 404, body = crate::http::error::ErrorBody),
+              (status = 409, body = crate::http::error::ErrorBody)))]
+async fn retry_delivery(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<DeliveryId>,
+) -> ApiResult<axum::Json<Data<Delivery>>> {
+    match crate::delivery::retry_failed(&state.store, &state.waker, auth.tenant_id, id).await {
+        Ok(delivery) => {
+            tracing::info!(delivery_id = %id, tenant_id = %auth.tenant_id, "delivery retried");
+            Ok(Data::new(delivery))
+        }
+        // Not a failed delivery of this tenant: missing, or in another state.
+        Err(StoreError::NotFound) => match state.store.get_delivery(auth.tenant_id, id).await {
+            Ok(current) => Err(ApiError::conflict(
+                "delivery_not_failed",
+                format!(
+                    "only failed deliveries can be retried; this one is {}",
+                    current.status
+                ),
+            )
+            .with_details(json!({ "status": current.status }))),
+            Err(StoreError::NotFound) => Err(ApiError::not_found("delivery")),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(super) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_activity_deliveries))
+    OpenApiRouter::new()
+        .routes(routes!(list_activity_deliveries))
+        .routes(routes!(list_deliveries))
+        .routes(routes!(retry_delivery))
 }

@@ -4,6 +4,7 @@ mod activities;
 mod channels;
 mod conversations;
 mod deliveries;
+mod routes;
 mod tokens;
 
 use serde::Serialize;
@@ -56,6 +57,7 @@ pub(crate) fn page_limit(requested: Option<i64>) -> i64 {
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(channels::router())
+        .merge(routes::router())
         .merge(conversations::router())
         .merge(activities::router())
         .merge(deliveries::router())

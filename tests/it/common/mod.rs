@@ -57,13 +57,14 @@ macro_rules! both_backends {
 pub(crate) use both_backends;
 
 /// A database that exists for one test.
-enum TestDb {
+pub enum TestDb {
     Sqlite(tempfile::TempDir),
     Postgres { admin_url: String, name: String },
 }
 
 impl TestDb {
-    async fn create(backend: Backend) -> (Self, String) {
+    /// Creates a fresh database; returns it (dropped with the value) and its URL.
+    pub async fn create(backend: Backend) -> (Self, String) {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -126,6 +127,8 @@ impl Drop for TestDb {
 /// A running server with one tenant.
 pub struct TestApp {
     pub base: String,
+    /// The server's database, for starting more nodes on it.
+    pub database_url: String,
     pub backend: Backend,
     pub api_key: String,
     pub tenant_id: TenantId,
@@ -148,7 +151,7 @@ impl TestApp {
     /// Like [`TestApp::start`], with config changes.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
         let (db, url) = TestDb::create(backend).await;
-        let mut config = Config::new(url);
+        let mut config = Config::new(url.clone());
         config.jwt_secret = Some(JWT_SECRET.into());
         config.database_max_connections = 8;
         configure(&mut config);
@@ -163,6 +166,7 @@ impl TestApp {
         let server = tokio::spawn(converger::run(config, listener, shutdown.clone()));
         let mut app = TestApp {
             base,
+            database_url: url,
             backend,
             api_key: String::new(),
             tenant_id: TenantId::new(),
@@ -301,6 +305,38 @@ impl TestApp {
             .await
             .expect("list")
             .len()
+    }
+}
+
+impl TestApp {
+    /// Sets a delivery's state past the API and the worker, for states the worker would
+    /// take long to reach: `failed` after 5 attempts with `last_error = 'boom'`, or
+    /// `delivered`. Either is final, so the worker leaves the row alone afterwards.
+    pub async fn set_delivery_status_direct(&self, delivery_id: &str, status: &str) {
+        const FAILED: &str = "UPDATE deliveries SET status = 'failed', attempts = 5, \
+             last_error = 'boom', next_attempt_at = NULL, locked_until = NULL WHERE id = $1";
+        const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', attempts = 1, \
+             last_error = NULL, next_attempt_at = NULL, locked_until = NULL WHERE id = $1";
+        let sql = match status {
+            "failed" => FAILED,
+            "delivered" => DELIVERED,
+            other => panic!("no direct update to status {other}"),
+        };
+        let id: converger::domain::DeliveryId = delivery_id.parse().expect("delivery id");
+        let updated = match &self.store {
+            Store::Sqlite { writer, .. } => sqlx::query(sql)
+                .bind(id)
+                .execute(writer)
+                .await
+                .map(|r| r.rows_affected()),
+            Store::Postgres(pool) => sqlx::query(sql)
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .expect("update delivery");
+        assert_eq!(updated, 1, "delivery {delivery_id} not found");
     }
 }
 
