@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::adapters::Adapters;
+use crate::admin::{AdminAccess, parse_cidrs};
 use crate::auth::JwtKeys;
 use crate::config::Config;
 use crate::delivery::{DeliveryEngine, DeliverySettings, DeliveryWaker};
@@ -90,7 +91,15 @@ pub fn build_state(
     store: Store,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
-    let jwt = JwtKeys::new(&jwt_secret(&config)?);
+    let secret = jwt_secret(&config)?;
+    let jwt = JwtKeys::new(&secret);
+    let admin = AdminAccess::new(
+        parse_cidrs(&config.admin_allowed_ips).map_err(anyhow::Error::msg)?,
+        parse_cidrs(&config.trusted_proxies).map_err(anyhow::Error::msg)?,
+        config.admin_password.clone(),
+        &secret,
+        config.public_url.starts_with("https://"),
+    );
     let adapters = Adapters::new();
     let pubsub = PubSub::local(PUBSUB_CAPACITY);
     let waker = DeliveryWaker::default();
@@ -101,6 +110,7 @@ pub fn build_state(
         waker.clone(),
     );
     Ok(AppState {
+        admin: Arc::new(admin),
         waker,
         config: Arc::new(config),
         store,

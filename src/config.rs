@@ -162,6 +162,35 @@ pub struct Config {
     )]
     pub delivery_lease_secs: u64,
 
+    /// Addresses allowed into `/admin`: comma-separated CIDRs or addresses, IPv4 and IPv6.
+    #[arg(
+        long,
+        env = "CONVERGER_ADMIN_ALLOWED_IPS",
+        default_value = "127.0.0.1/32,::1/128",
+        global = true
+    )]
+    pub admin_allowed_ips: String,
+
+    /// When set, `/admin` also asks for this password (a signed, HttpOnly session
+    /// cookie afterwards; scripts send it as `Authorization: Bearer`).
+    #[arg(
+        long,
+        env = "CONVERGER_ADMIN_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_password: Option<String>,
+
+    /// Proxies whose `X-Forwarded-For` is believed: comma-separated CIDRs. Unset: the
+    /// TCP peer is the client.
+    #[arg(
+        long,
+        env = "CONVERGER_TRUSTED_PROXIES",
+        default_value = "",
+        global = true
+    )]
+    pub trusted_proxies: String,
+
     /// Delete activities older than this many days whose deliveries all succeeded
     /// (checked hourly). Unset: keep everything. `converger prune` does the same once.
     #[arg(long, env = "CONVERGER_PRUNE_AFTER_DAYS", global = true)]
@@ -192,6 +221,9 @@ impl Config {
             delivery_backoff_scale: 1.0,
             delivery_lease_secs: 90,
             prune_after_days: None,
+            admin_allowed_ips: "127.0.0.1/32,::1/128".into(),
+            admin_password: None,
+            trusted_proxies: String::new(),
         }
     }
 
@@ -260,6 +292,15 @@ impl Config {
         if !self.delivery_backoff_scale.is_finite() || self.delivery_backoff_scale < 0.0 {
             problems.push("CONVERGER_DELIVERY_BACKOFF_SCALE must be a number ≥ 0".into());
         }
+        if let Err(e) = crate::admin::parse_cidrs(&self.admin_allowed_ips) {
+            problems.push(format!("CONVERGER_ADMIN_ALLOWED_IPS: {e}"));
+        }
+        if let Err(e) = crate::admin::parse_cidrs(&self.trusted_proxies) {
+            problems.push(format!("CONVERGER_TRUSTED_PROXIES: {e}"));
+        }
+        if self.admin_password.as_deref().is_some_and(|p| p.len() < 8) {
+            problems.push("CONVERGER_ADMIN_PASSWORD must be at least 8 characters".into());
+        }
         if self.prune_after_days == Some(0) {
             problems.push("CONVERGER_PRUNE_AFTER_DAYS must be at least 1 when set".into());
         }
@@ -315,6 +356,12 @@ impl std::fmt::Debug for Config {
             .field("delivery_backoff_scale", &self.delivery_backoff_scale)
             .field("delivery_lease_secs", &self.delivery_lease_secs)
             .field("prune_after_days", &self.prune_after_days)
+            .field("admin_allowed_ips", &self.admin_allowed_ips)
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "***"),
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! 0. [`domain`]: vocabulary (ids, entities, validation rules); no I/O. [`auth`]:
 //!    API keys, channel secrets and JWTs, pure.
-//! 1. [`http`] and [`realtime`]: the edges (REST, Phoenix Channels WebSocket).
+//! 1. [`http`], [`realtime`] and [`admin`]: the edges (REST, Phoenix Channels
+//!    WebSocket, the operator's panel).
 //!    Decode, authenticate, then call [`ingest`] or read the [`store`].
 //! 2. [`ingest`]: the one write path. Validation, idempotency, gap-free `seq`, the
 //!    activity and its delivery rows in one transaction, then publish and wake.
@@ -18,6 +19,7 @@
 //! [`app::run`] composes them; [`config`] and [`telemetry`] configure them.
 
 pub mod adapters;
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -24,6 +24,22 @@ pub async fn retry_failed(
 
 use super::backoff::next_delay;
 
+/// An operator's retry of every failed delivery of a channel; returns how many.
+///
+/// # Errors
+/// Database failures.
+pub async fn retry_all_failed(
+    store: &Store,
+    waker: &DeliveryWaker,
+    channel_id: crate::domain::ChannelId,
+) -> StoreResult<u64> {
+    let n = store.retry_failed_deliveries_of_channel(channel_id).await?;
+    if n > 0 {
+        waker.wake();
+    }
+    Ok(n)
+}
+
 /// What to record after attempt number `attempt` (1-based) ended with `result`.
 pub fn attempt_result(
     result: &Result<Delivered, AdapterError>,

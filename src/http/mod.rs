@@ -29,12 +29,18 @@ use state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The API and operations routes with their OpenAPI document.
-pub fn api_with_openapi() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+/// The API and operations routes, the admin API routes, and their OpenAPI document.
+pub fn api_with_openapi() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest("/api/v1", api::router().merge(inbound::router()))
         .merge(ops::router())
-        .split_for_parts()
+        .split_for_parts();
+    // The admin API sits behind the admin guard, so it is kept apart from the rest.
+    let (admin_api, admin_doc) = OpenApiRouter::new()
+        .nest("/admin/api", crate::admin::api_router())
+        .split_for_parts();
+    doc.merge(admin_doc);
+    (routes, admin_api, doc)
 }
 
 async fn not_found() -> ApiError {
@@ -56,11 +62,12 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// The whole HTTP application. Layers, outermost first: request id (set, then
 /// propagated to the response), trace span carrying it, panic guard, body limit.
 pub fn router(state: AppState) -> Router {
-    let (routes, doc) = api_with_openapi();
+    let (routes, admin_api, doc) = api_with_openapi();
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     routes
         .merge(crate::realtime::router())
+        .merge(crate::admin::router(state.clone(), admin_api))
         .route(
             "/openapi.json",
             get(move || {

@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         (name = "tokens", description = "Client tokens for one conversation"),
         (name = "inbound", description = "Messages from channels' external side, authenticated by signature"),
         (name = "operations", description = "Health and readiness"),
+        (name = "admin", description = "Operator API under /admin/api: IP allow-list, and the admin password as a bearer token when one is set"),
     )
 )]
 pub struct ApiDoc;

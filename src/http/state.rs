@@ -16,6 +16,8 @@ use crate::store::Store;
 /// backends) can run in one process, as the tests do.
 #[derive(Clone)]
 pub struct AppState {
+    /// The admin panel's access rules.
+    pub admin: Arc<crate::admin::AdminAccess>,
     /// Wakes this node's delivery workers.
     pub waker: crate::delivery::DeliveryWaker,
     pub config: Arc<Config>,

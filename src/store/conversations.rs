@@ -85,6 +85,16 @@ impl Store {
         })?)
     }
 
+    /// A conversation by id alone, for the operator's admin panel.
+    pub async fn get_conversation_unscoped(&self, id: ConversationId) -> StoreResult<Conversation> {
+        const SQL: &str =
+            const_format::concatcp!("SELECT ", COLUMNS, " FROM conversations WHERE id = $1");
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(id)
+            .fetch_one(pool)
+            .await)?)
+    }
+
     /// One conversation of a tenant with its channel's type and status.
     pub async fn get_conversation_context(
         &self,

@@ -9,6 +9,7 @@
 //! `RETURNING`, `ON CONFLICT`), and expanded for either pool by [`reader!`] and [`writer!`].
 
 mod activities;
+mod admin;
 mod channels;
 mod conversations;
 mod deliveries;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use sqlx::{PgPool, SqlitePool};
 
 pub use activities::{ActivityAppend, AppendOutcome};
+pub use admin::{ChannelDeliveryStats, FailedDelivery};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
 pub use error::StoreError;

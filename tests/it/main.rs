@@ -4,6 +4,7 @@
 mod common;
 
 mod activities;
+mod admin;
 mod channels;
 mod cli;
 mod concurrency;

@@ -141,6 +141,16 @@ async fn create_channel(
     auth: TenantAuth,
     ApiJson(body): ApiJson<ChannelIn>,
 ) -> ApiResult<(StatusCode, axum::Json<Data<ChannelCreated>>)> {
+    let created = create_channel_for(&state, auth.tenant_id, body).await?;
+    Ok((StatusCode::CREATED, Data::new(created)))
+}
+
+/// Validates and creates a channel of a tenant (REST API and admin API).
+pub(crate) async fn create_channel_for(
+    state: &AppState,
+    tenant_id: TenantId,
+    body: ChannelIn,
+) -> ApiResult<ChannelCreated> {
     let mut errors = Vec::new();
     let name = check_name(&body.name).map_err(|e| errors.push(e)).ok();
     let config = state
@@ -156,7 +166,7 @@ async fn create_channel(
     let channel = state
         .store
         .insert_channel(
-            auth.tenant_id,
+            tenant_id,
             NewChannel {
                 name,
                 kind: body.kind,
@@ -166,13 +176,10 @@ async fn create_channel(
         )
         .await?;
     tracing::info!(channel_id = %channel.id, tenant_id = %channel.tenant_id, kind = %channel.kind, "channel created");
-    Ok((
-        StatusCode::CREATED,
-        Data::new(ChannelCreated {
-            channel: state.channel_out(channel),
-            secret,
-        }),
-    ))
+    Ok(ChannelCreated {
+        channel: state.channel_out(channel),
+        secret,
+    })
 }
 
 /// List the tenant's channels, keyset-paginated by id.

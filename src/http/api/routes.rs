@@ -65,11 +65,29 @@ async fn create_route(
     auth: TenantAuth,
     ApiJson(body): ApiJson<RouteIn>,
 ) -> ApiResult<(StatusCode, axum::Json<Data<Route>>)> {
-    let (source, target) = (body.source_channel_id, body.target_channel_id);
+    let route = create_route_checked(
+        &state,
+        auth.tenant_id,
+        body.source_channel_id,
+        body.target_channel_id,
+        body.direction.unwrap_or(RouteDirection::Any),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Data::new(route)))
+}
+
+/// Validates and creates a route of a tenant (REST API and admin panel).
+pub(crate) async fn create_route_checked(
+    state: &AppState,
+    tenant_id: TenantId,
+    source: ChannelId,
+    target: ChannelId,
+    direction: RouteDirection,
+) -> ApiResult<Route> {
     // Existence first: a channel of another tenant is 404 whatever else is wrong.
     let (source_inactive, target_inactive) = tokio::try_join!(
-        check_endpoint(&state, auth.tenant_id, "source_channel_id", source),
-        check_endpoint(&state, auth.tenant_id, "target_channel_id", target),
+        check_endpoint(state, tenant_id, "source_channel_id", source),
+        check_endpoint(state, tenant_id, "target_channel_id", target),
     )?;
     let mut errors: Vec<FieldError> = source_inactive.into_iter().chain(target_inactive).collect();
     if source == target {
@@ -81,13 +99,12 @@ async fn create_route(
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    let direction = body.direction.unwrap_or(RouteDirection::Any);
     let route = state
         .store
-        .insert_route_acyclic(auth.tenant_id, source, target, direction)
+        .insert_route_acyclic(tenant_id, source, target, direction)
         .await?;
     tracing::info!(route_id = %route.id, tenant_id = %route.tenant_id, %direction, "route created");
-    Ok((StatusCode::CREATED, Data::new(route)))
+    Ok(route)
 }
 
 /// List the tenant's routes, oldest first, keyset-paginated.

@@ -1,0 +1,265 @@
+//! The admin JSON API under `/admin/api`: the panel's operations for scripts (e.g.
+//! onboarding a tenant), behind the same guard. With a password set, scripts send it
+//! as `Authorization: Bearer`.
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::guard::AdminContext;
+use super::pages::{Stats, stats};
+use crate::auth;
+use crate::domain::{
+    ChannelId, ChannelType, ConversationId, DeliveryId, Tenant, TenantId, TenantStatus,
+};
+use crate::http::api::{ChannelCreated, ChannelIn, ChannelOut, Data, create_channel_for};
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::state::AppState;
+use crate::store::{ChannelFilter, StoreError};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantIn {
+    pub name: String,
+}
+
+/// A tenant with its API key, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct TenantWithKey {
+    pub tenant: Tenant,
+    pub api_key: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantStatusIn {
+    pub status: TenantStatus,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminChannelIn {
+    pub tenant_id: TenantId,
+    #[serde(flatten)]
+    pub channel: ChannelIn,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AdminChannelQuery {
+    pub tenant_id: Option<TenantId>,
+    #[serde(rename = "type")]
+    #[param(rename = "type", inline)]
+    pub kind: Option<ChannelType>,
+}
+
+/// How many deliveries an action queued again.
+#[derive(Serialize, ToSchema)]
+pub struct Retried {
+    pub retried: u64,
+}
+
+fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::not_found(what),
+        other => other.into(),
+    }
+}
+
+/// Delivery counts and activity rate, as on the dashboard.
+#[utoipa::path(get, path = "/stats", tag = "admin", responses((status = 200, body = Data<Stats>)))]
+async fn get_stats(State(state): State<AppState>) -> ApiResult<axum::Json<Data<Stats>>> {
+    Ok(Data::new(stats(&state).await?))
+}
+
+/// Every tenant.
+#[utoipa::path(get, path = "/tenants", tag = "admin", responses((status = 200, body = Data<Vec<Tenant>>)))]
+async fn list_tenants(State(state): State<AppState>) -> ApiResult<axum::Json<Data<Vec<Tenant>>>> {
+    Ok(Data::new(state.store.list_tenants().await?))
+}
+
+/// Create a tenant; the API key is in this answer only.
+#[utoipa::path(post, path = "/tenants", tag = "admin", request_body = TenantIn,
+    responses((status = 201, body = Data<TenantWithKey>), (status = 422, body = crate::http::error::ErrorBody)))]
+async fn create_tenant(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<TenantIn>,
+) -> ApiResult<(StatusCode, axum::Json<Data<TenantWithKey>>)> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::invalid_field(
+            "name",
+            "must be 1 to 200 characters",
+        ));
+    }
+    let key = auth::generate_api_key();
+    let tenant = state
+        .store
+        .insert_tenant(name, &key.hash, &key.prefix)
+        .await?;
+    tracing::info!(tenant_id = %tenant.id, "tenant created through the admin API");
+    Ok((
+        StatusCode::CREATED,
+        Data::new(TenantWithKey {
+            tenant,
+            api_key: key.key,
+        }),
+    ))
+}
+
+/// Enable or disable a tenant.
+#[utoipa::path(post, path = "/tenants/{id}/status", tag = "admin", params(("id" = TenantId, Path)),
+    request_body = TenantStatusIn, responses((status = 200, body = Data<Tenant>), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn set_tenant_status(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<TenantId>,
+    ApiJson(body): ApiJson<TenantStatusIn>,
+) -> ApiResult<axum::Json<Data<Tenant>>> {
+    let tenant = state
+        .store
+        .set_tenant_status(id, body.status)
+        .await
+        .map_err(not_found("tenant"))?;
+    Ok(Data::new(tenant))
+}
+
+/// Replace a tenant's API key; the old one stops working.
+#[utoipa::path(post, path = "/tenants/{id}/rotate_key", tag = "admin", params(("id" = TenantId, Path)),
+    responses((status = 200, body = Data<TenantWithKey>), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn rotate_tenant_key(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<TenantId>,
+) -> ApiResult<axum::Json<Data<TenantWithKey>>> {
+    let key = auth::generate_api_key();
+    let tenant = state
+        .store
+        .update_tenant_api_key(id, &key.hash, &key.prefix)
+        .await
+        .map_err(not_found("tenant"))?;
+    Ok(Data::new(TenantWithKey {
+        tenant,
+        api_key: key.key,
+    }))
+}
+
+/// Channels of one tenant or of all, optionally of one type (first 500).
+#[utoipa::path(get, path = "/channels", tag = "admin", params(AdminChannelQuery),
+    responses((status = 200, body = Data<Vec<ChannelOut>>)))]
+async fn list_channels(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<AdminChannelQuery>,
+) -> ApiResult<axum::Json<Data<Vec<ChannelOut>>>> {
+    let channels = match q.tenant_id {
+        Some(t) => {
+            let filter = ChannelFilter {
+                kind: q.kind,
+                limit: 500,
+                ..ChannelFilter::default()
+            };
+            state.store.list_channels(t, &filter).await?
+        }
+        None => state.store.list_all_channels(q.kind, None, 500).await?,
+    };
+    Ok(Data::new(
+        channels.into_iter().map(|c| state.channel_out(c)).collect(),
+    ))
+}
+
+/// Create a channel for a tenant, validated by its adapter.
+#[utoipa::path(post, path = "/channels", tag = "admin", request_body = AdminChannelIn,
+    responses((status = 201, body = Data<ChannelCreated>), (status = 404, body = crate::http::error::ErrorBody),
+              (status = 422, body = crate::http::error::ErrorBody)))]
+async fn create_channel(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AdminChannelIn>,
+) -> ApiResult<(StatusCode, axum::Json<Data<ChannelCreated>>)> {
+    state
+        .store
+        .get_tenant(body.tenant_id)
+        .await
+        .map_err(not_found("tenant"))?;
+    let created = create_channel_for(&state, body.tenant_id, body.channel).await?;
+    Ok((StatusCode::CREATED, Data::new(created)))
+}
+
+/// Queue every failed delivery of a channel again.
+#[utoipa::path(post, path = "/channels/{id}/retry_failed", tag = "admin", params(("id" = ChannelId, Path)),
+    responses((status = 200, body = Data<Retried>), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn retry_channel_failures(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<Retried>>> {
+    state
+        .store
+        .get_channel_unscoped(id)
+        .await
+        .map_err(not_found("channel"))?;
+    let retried = crate::delivery::retry_all_failed(&state.store, &state.waker, id).await?;
+    Ok(Data::new(Retried { retried }))
+}
+
+/// Queue one failed delivery again.
+#[utoipa::path(post, path = "/deliveries/{id}/retry", tag = "admin", params(("id" = DeliveryId, Path)),
+    responses((status = 200, body = Data<crate::domain::Delivery>), (status = 404, body = crate::http::error::ErrorBody),
+              (status = 409, body = crate::http::error::ErrorBody)))]
+async fn retry_delivery(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<DeliveryId>,
+) -> ApiResult<axum::Json<Data<crate::domain::Delivery>>> {
+    let current = state
+        .store
+        .get_delivery_unscoped(id)
+        .await
+        .map_err(not_found("delivery"))?;
+    match crate::delivery::retry_failed(&state.store, &state.waker, current.tenant_id, id).await {
+        Ok(d) => Ok(Data::new(d)),
+        Err(StoreError::NotFound) => Err(ApiError::conflict(
+            "delivery_not_failed",
+            format!(
+                "only failed deliveries can be retried; this one is {}",
+                current.status
+            ),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Close a conversation.
+#[utoipa::path(post, path = "/conversations/{id}/close", tag = "admin", params(("id" = ConversationId, Path)),
+    responses((status = 200, body = Data<crate::domain::Conversation>), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn close_conversation(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> ApiResult<axum::Json<Data<crate::domain::Conversation>>> {
+    let c = state
+        .store
+        .get_conversation_unscoped(id)
+        .await
+        .map_err(not_found("conversation"))?;
+    Ok(Data::new(
+        state.store.close_conversation(c.tenant_id, id).await?,
+    ))
+}
+
+/// Whether the caller is logged in (always true past the guard): a cheap probe for scripts.
+#[utoipa::path(get, path = "/session", tag = "admin", responses((status = 200, body = Data<bool>)))]
+async fn session(Extension(ctx): Extension<AdminContext>) -> axum::Json<Data<bool>> {
+    Data::new(ctx.session.authenticated || !ctx.password_required)
+}
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_stats))
+        .routes(routes!(list_tenants, create_tenant))
+        .routes(routes!(set_tenant_status))
+        .routes(routes!(rotate_tenant_key))
+        .routes(routes!(list_channels, create_channel))
+        .routes(routes!(retry_channel_failures))
+        .routes(routes!(retry_delivery))
+        .routes(routes!(close_conversation))
+        .routes(routes!(session))
+}

@@ -1,0 +1,64 @@
+// Converger admin: progressive enhancement only; every page works without it.
+(function () {
+  "use strict";
+
+  // The new-channel form shows the fields of the selected type.
+  var select = document.querySelector("[data-type-select]");
+  if (select) {
+    var sync = function () {
+      document.querySelectorAll("[data-type-fields]").forEach(function (fs) {
+        var on = fs.getAttribute("data-type-fields") === select.value;
+        fs.hidden = !on;
+        fs.disabled = !on;
+      });
+    };
+    select.addEventListener("change", sync);
+    sync();
+  }
+
+  // Secrets shown once are selected on focus, for copying.
+  document.querySelectorAll("[data-select]").forEach(function (el) {
+    el.addEventListener("focus", function () { el.select(); });
+  });
+
+  // The dashboard refreshes its numbers every five seconds.
+  var live = document.querySelector("[data-live]");
+  if (live) {
+    var rows = document.querySelector("[data-live-rows=channels]");
+    var cell = function (tr, text, cls) {
+      var td = document.createElement("td");
+      if (cls) td.className = cls;
+      td.textContent = String(text);
+      tr.appendChild(td);
+      return td;
+    };
+    var refresh = function () {
+      fetch(live.getAttribute("data-live"), { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+        .then(function (body) {
+          var s = body.data;
+          document.querySelectorAll("[data-stat]").forEach(function (el) {
+            var v = s[el.getAttribute("data-stat")];
+            if (v !== undefined) el.textContent = String(v);
+          });
+          if (rows && s.channels.length) {
+            rows.textContent = "";
+            s.channels.forEach(function (c) {
+              var tr = document.createElement("tr");
+              var a = document.createElement("a");
+              a.href = "/admin/channels/" + encodeURIComponent(c.channel_id);
+              a.textContent = c.channel_name;
+              cell(tr, "").appendChild(a);
+              cell(tr, c.tenant_name);
+              cell(tr, c.pending, "num");
+              cell(tr, c.delivered, "num");
+              cell(tr, c.failed, "num");
+              rows.appendChild(tr);
+            });
+          }
+        })
+        .catch(function () { /* keep the last numbers */ });
+    };
+    setInterval(refresh, 5000);
+  }
+})();

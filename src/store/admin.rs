@@ -1,0 +1,124 @@
+//! Operator queries for the admin panel: counts and lists across tenants. Only the
+//! IP-restricted admin edge calls these; tenant-facing code never does.
+
+use super::{Store, StoreResult, reader, writer};
+use crate::domain::{Channel, ChannelId, ChannelType, Delivery, Timestamp};
+
+/// Delivery counts of one channel.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct ChannelDeliveryStats {
+    pub channel_id: ChannelId,
+    pub channel_name: String,
+    pub tenant_name: String,
+    pub pending: i64,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+/// A failed delivery with the name of its channel.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailedDelivery {
+    #[sqlx(flatten)]
+    pub delivery: Delivery,
+    pub channel_name: String,
+}
+
+impl Store {
+    /// Delivery counts per channel, channels with failures first.
+    pub async fn delivery_stats_by_channel(
+        &self,
+        limit: i64,
+    ) -> StoreResult<Vec<ChannelDeliveryStats>> {
+        const SQL: &str = "SELECT c.id AS channel_id, c.name AS channel_name, t.name AS tenant_name, \
+             SUM(CASE WHEN d.status = 'pending' THEN 1 ELSE 0 END) AS pending, \
+             SUM(CASE WHEN d.status = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
+             SUM(CASE WHEN d.status = 'failed' THEN 1 ELSE 0 END) AS failed \
+             FROM deliveries d JOIN channels c ON c.id = d.channel_id JOIN tenants t ON t.id = c.tenant_id \
+             GROUP BY c.id, c.name, t.name ORDER BY failed DESC, pending DESC, c.id LIMIT $1";
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?)
+    }
+
+    /// The newest failed deliveries, over all tenants.
+    pub async fn recent_failed_deliveries(&self, limit: i64) -> StoreResult<Vec<FailedDelivery>> {
+        const SQL: &str = "SELECT d.id, d.tenant_id, d.activity_id, d.channel_id, d.conversation_id, d.seq, \
+             d.status, d.attempts, d.next_attempt_at, d.locked_until, d.last_error, d.delivered_at, \
+             d.external_id, d.metadata, d.inserted_at, d.updated_at, c.name AS channel_name \
+             FROM deliveries d JOIN channels c ON c.id = d.channel_id \
+             WHERE d.status = 'failed' ORDER BY d.updated_at DESC LIMIT $1";
+        Ok(reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?)
+    }
+
+    /// Activities created since `since`, over all tenants.
+    pub async fn count_activities_since(&self, since: Timestamp) -> StoreResult<i64> {
+        const SQL: &str = "SELECT COUNT(*) FROM activities WHERE inserted_at >= $1";
+        let (n,): (i64,) = reader!(self, |pool| sqlx::query_as(SQL)
+            .bind(since)
+            .fetch_one(pool)
+            .await)?;
+        Ok(n)
+    }
+
+    /// A page of channels over all tenants, in id order, optionally of one type.
+    pub async fn list_all_channels(
+        &self,
+        kind: Option<ChannelType>,
+        after: Option<ChannelId>,
+        limit: i64,
+    ) -> StoreResult<Vec<Channel>> {
+        const SQL: &str = "SELECT id, tenant_id, name, type, secret, config, status, inserted_at, updated_at \
+             FROM channels WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3";
+        Ok(reader!(self, |pool| {
+            sqlx::query_as(SQL)
+                .bind(kind.map(ChannelType::as_str))
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+
+    /// The deliveries of a conversation's activities with `seq` in `first..=last`.
+    pub async fn list_deliveries_for_seq_range(
+        &self,
+        conversation_id: crate::domain::ConversationId,
+        first: i64,
+        last: i64,
+    ) -> StoreResult<Vec<Delivery>> {
+        const SQL: &str = "SELECT id, tenant_id, activity_id, channel_id, conversation_id, seq, status, \
+             attempts, next_attempt_at, locked_until, last_error, delivered_at, external_id, metadata, \
+             inserted_at, updated_at FROM deliveries WHERE conversation_id = $1 AND seq >= $2 AND seq <= $3 \
+             ORDER BY seq, id";
+        Ok(reader!(self, |pool| {
+            sqlx::query_as(SQL)
+                .bind(conversation_id)
+                .bind(first)
+                .bind(last)
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+
+    /// Puts every failed delivery of a channel back in the queue, as
+    /// [`Store::retry_failed_delivery`] does for one; returns how many.
+    pub async fn retry_failed_deliveries_of_channel(
+        &self,
+        channel_id: ChannelId,
+    ) -> StoreResult<u64> {
+        const SQL: &str = "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2, \
+             locked_until = NULL, updated_at = $2 WHERE channel_id = $1 AND status = 'failed'";
+        Ok(writer!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(channel_id)
+                .bind(Timestamp::now())
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?)
+    }
+}

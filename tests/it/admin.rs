@@ -1,0 +1,393 @@
+//! The admin guard over real HTTP: IP allow-list, trusted proxies, IPv6, password
+//! login, CSRF; and the admin JSON API for scripts.
+
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::{Backend, TestApp, both_backends, expect_data, expect_error};
+
+both_backends!(
+    allow_list_and_forwarded_for,
+    password_login_and_bearer_for_scripts,
+    forms_need_the_csrf_token,
+    admin_api_onboards_a_tenant,
+);
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn tenant_count(app: &TestApp) -> usize {
+    app.store.list_tenants().await.unwrap().len()
+}
+
+async fn allow_list_and_forwarded_for(backend: Backend) {
+    // Loopback is allowed by default.
+    let open = TestApp::start(backend).await;
+    let resp = open.anon(Method::GET, "/admin").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    for (h, v) in [
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        assert_eq!(resp.headers()[h], v);
+    }
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+
+    // Only 10/8 allowed, no trusted proxy: loopback is refused, and a spoofed
+    // X-Forwarded-For changes nothing.
+    let closed = TestApp::start_with(backend, |c| c.admin_allowed_ips = "10.0.0.0/8".into()).await;
+    let before = tenant_count(&closed).await;
+    for xff in [None, Some("10.1.2.3")] {
+        let mut req = closed
+            .anon(Method::POST, "/admin/api/tenants")
+            .json(&json!({"name": "sneaky"}));
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        expect_error(
+            req.send().await.unwrap(),
+            StatusCode::FORBIDDEN,
+            "admin_forbidden",
+        )
+        .await;
+    }
+    let page = closed
+        .anon(Method::GET, "/admin/tenants")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        tenant_count(&closed).await,
+        before,
+        "refused requests touch nothing"
+    );
+    // The REST API is not behind the admin allow-list.
+    assert_eq!(
+        closed
+            .req(Method::GET, "/api/v1/channels")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    // Behind a trusted proxy (the loopback peer), the forwarded client decides, IPv4
+    // and IPv6 alike; the right-most untrusted address counts.
+    let proxied = TestApp::start_with(backend, |c| {
+        c.admin_allowed_ips = "10.0.0.0/8,2001:db8::/32".into();
+        c.trusted_proxies = "127.0.0.1/32".into();
+    })
+    .await;
+    let get = |xff: &'static str| {
+        let app = &proxied;
+        async move {
+            app.anon(Method::GET, "/admin/api/stats")
+                .header("x-forwarded-for", xff)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(get("10.1.2.3").await, StatusCode::OK);
+    assert_eq!(get("2001:db8::5").await, StatusCode::OK);
+    assert_eq!(get("203.0.113.7").await, StatusCode::FORBIDDEN);
+    assert_eq!(get("2001:db9::1").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get("10.1.2.3, 203.0.113.7").await,
+        StatusCode::FORBIDDEN,
+        "a client cannot prepend an allowed address"
+    );
+    assert_eq!(
+        proxied
+            .anon(Method::GET, "/admin/api/stats")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+fn cookie_of(resp: &reqwest::Response) -> String {
+    let set = resp
+        .headers()
+        .get(SET_COOKIE)
+        .expect("a cookie")
+        .to_str()
+        .unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+fn csrf_in(html: &str) -> String {
+    let at = html.find("name=\"_csrf\" value=\"").expect("a CSRF field") + 20;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn password_login_and_bearer_for_scripts(backend: Backend) {
+    let app =
+        TestApp::start_with(backend, |c| c.admin_password = Some("correct horse".into())).await;
+    let http = no_redirects();
+    let url = |p: &str| format!("{}{p}", app.base);
+
+    let resp = http.get(url("/admin")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/admin/login");
+    let resp = http.get(url("/admin/api/tenants")).send().await.unwrap();
+    expect_error(resp, StatusCode::UNAUTHORIZED, "admin_login_required").await;
+    let resp = http
+        .post(url("/admin/api/tenants"))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, StatusCode::UNAUTHORIZED, "admin_login_required").await;
+
+    // Scripts: the password as a bearer token.
+    let resp = http
+        .get(url("/admin/api/tenants"))
+        .bearer_auth("correct horse")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = http
+        .get(url("/admin/api/tenants"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Browsers: the login form.
+    let login = http.get(url("/admin/login")).send().await.unwrap();
+    let cookie = cookie_of(&login);
+    let csrf = csrf_in(&login.text().await.unwrap());
+    let wrong = http
+        .post(url("/admin/login"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("password", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::OK);
+    assert!(wrong.text().await.unwrap().contains("not right"));
+    let right = http
+        .post(url("/admin/login"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("password", "correct horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    let set = right.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let session = cookie_of(&right);
+    assert_ne!(session, cookie, "a new session id on login");
+    let resp = http
+        .get(url("/admin"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // A forged cookie is not a session.
+    let forged = format!("{}x", session);
+    let resp = http
+        .get(url("/admin"))
+        .header(COOKIE, &forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+
+    // Without a password the panel opens directly.
+    let open = TestApp::start(backend).await;
+    assert_eq!(
+        no_redirects()
+            .get(format!("{}/admin", open.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+async fn forms_need_the_csrf_token(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let http = no_redirects();
+    let page = http
+        .get(format!("{}/admin/tenants", app.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&page);
+    let csrf = csrf_in(&page.text().await.unwrap());
+    let before = tenant_count(&app).await;
+    let post = |fields: Vec<(&'static str, String)>,
+                extra: Option<(&'static str, &'static str)>,
+                cookie: Option<&str>| {
+        let mut req = http
+            .post(format!("{}/admin/tenants", app.base))
+            .form(&fields);
+        if let Some(c) = cookie {
+            req = req.header(COOKIE, c);
+        }
+        if let Some((h, v)) = extra {
+            req = req.header(h, v);
+        }
+        req.send()
+    };
+    let name = || ("name", "Initech".to_owned());
+    for (fields, extra, with_cookie) in [
+        (vec![name()], None, true),
+        (vec![name(), ("_csrf", "forged".into())], None, true),
+        (vec![name(), ("_csrf", csrf.clone())], None, false),
+        (
+            vec![name(), ("_csrf", csrf.clone())],
+            Some(("sec-fetch-site", "cross-site")),
+            true,
+        ),
+    ] {
+        let resp = post(fields, extra, with_cookie.then_some(cookie.as_str()))
+            .await
+            .unwrap();
+        expect_error(resp, StatusCode::FORBIDDEN, "csrf_rejected").await;
+    }
+    assert_eq!(tenant_count(&app).await, before);
+    let ok = post(vec![name(), ("_csrf", csrf.clone())], None, Some(&cookie))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let html = ok.text().await.unwrap();
+    assert!(html.contains("shown only now") && html.contains("cvg_"));
+    assert_eq!(tenant_count(&app).await, before + 1);
+}
+
+async fn admin_api_onboards_a_tenant(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let created = expect_data(
+        app.anon(Method::POST, "/admin/api/tenants")
+            .json(&json!({"name": "Umbrella"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let tenant_id = created["tenant"]["id"].as_str().unwrap().to_owned();
+    // The new key works on the REST API at once.
+    assert_eq!(
+        app.with_key(&key, Method::GET, "/api/v1/channels")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    let resp = app
+        .anon(Method::POST, "/admin/api/channels")
+        .json(&json!({"tenant_id": tenant_id, "name": "WA", "type": "whatsapp_meta", "config": {"access_token": "t"}}))
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(
+        err["details"]["fields"][0]["field"],
+        "config.phone_number_id"
+    );
+    let channel = expect_data(
+        app.anon(Method::POST, "/admin/api/channels")
+            .json(&json!({"tenant_id": tenant_id, "name": "Bot", "type": "webhook", "config": {"url": "https://bot.example.com"}}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert!(channel["secret"].as_str().unwrap().starts_with("whsec_"));
+    let listed: Value = expect_data(
+        app.anon(
+            Method::GET,
+            &format!("/admin/api/channels?tenant_id={tenant_id}"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    let disabled = expect_data(
+        app.anon(
+            Method::POST,
+            &format!("/admin/api/tenants/{tenant_id}/status"),
+        )
+        .json(&json!({"status": "inactive"}))
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(disabled["status"], "inactive");
+    expect_error(
+        app.with_key(&key, Method::GET, "/api/v1/channels")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN,
+        "tenant_inactive",
+    )
+    .await;
+    let rotated = expect_data(
+        app.anon(
+            Method::POST,
+            &format!("/admin/api/tenants/{tenant_id}/rotate_key"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_ne!(rotated["api_key"].as_str().unwrap(), key);
+    let stats = expect_data(
+        app.anon(Method::GET, "/admin/api/stats")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(stats["failed"], 0);
+    let missing = converger::domain::TenantId::new();
+    let resp = app
+        .anon(
+            Method::POST,
+            &format!("/admin/api/tenants/{missing}/rotate_key"),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+}
