@@ -110,6 +110,7 @@ pub fn build_state(
         waker.clone(),
     );
     Ok(AppState {
+        limits: Arc::new(crate::http::limits::RateLimits::new(&config)),
         admin: Arc::new(admin),
         waker,
         config: Arc::new(config),
@@ -154,6 +155,18 @@ pub async fn run(
             settings,
         );
         tasks.spawn(engine.run(shutdown.clone(), tasks.clone()));
+    }
+    {
+        let limits = state.limits.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(crate::http::limits::RETAIN_INTERVAL) => limits.retain_recent(),
+                }
+            }
+        });
     }
     if let Some(days) = state.config.prune_after_days {
         tasks.spawn(crate::delivery::run_pruner(

@@ -162,6 +162,48 @@ pub struct Config {
     )]
     pub delivery_lease_secs: u64,
 
+    /// API requests per second from one client address (bursts of twice that); 0 = off.
+    /// Limits hold per node.
+    #[arg(
+        long,
+        env = "CONVERGER_RATE_LIMIT_PER_IP",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub rate_limit_per_ip: u32,
+
+    /// API requests per second of one tenant (bursts of twice that); 0 = off.
+    #[arg(
+        long,
+        env = "CONVERGER_RATE_LIMIT_PER_TENANT",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub rate_limit_per_tenant: u32,
+
+    /// Inbound webhook requests per second of one channel (bursts of twice that); 0 = off.
+    #[arg(
+        long,
+        env = "CONVERGER_RATE_LIMIT_INBOUND_PER_CHANNEL",
+        default_value_t = 500,
+        global = true
+    )]
+    pub rate_limit_inbound_per_channel: u32,
+
+    /// Client tokens issued per minute to one client address; 0 = off.
+    #[arg(
+        long,
+        env = "CONVERGER_RATE_LIMIT_TOKENS_PER_MINUTE",
+        default_value_t = 10,
+        global = true
+    )]
+    pub rate_limit_tokens_per_minute: u32,
+
+    /// Browser origins allowed to call the API (CORS): comma-separated exact origins,
+    /// or `*` for any (development). Unset: no CORS headers.
+    #[arg(long, env = "CONVERGER_CORS_ORIGINS", global = true)]
+    pub cors_origins: Option<String>,
+
     /// Addresses allowed into `/admin`: comma-separated CIDRs or addresses, IPv4 and IPv6.
     #[arg(
         long,
@@ -221,6 +263,11 @@ impl Config {
             delivery_backoff_scale: 1.0,
             delivery_lease_secs: 90,
             prune_after_days: None,
+            rate_limit_per_ip: 2000,
+            rate_limit_per_tenant: 5000,
+            rate_limit_inbound_per_channel: 500,
+            rate_limit_tokens_per_minute: 10,
+            cors_origins: None,
             admin_allowed_ips: "127.0.0.1/32,::1/128".into(),
             admin_password: None,
             trusted_proxies: String::new(),
@@ -292,6 +339,24 @@ impl Config {
         if !self.delivery_backoff_scale.is_finite() || self.delivery_backoff_scale < 0.0 {
             problems.push("CONVERGER_DELIVERY_BACKOFF_SCALE must be a number ≥ 0".into());
         }
+        if let Some(origins) = &self.cors_origins {
+            for origin in origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty() && *o != "*")
+            {
+                let valid = url::Url::parse(origin).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.path() == "/"
+                        && !origin.ends_with('/')
+                });
+                if !valid {
+                    problems.push(format!(
+                        "CONVERGER_CORS_ORIGINS: `{origin}` is not an origin like https://app.example.com"
+                    ));
+                }
+            }
+        }
         if let Err(e) = crate::admin::parse_cidrs(&self.admin_allowed_ips) {
             problems.push(format!("CONVERGER_ADMIN_ALLOWED_IPS: {e}"));
         }
@@ -356,6 +421,17 @@ impl std::fmt::Debug for Config {
             .field("delivery_backoff_scale", &self.delivery_backoff_scale)
             .field("delivery_lease_secs", &self.delivery_lease_secs)
             .field("prune_after_days", &self.prune_after_days)
+            .field("rate_limit_per_ip", &self.rate_limit_per_ip)
+            .field("rate_limit_per_tenant", &self.rate_limit_per_tenant)
+            .field(
+                "rate_limit_inbound_per_channel",
+                &self.rate_limit_inbound_per_channel,
+            )
+            .field(
+                "rate_limit_tokens_per_minute",
+                &self.rate_limit_tokens_per_minute,
+            )
+            .field("cors_origins", &self.cors_origins)
             .field("admin_allowed_ips", &self.admin_allowed_ips)
             .field(
                 "admin_password",

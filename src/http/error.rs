@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Seconds a rate-limited client should wait (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 /// Result of a handler.
@@ -50,7 +52,20 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
+    }
+
+    /// 429 with `Retry-After` (whole seconds, at least 1).
+    pub fn rate_limited(wait: std::time::Duration, what: &str) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {what}; retry in {} s", secs.max(1)),
+        );
+        err.retry_after = Some(secs.max(1));
+        err
     }
 
     /// Adds structured details.
@@ -123,7 +138,13 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

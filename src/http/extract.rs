@@ -302,6 +302,14 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = authenticate(parts, state).await?;
+        state.limits.check_tenant(caller.tenant_id())?;
+        Ok(caller)
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    {
         let headers = &parts.headers;
         if let Some(key) = header_str(headers, "x-api-key") {
             return state.authenticate_api_key(key).await;
@@ -327,6 +335,21 @@ impl FromRequestParts<AppState> for Caller {
                  (`x-channel-token`) or a client token (`Authorization: Bearer`)",
             )),
         }
+    }
+}
+
+/// The client's address (the TCP peer, or what a trusted proxy forwarded).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(state.client_ip(parts)))
     }
 }
 

@@ -131,6 +131,7 @@ async fn receive_inbound(
     request: Request,
 ) -> ApiResult<(StatusCode, axum::Json<InboundAccepted>)> {
     let channel = active_channel(&state, id).await?;
+    state.limits.check_inbound(channel.id)?;
     let body = read_body(request, &state).await?;
     let adapter = state.adapters.get(channel.kind);
     let now = chrono::Utc::now().timestamp();

@@ -7,6 +7,7 @@ pub mod api;
 pub mod error;
 pub mod extract;
 pub mod inbound;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod state;
@@ -15,10 +16,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -30,17 +32,62 @@ use state::AppState;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The API and operations routes, the admin API routes, and their OpenAPI document.
-pub fn api_with_openapi() -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
-    let (routes, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+pub fn api_with_openapi(
+    state: &AppState,
+) -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (v1, v1_doc) = OpenApiRouter::new()
         .nest("/api/v1", api::router().merge(inbound::router()))
+        .split_for_parts();
+    // The 405 fallback is set before the layers so that CORS also sees (and answers)
+    // preflight requests for methods a route does not have.
+    let v1 = v1
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_by_ip,
+        ))
+        .layer(cors(state.config.cors_origins.as_deref()));
+    let (routes, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(ops::router())
         .split_for_parts();
+    doc.merge(v1_doc);
     // The admin API sits behind the admin guard, so it is kept apart from the rest.
     let (admin_api, admin_doc) = OpenApiRouter::new()
         .nest("/admin/api", crate::admin::api_router())
         .split_for_parts();
     doc.merge(admin_doc);
-    (routes, admin_api, doc)
+    (routes.merge(v1), admin_api, doc)
+}
+
+/// CORS for the API: the configured origins (or any, with `*`), the credential and
+/// idempotency headers, and `x-request-id`/`retry-after` readable by scripts. Without
+/// configured origins, no CORS headers are sent and browsers keep cross-origin calls out.
+fn cors(origins: Option<&str>) -> CorsLayer {
+    let Some(origins) = origins.map(str::trim).filter(|o| !o.is_empty()) else {
+        return CorsLayer::new();
+    };
+    let allow_origin = if origins == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .split(',')
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-channel-token"),
+            HeaderName::from_static("x-idempotency-key"),
+            REQUEST_ID,
+        ])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .max_age(std::time::Duration::from_secs(3600))
 }
 
 async fn not_found() -> ApiError {
@@ -62,7 +109,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// The whole HTTP application. Layers, outermost first: request id (set, then
 /// propagated to the response), trace span carrying it, panic guard, body limit.
 pub fn router(state: AppState) -> Router {
-    let (routes, admin_api, doc) = api_with_openapi();
+    let (routes, admin_api, doc) = api_with_openapi(&state);
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     routes

@@ -16,6 +16,8 @@ use crate::store::Store;
 /// backends) can run in one process, as the tests do.
 #[derive(Clone)]
 pub struct AppState {
+    /// Rate limiters of this node.
+    pub limits: Arc<super::limits::RateLimits>,
     /// The admin panel's access rules.
     pub admin: Arc<crate::admin::AdminAccess>,
     /// Wakes this node's delivery workers.

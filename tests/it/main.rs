@@ -14,6 +14,7 @@ mod delivery;
 mod durability;
 mod errors;
 mod inbound;
+mod limits;
 mod ops;
 mod routes;
 mod tenancy;

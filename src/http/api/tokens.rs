@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::auth::CLIENT_TOKEN_TTL_SECS;
 use crate::domain::{ConversationId, ConversationStatus};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, Caller};
+use crate::http::extract::{ApiJson, Caller, ClientIp};
 use crate::http::state::AppState;
 
 /// Longest user id, in characters.
@@ -34,12 +34,17 @@ pub struct TokenOut {
 /// Issue a client token for a conversation (channel token of its channel, or API key).
 #[utoipa::path(post, path = "/tokens", tag = "tokens", request_body = TokenIn,
     security(("api_key" = []), ("channel_token" = [])),
-    responses((status = 201, body = TokenOut), (status = 404, body = crate::http::error::ErrorBody)))]
+    responses((status = 201, body = TokenOut), (status = 404, body = crate::http::error::ErrorBody),
+              (status = 429, description = "more than the token issuance limit per address", body = crate::http::error::ErrorBody)))]
 async fn create_token(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     caller: Caller,
     ApiJson(body): ApiJson<TokenIn>,
 ) -> ApiResult<(StatusCode, axum::Json<TokenOut>)> {
+    if let Some(ip) = ip {
+        state.limits.check_token_issue(ip)?;
+    }
     if matches!(caller, Caller::Client { .. }) {
         return Err(ApiError::forbidden(
             "insufficient_scope",

@@ -1,0 +1,161 @@
+//! Rate limits (GCRA, `governor`): per client IP on the API, per tenant after
+//! authentication, per channel on inbound webhooks, and per IP on token issuance.
+//!
+//! Limits are kept in memory and hold per node: N nodes behind a load balancer allow
+//! up to N times the configured rate in total. No shared store is involved, so a
+//! limit check never waits on the network.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::config::Config;
+use crate::domain::{ChannelId, TenantId};
+
+/// Every limiter of a node; `None` where the configured rate is 0 (off).
+pub struct RateLimits {
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    per_tenant: Option<DefaultKeyedRateLimiter<TenantId>>,
+    inbound: Option<DefaultKeyedRateLimiter<ChannelId>>,
+    tokens: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    clock: DefaultClock,
+}
+
+/// A quota of `rate` per second with bursts of twice that.
+fn per_second(rate: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(rate)?;
+    let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+    Some(Quota::per_second(rate).allow_burst(burst))
+}
+
+impl RateLimits {
+    /// The limiters the config asks for.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            per_ip: per_second(config.rate_limit_per_ip).map(RateLimiter::keyed),
+            per_tenant: per_second(config.rate_limit_per_tenant).map(RateLimiter::keyed),
+            inbound: per_second(config.rate_limit_inbound_per_channel).map(RateLimiter::keyed),
+            tokens: NonZeroU32::new(config.rate_limit_tokens_per_minute)
+                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn check<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        limiter: &Option<DefaultKeyedRateLimiter<K>>,
+        key: &K,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        let Some(limiter) = limiter else {
+            return Ok(());
+        };
+        limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            ApiError::rate_limited(wait, what)
+        })
+    }
+
+    /// Requests from one client address.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.check(&self.per_ip, &ip, "requests from this address")
+    }
+
+    /// Requests of one tenant, after authentication.
+    pub fn check_tenant(&self, tenant: TenantId) -> Result<(), ApiError> {
+        self.check(&self.per_tenant, &tenant, "requests of this tenant")
+    }
+
+    /// Inbound webhook requests of one channel.
+    pub fn check_inbound(&self, channel: ChannelId) -> Result<(), ApiError> {
+        self.check(&self.inbound, &channel, "inbound requests of this channel")
+    }
+
+    /// Client tokens issued to one address.
+    pub fn check_token_issue(&self, ip: IpAddr) -> Result<(), ApiError> {
+        self.check(&self.tokens, &ip, "token requests from this address")
+    }
+
+    /// Forgets keys that are back to full capacity, bounding memory.
+    pub fn retain_recent(&self) {
+        if let Some(l) = &self.per_ip {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.per_tenant {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.inbound {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.tokens {
+            l.retain_recent();
+        }
+    }
+}
+
+impl AppState {
+    /// The client address of a request: the TCP peer, or what a trusted proxy says.
+    pub fn client_ip(&self, request_parts: &axum::http::request::Parts) -> Option<IpAddr> {
+        let peer = request_parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()?
+            .0
+            .ip();
+        Some(crate::admin::client_ip(
+            peer,
+            &request_parts.headers,
+            &self.admin.trusted_proxies,
+        ))
+    }
+}
+
+/// Middleware: the per-IP limit of the API.
+pub async fn limit_by_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Some(ip) = state.client_ip(&parts)
+        && let Err(e) = state.limits.check_ip(ip)
+    {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// How often idle limiter keys are forgotten.
+pub const RETAIN_INTERVAL: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_then_refuses_with_a_wait() {
+        let mut config = Config::new("sqlite::memory:");
+        config.rate_limit_per_ip = 3;
+        config.rate_limit_tokens_per_minute = 2;
+        let limits = RateLimits::new(&config);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..6 {
+            assert!(limits.check_ip(ip).is_ok());
+        }
+        let err = limits.check_ip(ip).unwrap_err();
+        assert_eq!(err.code, "rate_limited");
+        assert!(err.retry_after.is_some_and(|s| s >= 1));
+        assert!(
+            limits.check_ip("192.0.2.2".parse().unwrap()).is_ok(),
+            "keys are separate"
+        );
+        assert!(limits.check_token_issue(ip).is_ok() && limits.check_token_issue(ip).is_ok());
+        assert!(limits.check_token_issue(ip).is_err());
+        config.rate_limit_per_ip = 0;
+        let off = RateLimits::new(&config);
+        assert!((0..1000).all(|_| off.check_ip(ip).is_ok()));
+    }
+}
