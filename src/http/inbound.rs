@@ -60,6 +60,7 @@ fn inbound_error(channel: &Channel, err: InboundError) -> ApiError {
             tracing::warn!(channel_id = %channel.id, %reason, "inbound request refused");
             ApiError::unauthorized("invalid_signature", reason)
         }
+        InboundError::Forbidden(reason) => ApiError::forbidden("forbidden", reason),
         InboundError::Malformed(reason) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", reason)
         }
