@@ -17,3 +17,4 @@ mod ops;
 mod routes;
 mod tenancy;
 mod tokens;
+mod whatsapp;
