@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::whatsapp::ProviderStatus;
 use crate::domain::{ActivityType, ConversationId};
 
 /// One message an external party sent.
@@ -16,6 +17,8 @@ pub struct InboundMessage {
     pub conversation_id: Option<ConversationId>,
     /// The external party's id on the channel, to find or open its conversation.
     pub external_id: String,
+    /// The external party's display name, kept on a conversation opened for it.
+    pub contact_name: Option<String>,
     pub kind: ActivityType,
     pub text: Option<String>,
     /// A JSON array.
@@ -29,11 +32,10 @@ pub struct InboundMessage {
 pub struct StatusUpdate {
     /// The provider's id of the delivered message (the delivery's `external_id`).
     pub provider_id: String,
-    /// `sent`, `delivered`, `read` or `failed`.
-    pub status: String,
+    pub status: ProviderStatus,
     /// Provider timestamp, as sent.
     pub timestamp: Option<String>,
-    /// Error details for `failed`.
+    /// Error details for `failed`: the provider's code and message.
     pub error: Option<String>,
 }
 
@@ -42,6 +44,9 @@ pub struct StatusUpdate {
 pub struct InboundBatch {
     pub messages: Vec<InboundMessage>,
     pub statuses: Vec<StatusUpdate>,
+    /// Items of the payload that were left out, with the reason, for the log. Only
+    /// lenient adapters (providers that retry refused requests) skip items.
+    pub skipped: Vec<String>,
 }
 
 /// Why an inbound request was refused.
@@ -50,6 +55,9 @@ pub enum InboundError {
     /// Missing or wrong signature (401).
     #[error("{0}")]
     Unauthorized(String),
+    /// A subscription handshake with the wrong token (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// A payload this channel type cannot read (400).
     #[error("{0}")]
     Malformed(String),

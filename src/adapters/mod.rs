@@ -11,6 +11,7 @@ mod inbound;
 pub mod signing;
 mod webhook;
 mod websocket;
+mod whatsapp;
 mod whatsapp_infobip;
 mod whatsapp_meta;
 
@@ -28,6 +29,7 @@ use crate::domain::{
 
 pub use config::{MASK, mask_config, merge_config_patch};
 pub use inbound::{InboundBatch, InboundError, InboundMessage, StatusUpdate};
+pub use whatsapp::ProviderStatus;
 
 /// One attempt to deliver an activity to a channel.
 pub struct Outbound<'a> {
@@ -146,6 +148,29 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     fn parse_inbound(&self, channel: &Channel, body: &[u8]) -> Result<InboundBatch, InboundError> {
         let _ = (channel, body);
         Err(InboundError::NotSupported)
+    }
+
+    /// Whether inbound requests come from a provider that re-sends everything not
+    /// answered with 200 (Meta for 7 days). Such requests are answered 200 once stored,
+    /// and what cannot be stored (a payload of an unexpected shape, a message that fails
+    /// validation) is logged and skipped instead of refusing the request: a refusal
+    /// would only bring the same payload back. Signature failures are still refused.
+    fn lenient_inbound(&self) -> bool {
+        false
+    }
+
+    /// Answers a `GET` on the inbound URL: `Ok(Some(body))` to answer with that text
+    /// (Meta's `hub.challenge`), `Ok(None)` for the plain reachability answer.
+    ///
+    /// # Errors
+    /// `Forbidden` when the sender's handshake token does not match.
+    fn verify_subscription(
+        &self,
+        channel: &Channel,
+        params: &[(String, String)],
+    ) -> Result<Option<String>, InboundError> {
+        let _ = (channel, params);
+        Ok(None)
     }
 }
 

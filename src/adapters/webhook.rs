@@ -137,7 +137,7 @@ fn payload(out: &Outbound<'_>) -> Value {
     body
 }
 
-fn transport_error(e: &reqwest::Error) -> AdapterError {
+pub(crate) fn transport_error(e: &reqwest::Error) -> AdapterError {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -240,7 +240,7 @@ pub fn parse_generic(body: &[u8]) -> Result<InboundBatch, InboundError> {
         .collect::<Result<_, _>>()?;
     Ok(InboundBatch {
         messages,
-        statuses: Vec::new(),
+        ..InboundBatch::default()
     })
 }
 
@@ -303,6 +303,7 @@ fn parse_message(item: Value) -> Result<InboundMessage, String> {
         external_id: external_id.unwrap_or_else(|| sender.clone()),
         sender,
         conversation_id,
+        contact_name: None,
         kind,
         text,
         attachments,

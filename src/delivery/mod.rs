@@ -17,7 +17,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use backoff::{MAX_ATTEMPTS, next_delay};
-pub use outcome::{attempt_result, retry_all_failed, retry_failed};
+pub use outcome::{
+    StatusApplied, apply_provider_status, attempt_result, retry_all_failed, retry_failed,
+};
 pub use pruner::{PRUNE_BATCH, run_pruner};
 pub use worker::DeliveryEngine;
 

@@ -1,7 +1,11 @@
-//! Turning an adapter's answer into what is recorded on the delivery row.
+//! Turning an adapter's answer, or a provider's later report, into what is recorded on
+//! the delivery row. The worker and the inbound edge change delivery rows only here.
 
-use crate::adapters::{AdapterError, Delivered};
-use crate::domain::{Delivery, DeliveryId, TenantId, Timestamp};
+use serde_json::{Value, json};
+
+use crate::adapters::{AdapterError, Delivered, ProviderStatus, StatusUpdate};
+use crate::domain::{ChannelId, Delivery, DeliveryId, TenantId, Timestamp};
+use crate::pubsub::{Event, PubSub};
 use crate::store::{AttemptResult, Store, StoreResult};
 
 use super::DeliveryWaker;
@@ -38,6 +42,101 @@ pub async fn retry_all_failed(
         waker.wake();
     }
     Ok(n)
+}
+
+/// What a provider's status report did.
+#[derive(Debug, Clone)]
+pub enum StatusApplied {
+    /// The delivery moved to the reported status (recorded in its `metadata`) and the
+    /// conversation's sockets were told.
+    Updated(Box<Delivery>),
+    /// No delivery of this channel has this provider message id (sent by something
+    /// else, pruned, or reported before the send's answer was recorded).
+    Unknown,
+    /// A duplicate, or a report older than what is recorded: nothing changed.
+    Stale,
+}
+
+/// Compare-and-set rounds before a status report is given up as contended.
+const STATUS_ROUNDS: usize = 5;
+
+/// Records a provider's report on a delivered message (WhatsApp `statuses[]`, Infobip
+/// delivery and seen reports) on the delivery the provider id names, within the
+/// channel's tenant, and tells the conversation's sockets (`Event::DeliveryStatus`).
+///
+/// Statuses only move forward (`sent < delivered < read`; `failed` only before
+/// `delivered`, and terminal), so duplicates and late reports change nothing. They are
+/// kept in the delivery's `metadata` as `provider_status`, `provider_status_at` (the
+/// provider's time) and, for failures, `provider_error`; the delivery's own `status`
+/// stays `delivered`: it says the provider accepted the message, which remains true.
+///
+/// # Errors
+/// Database errors only.
+pub async fn apply_provider_status(
+    store: &Store,
+    pubsub: &PubSub,
+    tenant_id: TenantId,
+    channel_id: ChannelId,
+    update: &StatusUpdate,
+) -> StoreResult<StatusApplied> {
+    for _ in 0..STATUS_ROUNDS {
+        let Some(delivery) = store
+            .find_delivery_by_external_id(tenant_id, channel_id, &update.provider_id)
+            .await?
+        else {
+            return Ok(StatusApplied::Unknown);
+        };
+        let current = delivery
+            .metadata
+            .get("provider_status")
+            .and_then(Value::as_str)
+            .and_then(ProviderStatus::parse);
+        if !update.status.advances(current) {
+            return Ok(StatusApplied::Stale);
+        }
+        let now = Timestamp::now();
+        let mut metadata = match &delivery.metadata {
+            Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        metadata.insert("provider_status".into(), json!(update.status.as_str()));
+        metadata.insert(
+            "provider_status_at".into(),
+            json!(
+                update
+                    .timestamp
+                    .clone()
+                    .unwrap_or_else(|| now.0.to_rfc3339())
+            ),
+        );
+        match &update.error {
+            Some(error) => metadata.insert("provider_error".into(), json!(error)),
+            None => metadata.remove("provider_error"),
+        };
+        let metadata = Value::Object(metadata);
+        if store
+            .update_delivery_metadata(tenant_id, delivery.id, delivery.updated_at, &metadata, now)
+            .await?
+        {
+            // After the write: a socket never hears of a status that is not recorded.
+            pubsub.publish(
+                delivery.conversation_id,
+                Event::DeliveryStatus {
+                    conversation_id: delivery.conversation_id,
+                    delivery_id: delivery.id,
+                    activity_id: delivery.activity_id,
+                    channel_id: delivery.channel_id,
+                    status: update.status.as_str().to_owned(),
+                    error: update.error.clone(),
+                },
+            );
+            let mut updated = delivery;
+            updated.metadata = metadata;
+            return Ok(StatusApplied::Updated(Box::new(updated)));
+        }
+    }
+    tracing::warn!(provider_id = %update.provider_id, "status report lost to concurrent updates");
+    Ok(StatusApplied::Stale)
 }
 
 /// What to record after attempt number `attempt` (1-based) ended with `result`.

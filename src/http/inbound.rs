@@ -3,12 +3,23 @@
 //! or opens each sender's conversation and hands every message to `ingest`, keyed by
 //! the provider's message id so re-deliveries create nothing.
 //!
-//! This edge only authenticates and hands over: adapters parse, `ingest` writes.
-//! Everything that can be checked is checked before the first write, so a refused
-//! request writes nothing.
+//! This edge only authenticates and hands over: adapters parse, `ingest` writes, and
+//! status reports go through `delivery::outcome`. Everything that can be checked is
+//! checked before the first write, so a refused request writes nothing.
+//!
+//! Providers (WhatsApp through Meta or Infobip; adapters whose `lenient_inbound` is
+//! true) re-send every request not answered 200, for days. Their requests are answered
+//! **200** (not 201) once stored, with the same body. What can never be stored is
+//! logged and skipped rather than refused, since refusing only brings it back: a JSON
+//! payload of an unexpected shape, an item without an id, a message that fails
+//! validation. They get 401 for a bad signature, 400 only for a body that is not JSON
+//! at all ("unparseable"), and 5xx when the store fails, so that they retry.
+//! `GET` answers Meta's verification handshake (`hub.challenge` as `text/plain`, or
+//! 403); for other types it is a reachability check.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
@@ -17,7 +28,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, read_body};
 use super::state::AppState;
-use crate::adapters::{InboundError, InboundMessage};
+use crate::adapters::{InboundBatch, InboundError, InboundMessage};
+use crate::delivery::{StatusApplied, apply_provider_status};
 use crate::domain::{
     ActivityId, Channel, ChannelId, ChannelStatus, ConversationId, ConversationStatus, Direction,
     FieldError, NewActivity, TenantStatus,
@@ -60,6 +72,10 @@ fn inbound_error(channel: &Channel, err: InboundError) -> ApiError {
             tracing::warn!(channel_id = %channel.id, %reason, "inbound request refused");
             ApiError::unauthorized("invalid_signature", reason)
         }
+        InboundError::Forbidden(reason) => {
+            tracing::warn!(channel_id = %channel.id, %reason, "inbound handshake refused");
+            ApiError::forbidden("forbidden", reason)
+        }
         InboundError::Malformed(reason) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", reason)
         }
@@ -101,10 +117,14 @@ async fn resolve_conversation(
     {
         return Ok(found.id);
     }
+    let metadata = match &message.contact_name {
+        Some(name) => json!({ "contact_name": name }),
+        None => json!({}),
+    };
     let new = NewConversation {
         channel_id: channel.id,
         external_id: Some(message.external_id.clone()),
-        metadata: json!({}),
+        metadata,
     };
     match state.store.insert_conversation(tenant, new).await {
         Ok(created) => Ok(created.id),
@@ -122,7 +142,8 @@ async fn resolve_conversation(
 /// Receive messages from the channel's external side (DESIGN.md §3 "Inbound").
 #[utoipa::path(post, path = "/channels/{id}/inbound", tag = "inbound", params(("id" = ChannelId, Path)),
     request_body(content = Object, description = "The channel type's inbound format", content_type = "application/json"),
-    responses((status = 201, body = InboundAccepted), (status = 400, body = crate::http::error::ErrorBody),
+    responses((status = 201, body = InboundAccepted), (status = 200, body = InboundAccepted, description = "Accepted from a provider (WhatsApp)"),
+              (status = 400, body = crate::http::error::ErrorBody),
               (status = 401, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
 async fn receive_inbound(
     State(state): State<AppState>,
@@ -138,11 +159,81 @@ async fn receive_inbound(
     adapter
         .verify_inbound(&channel, &headers, &body, now)
         .map_err(|e| inbound_error(&channel, e))?;
-    let batch = adapter
+    let mut batch = adapter
         .parse_inbound(&channel, &body)
         .map_err(|e| inbound_error(&channel, e))?;
+    let lenient = adapter.lenient_inbound();
+    for reason in &batch.skipped {
+        tracing::warn!(channel_id = %channel.id, %reason, "inbound item skipped");
+    }
+    if lenient {
+        drop_invalid(&channel, &mut batch);
+    } else {
+        check_messages(&state, &channel, &batch).await?;
+    }
 
-    // Check every message before writing any.
+    let mut activity_ids = Vec::with_capacity(batch.messages.len());
+    for message in &batch.messages {
+        let conversation_id = resolve_conversation(&state, &channel, message).await?;
+        let request = IngestRequest {
+            tenant_id: channel.tenant_id,
+            conversation_id,
+            activity: new_activity(message),
+            origin_channel: Some(channel.id),
+        };
+        match state.ingest.ingest(request).await {
+            Ok(ingested) => activity_ids.push(ingested.activity().id),
+            // A provider id re-used for different content, or a conversation closed a
+            // moment ago: storing it can never succeed, so a provider is not asked to retry.
+            Err(
+                e @ (crate::ingest::IngestError::IdempotencyConflict { .. }
+                | crate::ingest::IngestError::ConversationClosed),
+            ) if lenient => {
+                tracing::warn!(channel_id = %channel.id, provider_id = ?message.provider_id, error = %e, "inbound message skipped");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut statuses = 0;
+    for update in &batch.statuses {
+        match apply_provider_status(
+            &state.store,
+            &state.pubsub,
+            channel.tenant_id,
+            channel.id,
+            update,
+        )
+        .await?
+        {
+            StatusApplied::Updated(_) => statuses += 1,
+            StatusApplied::Stale => {}
+            StatusApplied::Unknown => {
+                tracing::info!(channel_id = %channel.id, provider_id = %update.provider_id, "status report for an unknown message");
+            }
+        }
+    }
+    tracing::info!(channel_id = %channel.id, messages = activity_ids.len(), statuses, "inbound accepted");
+    let status = if lenient {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        axum::Json(InboundAccepted {
+            status: "accepted",
+            activity_ids,
+        }),
+    ))
+}
+
+/// Generic channels: every message valid and its named conversation usable, or the
+/// whole request is refused before anything is written.
+async fn check_messages(
+    state: &AppState,
+    channel: &Channel,
+    batch: &InboundBatch,
+) -> ApiResult<()> {
     let mut errors = Vec::new();
     for (i, message) in batch.messages.iter().enumerate() {
         errors.extend(
@@ -170,40 +261,58 @@ async fn receive_inbound(
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
     }
-
-    let mut activity_ids = Vec::with_capacity(batch.messages.len());
-    for message in &batch.messages {
-        let conversation_id = resolve_conversation(&state, &channel, message).await?;
-        let request = IngestRequest {
-            tenant_id: channel.tenant_id,
-            conversation_id,
-            activity: new_activity(message),
-            origin_channel: Some(channel.id),
-        };
-        activity_ids.push(state.ingest.ingest(request).await?.activity().id);
-    }
-    tracing::info!(channel_id = %channel.id, messages = activity_ids.len(), "inbound accepted");
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(InboundAccepted {
-            status: "accepted",
-            activity_ids,
-        }),
-    ))
 }
 
-/// Reachability check for senders that probe the URL with `GET`.
+/// Providers: messages that can never be stored are logged and left out.
+fn drop_invalid(channel: &Channel, batch: &mut InboundBatch) {
+    batch.messages.retain(|message| {
+        let errors = new_activity(message).validate();
+        if !errors.is_empty() {
+            let reason = errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(channel_id = %channel.id, provider_id = ?message.provider_id, %reason, "inbound message skipped");
+        }
+        errors.is_empty()
+    });
+}
+
+/// Reachability check for senders that probe the URL with `GET`, and Meta's webhook
+/// verification handshake (protocols.md §2.4).
 #[utoipa::path(get, path = "/channels/{id}/inbound", tag = "inbound", params(("id" = ChannelId, Path)),
-    responses((status = 200, description = "The channel takes inbound requests"), (status = 404, body = crate::http::error::ErrorBody)))]
+    responses((status = 200, description = "The channel takes inbound requests; for whatsapp_meta, the `hub.challenge` as text/plain"),
+              (status = 403, body = crate::http::error::ErrorBody, description = "whatsapp_meta: wrong hub.mode or hub.verify_token"),
+              (status = 404, body = crate::http::error::ErrorBody)))]
 async fn probe_inbound(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ChannelId>,
-) -> ApiResult<axum::Json<serde_json::Value>> {
-    active_channel(&state, id).await?;
-    Ok(axum::Json(json!({"status": "ok"})))
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let channel = active_channel(&state, id).await?;
+    // Parsed by hand: the names contain dots (`hub.mode`).
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let answer = state
+        .adapters
+        .get(channel.kind)
+        .verify_subscription(&channel, &params)
+        .map_err(|e| inbound_error(&channel, e))?;
+    Ok(match answer {
+        Some(challenge) => {
+            tracing::info!(channel_id = %channel.id, "webhook subscription verified");
+            ([(header::CONTENT_TYPE, "text/plain")], challenge).into_response()
+        }
+        None => axum::Json(json!({"status": "ok"})).into_response(),
+    })
 }
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {

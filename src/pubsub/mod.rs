@@ -1,5 +1,5 @@
-//! Fan-out of committed activities (and ephemeral typing signals) to the sockets of a
-//! conversation.
+//! Fan-out of committed activities, delivery status reports and ephemeral typing
+//! signals to the sockets of a conversation.
 //!
 //! Stage 3 of the flow, beside the store. `ingest` publishes after commit; real-time
 //! sessions subscribe per conversation. Events are notifications, not the record: a
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use crate::domain::{Activity, ConversationId};
+use crate::domain::{Activity, ActivityId, ChannelId, ConversationId, DeliveryId};
 
 pub use local::LocalPubSub;
 
@@ -27,6 +27,18 @@ pub enum Event {
         conversation_id: ConversationId,
         /// The user id of the typist, as in their client token.
         sender: String,
+    },
+    /// A provider reported on a delivered message (WhatsApp `sent`, `delivered`,
+    /// `read`, `failed`), after the report was recorded on the delivery. Not replayed:
+    /// the delivery's `metadata` is the record.
+    DeliveryStatus {
+        conversation_id: ConversationId,
+        delivery_id: DeliveryId,
+        activity_id: ActivityId,
+        channel_id: ChannelId,
+        status: String,
+        /// The provider's code and message, for `failed`.
+        error: Option<String>,
     },
 }
 

@@ -6,6 +6,15 @@
 //! client's watermark before streaming live events, filling any gap (or a lagged
 //! subscription) from the store. This module decides; it does not own the socket
 //! (that is `session`), and it never writes an activity except through `ingest`.
+//!
+//! Server events on a joined topic:
+//! - `new_activity`: an activity, as the REST API returns it, exactly once and in
+//!   `seq` order;
+//! - `typing`: `{"sender"}`, someone else is typing (ephemeral, dropped under load);
+//! - `delivery_status`: `{"delivery_id", "activity_id", "channel_id", "status",
+//!   "error"?}`, a provider's report on a delivered message (`sent`, `delivered`,
+//!   `read`, `failed`; only forward moves are sent). Live only: a socket that was away
+//!   reads the delivery's `metadata` instead.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,6 +40,11 @@ pub(super) const TOPIC_PREFIX: &str = "conversation:";
 pub(super) const NEW_ACTIVITY: &str = "new_activity";
 /// Server event carrying a typing signal; clients push it to send one.
 pub(super) const TYPING: &str = "typing";
+/// Server event carrying a provider's report on a delivered message, payload
+/// `{"delivery_id", "activity_id", "channel_id", "status", "error"?}` with `status` one
+/// of `sent`, `delivered`, `read`, `failed`. Live only: not replayed on join (the
+/// delivery's `metadata` in the REST API is the record).
+pub(super) const DELIVERY_STATUS: &str = "delivery_status";
 /// Activities read from the store per query while replaying or filling a gap.
 const REPLAY_PAGE: i64 = 200;
 
@@ -333,6 +347,34 @@ impl Stream {
                         }
                     }
                     Event::Typing { .. } => {}
+                    Event::DeliveryStatus {
+                        delivery_id,
+                        activity_id,
+                        channel_id,
+                        status,
+                        error,
+                        ..
+                    } => {
+                        let mut payload = json!({
+                            "delivery_id": delivery_id,
+                            "activity_id": activity_id,
+                            "channel_id": channel_id,
+                            "status": status,
+                        });
+                        if let (Some(error), Value::Object(map)) = (error, &mut payload) {
+                            map.insert("error".into(), json!(error));
+                        }
+                        let frame = Frame::push(
+                            self.join_ref.clone(),
+                            &self.topic,
+                            DELIVERY_STATUS,
+                            Payload::Json(payload),
+                        );
+                        self.out
+                            .send(frame.encode(self.vsn))
+                            .await
+                            .map_err(|_| StreamEnd::SessionGone)?;
+                    }
                 },
                 Err(RecvError::Lagged(skipped)) => {
                     if self.out.capacity() == 0 {

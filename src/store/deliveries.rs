@@ -1,5 +1,7 @@
 //! Delivery queries, scoped by tenant.
 
+use serde_json::Value;
+
 use super::{Store, StoreResult, reader, writer};
 use crate::domain::{
     ActivityId, ChannelId, Delivery, DeliveryId, DeliveryStatus, TenantId, Timestamp,
@@ -116,5 +118,64 @@ impl Store {
                 .fetch_one(pool)
                 .await
         })?)
+    }
+
+    /// The delivery of a tenant's channel that the receiving system knows by
+    /// `external_id` (status callbacks); the newest if the id was ever reused.
+    pub async fn find_delivery_by_external_id(
+        &self,
+        tenant_id: TenantId,
+        channel_id: ChannelId,
+        external_id: &str,
+    ) -> StoreResult<Option<Delivery>> {
+        // `deliveries_external_id_idx` finds the row; tenant and channel scope it.
+        const SQL: &str = const_format::concatcp!(
+            "SELECT ",
+            COLUMNS,
+            " FROM deliveries WHERE external_id = $3 AND tenant_id = $1 AND channel_id = $2 \
+             ORDER BY id DESC LIMIT 1"
+        );
+        Ok(reader!(self, |pool| {
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(channel_id)
+                .bind(external_id)
+                .fetch_optional(pool)
+                .await
+        })?)
+    }
+
+    /// Replaces a tenant's delivery's metadata, provided the row is unchanged since it
+    /// was read (`updated_at` still `read_at`): a compare-and-set, so concurrent
+    /// callbacks cannot overwrite each other's decision. Returns whether it was written.
+    pub async fn update_delivery_metadata(
+        &self,
+        tenant_id: TenantId,
+        id: DeliveryId,
+        read_at: Timestamp,
+        metadata: &Value,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        const SQL: &str = "UPDATE deliveries SET metadata = $4, updated_at = $5 \
+             WHERE tenant_id = $1 AND id = $2 AND updated_at = $3";
+        // Strictly later than what was read, so a second writer's compare fails even
+        // within one microsecond.
+        let now = if now.0 > read_at.0 {
+            now
+        } else {
+            read_at.plus(std::time::Duration::from_micros(1))
+        };
+        let rows = writer!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(tenant_id)
+                .bind(id)
+                .bind(read_at)
+                .bind(sqlx::types::Json(metadata))
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(rows == 1)
     }
 }

@@ -19,3 +19,4 @@ mod ops;
 mod routes;
 mod tenancy;
 mod tokens;
+mod whatsapp;
