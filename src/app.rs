@@ -81,7 +81,8 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
-/// Builds the application state over an open store.
+/// Builds the application state over an open store. On PostgreSQL this starts the
+/// PubSub's listener and notifier on the state's task tracker.
 ///
 /// # Errors
 /// The JWT secret cannot be read or created.
@@ -92,7 +93,8 @@ pub fn build_state(
 ) -> anyhow::Result<AppState> {
     let jwt = JwtKeys::new(&jwt_secret(&config)?);
     let adapters = Adapters::new();
-    let pubsub = PubSub::local(PUBSUB_CAPACITY);
+    let tasks = TaskTracker::new();
+    let pubsub = PubSub::for_store(&store, PUBSUB_CAPACITY, &shutdown, &tasks);
     let waker = DeliveryWaker::default();
     let ingest = Ingestor::new(
         store.clone(),
@@ -109,7 +111,7 @@ pub fn build_state(
         ingest,
         jwt,
         shutdown,
-        tasks: TaskTracker::new(),
+        tasks,
     })
 }
 
