@@ -14,6 +14,7 @@ mod durability;
 mod errors;
 mod inbound;
 mod ops;
+mod realtime;
 mod routes;
 mod tenancy;
 mod tokens;
