@@ -12,8 +12,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use converger::domain::TenantStatus;
 
-use crate::common::socket::{Socket, refused, seqs, topic};
-use crate::common::{Backend, TestApp, both_backends};
+use crate::common::node::Node;
+use crate::common::socket::{Socket, refused, seqs, topic, ws_url};
+use crate::common::{Backend, TestApp, both_backends, eventually};
 
 both_backends!(
     bad_credentials_and_versions_get_403_before_upgrade,
@@ -476,4 +477,200 @@ async fn concurrent_writers_and_joiners_see_gap_free_sequences(backend: Backend)
         done.unwrap();
     }
     std::sync::Arc::into_inner(server).unwrap().stop().await;
+}
+
+both_backends!(
+    other_nodes_stream_every_activity_in_order,
+    a_lost_listener_connection_loses_nothing,
+);
+
+/// Text too large for a NOTIFY payload: the activity travels by reference.
+fn large_text(tag: &str) -> String {
+    format!("{tag} {}", "x".repeat(20_000))
+}
+
+/// A socket on the node serving `base`, joined live to the conversation as `user`.
+async fn joined_on(base: &str, app: &TestApp, conversation: &str, user: &str) -> Socket {
+    let token = app.token(conversation, user).await;
+    let mut socket = Socket::connect(&ws_url(base, &token, Some("2.0.0"))).await;
+    let reply = socket.join(&topic(conversation), "1", json!({})).await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    socket
+}
+
+/// The PostgreSQL backends of the test database holding a LISTEN connection.
+async fn listener_pids(app: &TestApp) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE query ILIKE 'LISTEN%' AND datname = current_database() ORDER BY pid",
+    )
+    .fetch_all(app.store.pg_pool().expect("PostgreSQL"))
+    .await
+    .expect("pg_stat_activity")
+}
+
+async fn other_nodes_stream_every_activity_in_order(backend: Backend) {
+    if backend == Backend::Sqlite {
+        // One SQLite file serves one node; streaming across nodes is PostgreSQL's job.
+        return;
+    }
+    let a = TestApp::start(backend).await;
+    let b = Node::start(&a.database_url);
+    b.ready(&a.http).await;
+    let conversation = a.conversation().await;
+    let mut on_b = joined_on(&b.base, &a, &conversation, "bob").await;
+    let mut on_a = joined_on(&a.base, &a, &conversation, "alice").await;
+
+    let mut posted = Vec::new();
+    for text in ["m1".into(), large_text("m2"), "m3".into(), large_text("m4")] {
+        posted.push(a.post(&conversation, &text).await);
+    }
+    assert_eq!(on_b.activities(posted.len()).await, posted);
+    assert_eq!(on_a.activities(posted.len()).await, posted);
+
+    // Typing and socket pushes cross nodes too, in both directions.
+    on_a.send(json!(["1", "2", topic(&conversation), "typing", {}]))
+        .await;
+    assert_eq!(
+        on_a.recv().await[4],
+        json!({"status": "ok", "response": {}})
+    );
+    assert_eq!(
+        on_b.recv().await,
+        json!(["1", null, topic(&conversation), "typing", {"sender": "alice"}])
+    );
+    on_b.send(json!(["1", "3", topic(&conversation), "new_activity", {"text": "from b"}]))
+        .await;
+    let pushed = on_a.activities(1).await.remove(0);
+    assert_eq!(
+        (&pushed["sender"], pushed["seq"].as_i64()),
+        (&json!("bob"), Some(5))
+    );
+    let frames = on_b.drain().await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .any(|f| f[3] == "new_activity" && f[4] == pushed)
+    );
+    assert!(on_a.drain().await.is_empty());
+    a.stop().await;
+}
+
+async fn a_lost_listener_connection_loses_nothing(backend: Backend) {
+    if backend == Backend::Sqlite {
+        // One SQLite file serves one node; there is no LISTEN connection to lose.
+        return;
+    }
+    let a = TestApp::start(backend).await;
+    let b = Node::start(&a.database_url);
+    b.ready(&a.http).await;
+    let conversation = a.conversation().await;
+    let mut on_b = joined_on(&b.base, &a, &conversation, "bob").await;
+    let before = eventually(Duration::from_secs(10), "both nodes to LISTEN", || async {
+        let pids = listener_pids(&a).await;
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+    for i in 1..=3 {
+        a.post(&conversation, &format!("before {i}")).await;
+    }
+    assert_eq!(seqs(&on_b.activities(3).await), [1, 2, 3]);
+
+    // Terminate every LISTEN backend of the database (node B's, and A's) while A keeps
+    // posting, and post again right after: whatever was notified while B was not
+    // listening must reach B's socket from the store.
+    let writer = async {
+        for i in 0..20 {
+            let text = if i % 5 == 4 {
+                large_text("during")
+            } else {
+                format!("during {i}")
+            };
+            a.post(&conversation, &text).await;
+        }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query ILIKE 'LISTEN%' AND datname = current_database()",
+        )
+        .fetch_all(a.store.pg_pool().expect("PostgreSQL"))
+        .await
+        .expect("terminate");
+        assert_eq!(terminated, [true, true]);
+        for i in 0..3 {
+            a.post(&conversation, &format!("right after {i}")).await;
+        }
+    };
+    tokio::join!(writer, killer);
+    let last = 3 + 20 + 3;
+    let seen = on_b.activities(last - 3).await;
+    assert_eq!(seqs(&seen), (4..=last as i64).collect::<Vec<_>>());
+    assert_eq!(seen, a.activities(&conversation).await[3..]);
+    assert!(on_b.drain().await.is_empty(), "nothing twice");
+
+    // Both nodes listen again, on new connections.
+    let before = eventually(
+        Duration::from_secs(10),
+        "both nodes to LISTEN again",
+        || async {
+            let pids = listener_pids(&a).await;
+            (pids.len() == 2 && pids.iter().all(|p| !before.contains(p))).then_some(pids)
+        },
+    )
+    .await;
+
+    // Now keep the listeners out while A posts, so that these notifications are lost
+    // for certain, with no later activity to reveal the gap: only the resynchronisation
+    // after B listens again can deliver them. A's pool is warmed first, as no new
+    // connection can be opened meanwhile.
+    futures_util::future::join_all((0..8).map(|_| a.activities(&conversation))).await;
+    let mut admin = admin_connection().await;
+    let database = a.database_url.rsplit('/').next().expect("database name");
+    let allow = |yes: bool| format!("ALTER DATABASE {database} ALLOW_CONNECTIONS {yes}");
+    sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(allow(false)))
+        .await
+        .expect("refuse connections");
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1)",
+    )
+    .bind(&before)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert_eq!(terminated, [true, true]);
+    for i in 0..4 {
+        let text = if i == 3 {
+            large_text("unheard")
+        } else {
+            format!("unheard {i}")
+        };
+        a.post(&conversation, &text).await;
+    }
+    assert!(on_b.drain().await.is_empty(), "B cannot hear anything yet");
+    sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(allow(true)))
+        .await
+        .expect("allow connections");
+    let seen = on_b.activities(4).await;
+    assert_eq!(
+        seqs(&seen),
+        (last as i64 + 1..=last as i64 + 4).collect::<Vec<_>>()
+    );
+    assert_eq!(seen, a.activities(&conversation).await[last..]);
+    assert!(on_b.drain().await.is_empty(), "nothing twice");
+
+    a.post(&conversation, "after").await;
+    assert_eq!(seqs(&on_b.activities(1).await), [last as i64 + 5]);
+    a.stop().await;
+}
+
+/// A connection to the PostgreSQL server's own database, outside the test database.
+async fn admin_connection() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let url = crate::common::postgres_url().expect("PostgreSQL URL");
+    sqlx::PgConnection::connect(&url)
+        .await
+        .expect("admin connection")
 }
