@@ -82,7 +82,8 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
-/// Builds the application state over an open store.
+/// Builds the application state over an open store. On PostgreSQL this starts the
+/// PubSub's listener and notifier on the state's task tracker.
 ///
 /// # Errors
 /// The JWT secret cannot be read or created.
@@ -101,7 +102,8 @@ pub fn build_state(
         config.public_url.starts_with("https://"),
     );
     let adapters = Adapters::new();
-    let pubsub = PubSub::local(PUBSUB_CAPACITY);
+    let tasks = TaskTracker::new();
+    let pubsub = PubSub::for_store(&store, PUBSUB_CAPACITY, &shutdown, &tasks);
     let waker = DeliveryWaker::default();
     let ingest = Ingestor::new(
         store.clone(),
@@ -120,7 +122,7 @@ pub fn build_state(
         ingest,
         jwt,
         shutdown,
-        tasks: TaskTracker::new(),
+        tasks,
     })
 }
 

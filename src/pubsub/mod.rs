@@ -4,17 +4,26 @@
 //! Stage 3 of the flow, beside the store. `ingest` publishes after commit; real-time
 //! sessions subscribe per conversation. Events are notifications, not the record: a
 //! subscriber that lags or misses one catches up from the store, which is why a slow
-//! subscriber is dropped rather than buffered without bound.
+//! subscriber is dropped rather than buffered without bound, and why PubSub may tell
+//! subscribers to [`Event::Resync`] instead of guaranteeing delivery.
+//!
+//! On SQLite every subscriber lives in this process ([`LocalPubSub`]); on PostgreSQL
+//! [`PgPubSub`] also carries events between the nodes sharing the database.
 
 mod local;
+mod postgres;
 
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::domain::{Activity, ActivityId, ChannelId, ConversationId, DeliveryId};
+use crate::store::Store;
 
 pub use local::LocalPubSub;
+pub use postgres::PgPubSub;
 
 /// Something that happened in a conversation.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +49,10 @@ pub enum Event {
         /// The provider's code and message, for `failed`.
         error: Option<String>,
     },
+    /// Events may have been lost (the link to the other nodes was down): catch up from
+    /// the store after the last activity delivered, as after a lag. Local to a node:
+    /// never forwarded to other nodes.
+    Resync,
 }
 
 /// A stream of events of one conversation.
@@ -50,6 +63,8 @@ pub type Subscription = broadcast::Receiver<Arc<Event>>;
 pub enum PubSub {
     /// In-process: every subscriber lives in this process.
     Local(LocalPubSub),
+    /// In-process fan-out plus PostgreSQL LISTEN/NOTIFY between nodes.
+    Postgres(PgPubSub),
 }
 
 impl PubSub {
@@ -58,10 +73,37 @@ impl PubSub {
         PubSub::Local(LocalPubSub::new(capacity))
     }
 
-    /// Sends an event to every current subscriber of the conversation.
+    /// The PubSub a node over `store` needs: in-process on SQLite, LISTEN/NOTIFY on
+    /// PostgreSQL. On PostgreSQL its listener and notifier tasks are spawned on `tasks`;
+    /// the listener stops when `shutdown` is cancelled, the notifier when the last handle
+    /// of this PubSub is dropped (see [`PgPubSub`]).
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, on PostgreSQL.
+    pub fn for_store(
+        store: &Store,
+        capacity: usize,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
+        match store.pg_pool() {
+            Some(pool) => PubSub::Postgres(PgPubSub::start(
+                pool.clone(),
+                store.clone(),
+                capacity,
+                shutdown.clone(),
+                tasks,
+            )),
+            None => PubSub::local(capacity),
+        }
+    }
+
+    /// Sends an event to every current subscriber of the conversation, on this node and
+    /// (on PostgreSQL) on the others.
     pub fn publish(&self, conversation: ConversationId, event: Event) {
         match self {
             PubSub::Local(local) => local.publish(conversation, Arc::new(event)),
+            PubSub::Postgres(pg) => pg.publish(conversation, Arc::new(event)),
         }
     }
 
@@ -69,6 +111,7 @@ impl PubSub {
     pub fn subscribe(&self, conversation: ConversationId) -> Subscription {
         match self {
             PubSub::Local(local) => local.subscribe(conversation),
+            PubSub::Postgres(pg) => pg.subscribe(conversation),
         }
     }
 }

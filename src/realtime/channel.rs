@@ -4,7 +4,7 @@
 //! Resume is gap-free and duplicate-free: a join subscribes to PubSub first, then reads
 //! the conversation's watermark, and its [`Stream`] replays from the store after the
 //! client's watermark before streaming live events, filling any gap (or a lagged
-//! subscription) from the store. This module decides; it does not own the socket
+//! subscription, or one told to resynchronise) from the store. This module decides; it does not own the socket
 //! (that is `session`), and it never writes an activity except through `ingest`.
 //!
 //! Server events on a joined topic:
@@ -375,6 +375,8 @@ impl Stream {
                             .await
                             .map_err(|_| StreamEnd::SessionGone)?;
                     }
+                    // Events may have been lost on the way from another node.
+                    Event::Resync => self.catch_up().await?,
                 },
                 Err(RecvError::Lagged(skipped)) => {
                     if self.out.capacity() == 0 {
@@ -560,6 +562,44 @@ mod tests {
         post(&state, &auth, 1).await;
         assert_eq!(seq_of(&rx.recv().await.unwrap()), 14);
         assert!(!overloaded.is_cancelled());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn resync_fills_what_never_reached_the_subscription() {
+        let (mut state, auth, _dir) = fixture(8).await;
+        let joined = join(&state, &auth, Some(auth.conversation_id), &json!({}))
+            .await
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let (stream, _) = stream(&state, &auth, joined, tx);
+        let task = tokio::spawn(stream.run());
+        // Activities published where this subscription cannot see them, as when a
+        // notification from another node is lost.
+        let subscribed = state.pubsub.clone();
+        state.ingest = Ingestor::new(
+            state.store.clone(),
+            state.adapters.clone(),
+            PubSub::local(8),
+            DeliveryWaker::default(),
+        );
+        post(&state, &auth, 3).await;
+        subscribed.publish(auth.conversation_id, Event::Resync);
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            seen.push(seq_of(&rx.recv().await.unwrap()));
+        }
+        assert_eq!(seen, [1, 2, 3]);
+        // A resync with nothing new delivers nothing twice.
+        subscribed.publish(auth.conversation_id, Event::Resync);
+        state.ingest = Ingestor::new(
+            state.store.clone(),
+            state.adapters.clone(),
+            subscribed,
+            DeliveryWaker::default(),
+        );
+        post(&state, &auth, 1).await;
+        assert_eq!(seq_of(&rx.recv().await.unwrap()), 4);
         task.abort();
     }
 

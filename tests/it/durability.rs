@@ -3,75 +3,20 @@
 //! still owed.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::common::node::Node;
 use crate::common::sink::{Reply, Sink};
-use crate::common::{
-    Backend, JWT_SECRET, TestApp, TestDb, both_backends, eventually, expect_data, s,
-};
+use crate::common::{Backend, TestApp, TestDb, both_backends, eventually, expect_data, s};
 
 both_backends!(
     killed_node_loses_no_delivery,
     nodes_share_the_queue_without_double_attempts,
     prune_removes_only_fully_delivered_activities,
 );
-
-/// A `converger serve` child process.
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Node {
-    fn start(database_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_converger"))
-            .arg("serve")
-            .env("CONVERGER_DATABASE_URL", database_url)
-            .env("CONVERGER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONVERGER_JWT_SECRET", JWT_SECRET)
-            .env("CONVERGER_DELIVERY_LEASE_SECS", "2")
-            .env("CONVERGER_DELIVERY_CONCURRENCY", "16")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start converger");
-        Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn ready(&self, http: &reqwest::Client) {
-        eventually(Duration::from_secs(30), "the node to be ready", || async {
-            let r = http.get(format!("{}/ready", self.base)).send().await.ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        })
-        .await;
-    }
-
-    /// SIGKILL: no shutdown, leases stay behind.
-    fn kill(&mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn delivered_count(store: &converger::store::Store) -> i64 {
     store

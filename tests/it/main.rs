@@ -16,6 +16,7 @@ mod errors;
 mod inbound;
 mod limits;
 mod ops;
+mod realtime;
 mod routes;
 mod tenancy;
 mod tokens;

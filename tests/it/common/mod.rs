@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod node;
 pub mod sink;
+pub mod socket;
 
 use std::time::Duration;
 
@@ -337,6 +339,21 @@ impl TestApp {
         }
         .expect("update delivery");
         assert_eq!(updated, 1, "delivery {delivery_id} not found");
+    }
+}
+
+impl TestApp {
+    /// Tells the server to shut down, without waiting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts the server down and waits for it; panics if it failed.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server");
+        }
     }
 }
 

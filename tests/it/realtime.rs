@@ -1,290 +1,49 @@
-//! The Phoenix Channels WebSocket endpoint, driven over a real socket against a real
-//! server (SQLite in a temporary directory).
-//!
-//! Self-contained (its own small harness) so it can move into the shared integration
-//! binary as one module.
+//! The Phoenix Channels WebSocket endpoint, driven over real sockets against real
+//! servers: one node on each backend, then several nodes sharing one PostgreSQL
+//! database.
 
 use std::time::Duration;
 
 use base64::Engine;
-use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
-use converger::config::Config;
 use converger::domain::TenantStatus;
-use converger::store::Store;
 
-/// Longest wait for any expected frame.
-const WAIT: Duration = Duration::from_secs(10);
+use crate::common::node::Node;
+use crate::common::socket::{Socket, refused, seqs, topic, ws_url};
+use crate::common::{Backend, TestApp, both_backends, eventually};
 
-struct Server {
-    base: String,
-    ws: String,
-    api_key: String,
-    http: reqwest::Client,
-    store: Store,
-    tenant_id: converger::domain::TenantId,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
+both_backends!(
+    bad_credentials_and_versions_get_403_before_upgrade,
+    heartbeat_is_answered_with_null_join_ref,
+    joins_are_authorised_and_topics_matched,
+    rest_posts_reach_joined_sockets_with_their_join_ref,
+    pushed_activities_are_ingested_as_the_token_user_once,
+    rejoin_replays_exactly_what_was_missed,
+    typing_reaches_the_others_only,
+    v1_object_frames,
+    token_in_the_subprotocol_header,
+    limits_idle_timeout_and_shutdown_close_codes,
+    concurrent_writers_and_joiners_see_gap_free_sequences,
+);
 
-impl Server {
-    async fn start() -> Self {
-        Self::start_with(|_| {}).await
-    }
-
-    async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::new(format!("sqlite://{}", dir.path().join("test.db").display()));
-        config.jwt_secret = Some("realtime-test-secret-0123456789abcdef".into());
-        configure(&mut config);
-        let store = converger::app::open_store(&config).await.unwrap();
-        let key = converger::auth::generate_api_key();
-        let tenant = store
-            .insert_tenant("test", &key.hash, &key.prefix)
-            .await
-            .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(converger::app::run(config, listener, shutdown.clone()));
-        Server {
-            base: format!("http://{addr}/api/v1"),
-            ws: format!("ws://{addr}/socket/websocket"),
-            api_key: key.key,
-            http: reqwest::Client::new(),
-            store,
-            tenant_id: tenant.id,
-            shutdown,
-            handle,
-            _dir: dir,
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("x-api-key", &self.api_key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// A new conversation on a new websocket channel; returns its id.
-    async fn conversation(&self) -> String {
-        let (status, channel) = self
-            .call(
-                reqwest::Method::POST,
-                "/channels",
-                Some(json!({"name": "web", "type": "websocket"})),
-            )
-            .await;
-        assert_eq!(status, 201, "{channel}");
-        let channel_id = channel["data"]["id"].as_str().unwrap();
-        let (status, conversation) = self
-            .call(
-                reqwest::Method::POST,
-                "/conversations",
-                Some(json!({"channel_id": channel_id})),
-            )
-            .await;
-        assert_eq!(status, 201, "{conversation}");
-        conversation["data"]["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn token(&self, conversation: &str, user: &str) -> String {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/tokens",
-                Some(json!({"conversation_id": conversation, "user_id": user})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["token"].as_str().unwrap().to_owned()
-    }
-
-    /// Posts a message with the API key; returns the activity.
-    async fn post(&self, conversation: &str, text: &str) -> Value {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/conversations/{conversation}/activities"),
-                Some(json!({"text": text})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["data"].clone()
-    }
-
-    async fn activities(&self, conversation: &str) -> Vec<Value> {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/conversations/{conversation}/activities?limit=500"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["data"].as_array().unwrap().clone()
-    }
-
-    fn url(&self, token: &str, vsn: Option<&str>) -> String {
-        match vsn {
-            Some(vsn) => format!("{}?token={token}&vsn={vsn}", self.ws),
-            None => format!("{}?token={token}", self.ws),
-        }
-    }
-
-    /// A V2 socket for this conversation and user.
-    async fn socket(&self, conversation: &str, user: &str) -> Socket {
-        let token = self.token(conversation, user).await;
-        Socket::connect(&self.url(&token, Some("2.0.0"))).await
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap();
-    }
-}
-
-/// The status of a refused handshake.
-async fn refused(request: impl IntoClientRequest + Unpin) -> u16 {
-    match tokio_tungstenite::connect_async(request).await {
-        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("the handshake succeeded"),
-    }
-}
-
-struct Socket {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Socket {
-    async fn connect(url: &str) -> Socket {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Socket { ws }
-    }
-
-    async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .unwrap();
-    }
-
-    /// The next text frame, as raw text.
-    async fn recv_text(&mut self) -> String {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("no frame in time")
-                .expect("socket closed")
-                .unwrap();
-            match message {
-                Message::Text(text) => return text.to_string(),
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
-    }
-
-    async fn recv(&mut self) -> Value {
-        serde_json::from_str(&self.recv_text().await).unwrap()
-    }
-
-    /// The close frame the server ends with.
-    async fn closed(&mut self) -> Option<CloseCode> {
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("not closed in time")
-            {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return None,
-            }
-        }
-    }
-
-    /// Joins and returns the reply.
-    async fn join(&mut self, topic: &str, join_ref: &str, params: Value) -> Value {
-        self.send(json!([join_ref, join_ref, topic, "phx_join", params]))
-            .await;
-        self.recv().await
-    }
-
-    /// Receives `new_activity` pushes until `count` have arrived; returns their payloads.
-    async fn activities(&mut self, count: usize) -> Vec<Value> {
-        let mut found = Vec::new();
-        while found.len() < count {
-            let frame = self.recv().await;
-            if frame[3] == "new_activity" {
-                found.push(frame[4].clone());
-            }
-        }
-        found
-    }
-
-    /// Round-trips a heartbeat: every frame the server queued before it is returned.
-    async fn drain(&mut self) -> Vec<Value> {
-        self.send(json!([null, "hb", "phoenix", "heartbeat", {}]))
-            .await;
-        let mut frames = Vec::new();
-        loop {
-            let frame = self.recv().await;
-            if frame[1] == "hb" {
-                return frames;
-            }
-            frames.push(frame);
-        }
-    }
-}
-
-fn topic(conversation: &str) -> String {
-    format!("conversation:{conversation}")
-}
-
-fn seqs(activities: &[Value]) -> Vec<i64> {
-    activities
-        .iter()
-        .map(|a| a["seq"].as_i64().unwrap())
-        .collect()
-}
-
-#[tokio::test]
-async fn bad_credentials_and_versions_get_403_before_upgrade() {
-    let server = Server::start().await;
+async fn bad_credentials_and_versions_get_403_before_upgrade(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let token = server.token(&conversation, "alice").await;
 
-    assert_eq!(refused(server.ws.clone()).await, 403);
+    assert_eq!(refused(server.ws()).await, 403);
     assert_eq!(refused(server.url("not-a-jwt", Some("2.0.0"))).await, 403);
     let mut forged = token.clone();
     forged.pop();
     assert_eq!(refused(server.url(&forged, Some("2.0.0"))).await, 403);
     assert_eq!(refused(server.url(&token, Some("3.0.0"))).await, 403);
     // A channel token is not a client token.
-    let (_, channel) = server
-        .call(
-            reqwest::Method::POST,
-            "/channels",
-            Some(json!({"name": "w2", "type": "websocket"})),
-        )
-        .await;
-    let channel_token = channel["data"]["token"].as_str().unwrap();
+    let channel = server.websocket_channel().await;
+    let channel_token = channel["token"].as_str().unwrap();
     assert_eq!(refused(server.url(channel_token, Some("2.0.0"))).await, 403);
 
     server
@@ -302,9 +61,8 @@ async fn bad_credentials_and_versions_get_403_before_upgrade() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn heartbeat_is_answered_with_null_join_ref() {
-    let server = Server::start().await;
+async fn heartbeat_is_answered_with_null_join_ref(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let mut socket = server.socket(&conversation, "alice").await;
     socket
@@ -317,9 +75,8 @@ async fn heartbeat_is_answered_with_null_join_ref() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn joins_are_authorised_and_topics_matched() {
-    let server = Server::start().await;
+async fn joins_are_authorised_and_topics_matched(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let other = server.conversation().await;
     let mut socket = server.socket(&conversation, "alice").await;
@@ -389,22 +146,22 @@ async fn joins_are_authorised_and_topics_matched() {
     assert!(socket.drain().await.is_empty());
 
     // A closed conversation cannot be joined.
-    let (status, _) = server
-        .call(
-            reqwest::Method::POST,
-            &format!("/conversations/{conversation}/close"),
-            None,
+    let closed = server
+        .req(
+            Method::POST,
+            &format!("/api/v1/conversations/{conversation}/close"),
         )
-        .await;
-    assert_eq!(status, 200);
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), StatusCode::OK);
     let reply = socket.join(&topic(&conversation), "8", json!({})).await;
     assert_eq!(reply[4]["response"]["reason"], "conversation_closed");
     server.stop().await;
 }
 
-#[tokio::test]
-async fn rest_posts_reach_joined_sockets_with_their_join_ref() {
-    let server = Server::start().await;
+async fn rest_posts_reach_joined_sockets_with_their_join_ref(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let mut socket = server.socket(&conversation, "alice").await;
     socket.join(&topic(&conversation), "1", json!({})).await;
@@ -417,9 +174,8 @@ async fn rest_posts_reach_joined_sockets_with_their_join_ref() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn pushed_activities_are_ingested_as_the_token_user_once() {
-    let server = Server::start().await;
+async fn pushed_activities_are_ingested_as_the_token_user_once(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let mut socket = server.socket(&conversation, "alice").await;
     socket.join(&topic(&conversation), "1", json!({})).await;
@@ -490,9 +246,8 @@ async fn pushed_activities_are_ingested_as_the_token_user_once() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn rejoin_replays_exactly_what_was_missed() {
-    let server = Server::start().await;
+async fn rejoin_replays_exactly_what_was_missed(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let token = server.token(&conversation, "alice").await;
     let mut socket = Socket::connect(&server.url(&token, Some("2.0.0"))).await;
@@ -549,9 +304,8 @@ async fn rejoin_replays_exactly_what_was_missed() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn typing_reaches_the_others_only() {
-    let server = Server::start().await;
+async fn typing_reaches_the_others_only(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let mut alice = server.socket(&conversation, "alice").await;
     let mut bob = server.socket(&conversation, "bob").await;
@@ -578,9 +332,8 @@ async fn typing_reaches_the_others_only() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn v1_object_frames() {
-    let server = Server::start().await;
+async fn v1_object_frames(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let token = server.token(&conversation, "alice").await;
     for vsn in [None, Some("1.0.0")] {
@@ -607,13 +360,12 @@ async fn v1_object_frames() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn token_in_the_subprotocol_header() {
-    let server = Server::start().await;
+async fn token_in_the_subprotocol_header(backend: Backend) {
+    let server = TestApp::start(backend).await;
     let conversation = server.conversation().await;
     let token = server.token(&conversation, "alice").await;
     let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&token);
-    let mut request = format!("{}?vsn=2.0.0", server.ws)
+    let mut request = format!("{}?vsn=2.0.0", server.ws())
         .into_client_request()
         .unwrap();
     request.headers_mut().insert(
@@ -630,7 +382,7 @@ async fn token_in_the_subprotocol_header() {
         "ok"
     );
 
-    let mut bad = format!("{}?vsn=2.0.0", server.ws)
+    let mut bad = format!("{}?vsn=2.0.0", server.ws())
         .into_client_request()
         .unwrap();
     bad.headers_mut().insert(
@@ -641,9 +393,8 @@ async fn token_in_the_subprotocol_header() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn limits_idle_timeout_and_shutdown_close_codes() {
-    let server = Server::start_with(|c| {
+async fn limits_idle_timeout_and_shutdown_close_codes(backend: Backend) {
+    let server = TestApp::start_with(backend, |c| {
         c.socket_push_rate = 3;
         c.socket_max_channels = 1;
         c.socket_idle_timeout_secs = 1;
@@ -677,20 +428,19 @@ async fn limits_idle_timeout_and_shutdown_close_codes() {
     let reply = socket.join("conversation:other", "7", json!({})).await;
     assert_eq!(reply[4]["response"]["reason"], "too many channels joined");
 
-    server.shutdown.cancel();
+    server.begin_shutdown();
     assert_eq!(socket.closed().await, Some(CloseCode::Restart));
-    server.handle.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// Writers and joiners race: every joiner sees each activity after its watermark
 /// exactly once, in order, up to the last.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_and_joiners_see_gap_free_sequences() {
+async fn concurrent_writers_and_joiners_see_gap_free_sequences(backend: Backend) {
     const WRITERS: usize = 10;
     const PER_WRITER: usize = 15;
     const BEFORE: usize = 20;
     const FINAL: i64 = (BEFORE + WRITERS * PER_WRITER) as i64;
-    let server = std::sync::Arc::new(Server::start().await);
+    let server = std::sync::Arc::new(TestApp::start(backend).await);
     let conversation = server.conversation().await;
     for i in 0..BEFORE {
         server.post(&conversation, &format!("before {i}")).await;
@@ -727,4 +477,200 @@ async fn concurrent_writers_and_joiners_see_gap_free_sequences() {
         done.unwrap();
     }
     std::sync::Arc::into_inner(server).unwrap().stop().await;
+}
+
+both_backends!(
+    other_nodes_stream_every_activity_in_order,
+    a_lost_listener_connection_loses_nothing,
+);
+
+/// Text too large for a NOTIFY payload: the activity travels by reference.
+fn large_text(tag: &str) -> String {
+    format!("{tag} {}", "x".repeat(20_000))
+}
+
+/// A socket on the node serving `base`, joined live to the conversation as `user`.
+async fn joined_on(base: &str, app: &TestApp, conversation: &str, user: &str) -> Socket {
+    let token = app.token(conversation, user).await;
+    let mut socket = Socket::connect(&ws_url(base, &token, Some("2.0.0"))).await;
+    let reply = socket.join(&topic(conversation), "1", json!({})).await;
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    socket
+}
+
+/// The PostgreSQL backends of the test database holding a LISTEN connection.
+async fn listener_pids(app: &TestApp) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE query ILIKE 'LISTEN%' AND datname = current_database() ORDER BY pid",
+    )
+    .fetch_all(app.store.pg_pool().expect("PostgreSQL"))
+    .await
+    .expect("pg_stat_activity")
+}
+
+async fn other_nodes_stream_every_activity_in_order(backend: Backend) {
+    if backend == Backend::Sqlite {
+        // One SQLite file serves one node; streaming across nodes is PostgreSQL's job.
+        return;
+    }
+    let a = TestApp::start(backend).await;
+    let b = Node::start(&a.database_url);
+    b.ready(&a.http).await;
+    let conversation = a.conversation().await;
+    let mut on_b = joined_on(&b.base, &a, &conversation, "bob").await;
+    let mut on_a = joined_on(&a.base, &a, &conversation, "alice").await;
+
+    let mut posted = Vec::new();
+    for text in ["m1".into(), large_text("m2"), "m3".into(), large_text("m4")] {
+        posted.push(a.post(&conversation, &text).await);
+    }
+    assert_eq!(on_b.activities(posted.len()).await, posted);
+    assert_eq!(on_a.activities(posted.len()).await, posted);
+
+    // Typing and socket pushes cross nodes too, in both directions.
+    on_a.send(json!(["1", "2", topic(&conversation), "typing", {}]))
+        .await;
+    assert_eq!(
+        on_a.recv().await[4],
+        json!({"status": "ok", "response": {}})
+    );
+    assert_eq!(
+        on_b.recv().await,
+        json!(["1", null, topic(&conversation), "typing", {"sender": "alice"}])
+    );
+    on_b.send(json!(["1", "3", topic(&conversation), "new_activity", {"text": "from b"}]))
+        .await;
+    let pushed = on_a.activities(1).await.remove(0);
+    assert_eq!(
+        (&pushed["sender"], pushed["seq"].as_i64()),
+        (&json!("bob"), Some(5))
+    );
+    let frames = on_b.drain().await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .any(|f| f[3] == "new_activity" && f[4] == pushed)
+    );
+    assert!(on_a.drain().await.is_empty());
+    a.stop().await;
+}
+
+async fn a_lost_listener_connection_loses_nothing(backend: Backend) {
+    if backend == Backend::Sqlite {
+        // One SQLite file serves one node; there is no LISTEN connection to lose.
+        return;
+    }
+    let a = TestApp::start(backend).await;
+    let b = Node::start(&a.database_url);
+    b.ready(&a.http).await;
+    let conversation = a.conversation().await;
+    let mut on_b = joined_on(&b.base, &a, &conversation, "bob").await;
+    let before = eventually(Duration::from_secs(10), "both nodes to LISTEN", || async {
+        let pids = listener_pids(&a).await;
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+    for i in 1..=3 {
+        a.post(&conversation, &format!("before {i}")).await;
+    }
+    assert_eq!(seqs(&on_b.activities(3).await), [1, 2, 3]);
+
+    // Terminate every LISTEN backend of the database (node B's, and A's) while A keeps
+    // posting, and post again right after: whatever was notified while B was not
+    // listening must reach B's socket from the store.
+    let writer = async {
+        for i in 0..20 {
+            let text = if i % 5 == 4 {
+                large_text("during")
+            } else {
+                format!("during {i}")
+            };
+            a.post(&conversation, &text).await;
+        }
+    };
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE query ILIKE 'LISTEN%' AND datname = current_database()",
+        )
+        .fetch_all(a.store.pg_pool().expect("PostgreSQL"))
+        .await
+        .expect("terminate");
+        assert_eq!(terminated, [true, true]);
+        for i in 0..3 {
+            a.post(&conversation, &format!("right after {i}")).await;
+        }
+    };
+    tokio::join!(writer, killer);
+    let last = 3 + 20 + 3;
+    let seen = on_b.activities(last - 3).await;
+    assert_eq!(seqs(&seen), (4..=last as i64).collect::<Vec<_>>());
+    assert_eq!(seen, a.activities(&conversation).await[3..]);
+    assert!(on_b.drain().await.is_empty(), "nothing twice");
+
+    // Both nodes listen again, on new connections.
+    let before = eventually(
+        Duration::from_secs(10),
+        "both nodes to LISTEN again",
+        || async {
+            let pids = listener_pids(&a).await;
+            (pids.len() == 2 && pids.iter().all(|p| !before.contains(p))).then_some(pids)
+        },
+    )
+    .await;
+
+    // Now keep the listeners out while A posts, so that these notifications are lost
+    // for certain, with no later activity to reveal the gap: only the resynchronisation
+    // after B listens again can deliver them. A's pool is warmed first, as no new
+    // connection can be opened meanwhile.
+    futures_util::future::join_all((0..8).map(|_| a.activities(&conversation))).await;
+    let mut admin = admin_connection().await;
+    let database = a.database_url.rsplit('/').next().expect("database name");
+    let allow = |yes: bool| format!("ALTER DATABASE {database} ALLOW_CONNECTIONS {yes}");
+    sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(allow(false)))
+        .await
+        .expect("refuse connections");
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1)",
+    )
+    .bind(&before)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert_eq!(terminated, [true, true]);
+    for i in 0..4 {
+        let text = if i == 3 {
+            large_text("unheard")
+        } else {
+            format!("unheard {i}")
+        };
+        a.post(&conversation, &text).await;
+    }
+    assert!(on_b.drain().await.is_empty(), "B cannot hear anything yet");
+    sqlx::Executor::execute(&mut admin, sqlx::AssertSqlSafe(allow(true)))
+        .await
+        .expect("allow connections");
+    let seen = on_b.activities(4).await;
+    assert_eq!(
+        seqs(&seen),
+        (last as i64 + 1..=last as i64 + 4).collect::<Vec<_>>()
+    );
+    assert_eq!(seen, a.activities(&conversation).await[last..]);
+    assert!(on_b.drain().await.is_empty(), "nothing twice");
+
+    a.post(&conversation, "after").await;
+    assert_eq!(seqs(&on_b.activities(1).await), [last as i64 + 5]);
+    a.stop().await;
+}
+
+/// A connection to the PostgreSQL server's own database, outside the test database.
+async fn admin_connection() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let url = crate::common::postgres_url().expect("PostgreSQL URL");
+    sqlx::PgConnection::connect(&url)
+        .await
+        .expect("admin connection")
 }
