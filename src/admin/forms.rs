@@ -114,7 +114,7 @@ const WEBHOOK: &[ConfigField] = &[
         "Extra headers",
         Lines,
         false,
-        "One `Name: value` per line",
+        "One Name: value per line",
     ),
     field("timeout_ms", "Timeout (ms)", Number, false, "Default 15000"),
     field(

@@ -61,7 +61,7 @@ fn go(path: &str, notice: &str) -> Response {
 }
 
 fn short(ts: &Timestamp) -> String {
-    ts.0.format("%Y-%m-%d %H:%M:%S").to_string()
+    ts.0.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 fn pretty(v: &Value) -> String {
@@ -439,6 +439,8 @@ fn build_groups(
                     let default_on =
                         def.kind == FieldKind::Checkbox && def.name == "require_signature";
                     let value = match form {
+                        // Secrets are never written back into the page.
+                        Some(_) if def.kind == FieldKind::Secret => String::new(),
                         Some(f) => f.get(&input).unwrap_or_default().to_owned(),
                         None if default_on => "on".to_owned(),
                         None => String::new(),
