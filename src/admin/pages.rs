@@ -694,6 +694,36 @@ pub async fn retry_channel_failures(
     Ok(go(&back, &format!("{n} failed deliveries queued again.")))
 }
 
+/// The filter bar of per-tenant list pages: every tenant, the chosen one (else the
+/// first), and the chosen tenant's channels.
+struct TenantScope {
+    tenants: Vec<Tenant>,
+    tenant: Option<TenantId>,
+    channels: Vec<Channel>,
+}
+
+async fn tenant_channels(state: &AppState, tenant: TenantId) -> ApiResult<Vec<Channel>> {
+    let filter = ChannelFilter {
+        limit: 500,
+        ..ChannelFilter::default()
+    };
+    Ok(state.store.list_channels(tenant, &filter).await?)
+}
+
+async fn tenant_scope(state: &AppState, requested: Option<TenantId>) -> ApiResult<TenantScope> {
+    let tenants = state.store.list_tenants().await?;
+    let tenant = requested.or_else(|| tenants.first().map(|t| t.id));
+    let channels = match tenant {
+        Some(t) => tenant_channels(state, t).await?,
+        None => Vec::new(),
+    };
+    Ok(TenantScope {
+        tenants,
+        tenant,
+        channels,
+    })
+}
+
 // ---------------------------------------------------------------- routes
 
 /// A route with its channels' names.
@@ -726,20 +756,14 @@ async fn routes_page(
     tenant: Option<TenantId>,
     error: Option<String>,
 ) -> ApiResult<RoutesPage> {
-    let tenants = state.store.list_tenants().await?;
-    let tenant = tenant.or_else(|| tenants.first().map(|t| t.id));
-    let (channels, routes) = match tenant {
-        Some(t) => {
-            let filter = ChannelFilter {
-                limit: 500,
-                ..ChannelFilter::default()
-            };
-            (
-                state.store.list_channels(t, &filter).await?,
-                state.store.list_routes(t, None, None, 500).await?,
-            )
-        }
-        None => (Vec::new(), Vec::new()),
+    let TenantScope {
+        tenants,
+        tenant,
+        channels,
+    } = tenant_scope(state, tenant).await?;
+    let routes = match tenant {
+        Some(t) => state.store.list_routes(t, None, None, 500).await?,
+        None => Vec::new(),
     };
     let names: HashMap<ChannelId, String> =
         channels.iter().map(|c| (c.id, c.name.clone())).collect();
@@ -856,11 +880,14 @@ pub async fn conversations(
     Extension(ctx): Extension<AdminContext>,
     Query(q): Query<ConversationsQuery>,
 ) -> ApiResult<ConversationsPage> {
-    let tenants = state.store.list_tenants().await?;
-    let tenant = opt_parse(q.tenant.as_deref()).or_else(|| tenants.first().map(|t| t.id));
+    let TenantScope {
+        tenants,
+        tenant,
+        channels,
+    } = tenant_scope(&state, opt_parse(q.tenant.as_deref())).await?;
     let channel: Option<ChannelId> = opt_parse(q.channel.as_deref());
     let status: Option<ConversationStatus> = opt_parse(q.status.as_deref());
-    let (channels, rows) = match tenant {
+    let rows = match tenant {
         Some(t) => {
             let filter = ConversationFilter {
                 channel_id: channel,
@@ -868,16 +895,9 @@ pub async fn conversations(
                 before: q.before,
                 limit: PAGE,
             };
-            let cf = ChannelFilter {
-                limit: 500,
-                ..ChannelFilter::default()
-            };
-            (
-                state.store.list_channels(t, &cf).await?,
-                state.store.list_conversations(t, &filter).await?,
-            )
+            state.store.list_conversations(t, &filter).await?
         }
-        None => (Vec::new(), Vec::new()),
+        None => Vec::new(),
     };
     let next = (rows.len() as i64 == PAGE).then(|| {
         let mut params = vec![(
@@ -963,13 +983,7 @@ pub async fn conversation(
         by_activity.entry(d.activity_id).or_default().push(d);
     }
     let next = (activities.len() as i64 == PAGE).then(|| activities.last().map_or(0, |a| a.seq));
-    let cf = ChannelFilter {
-        limit: 500,
-        ..ChannelFilter::default()
-    };
-    let names = state
-        .store
-        .list_channels(tenant, &cf)
+    let names = tenant_channels(&state, tenant)
         .await?
         .into_iter()
         .map(|c| (c.id, c.name))
@@ -1047,8 +1061,11 @@ pub async fn deliveries(
     Extension(ctx): Extension<AdminContext>,
     Query(q): Query<DeliveriesQuery>,
 ) -> ApiResult<DeliveriesPage> {
-    let tenants = state.store.list_tenants().await?;
-    let tenant = opt_parse(q.tenant.as_deref()).or_else(|| tenants.first().map(|t| t.id));
+    let TenantScope {
+        tenants,
+        tenant,
+        channels,
+    } = tenant_scope(&state, opt_parse(q.tenant.as_deref())).await?;
     let channel: Option<ChannelId> = opt_parse(q.channel.as_deref());
     // Failed by default: this page is where delivery problems are fixed.
     let status = match q.status.as_deref() {
@@ -1056,21 +1073,14 @@ pub async fn deliveries(
         Some("all") | Some("") => None,
         Some(s) => s.parse().ok(),
     };
-    let (channels, rows) = match tenant {
+    let rows = match tenant {
         Some(t) => {
-            let cf = ChannelFilter {
-                limit: 500,
-                ..ChannelFilter::default()
-            };
-            (
-                state.store.list_channels(t, &cf).await?,
-                state
-                    .store
-                    .list_deliveries(t, status, channel, q.before, PAGE)
-                    .await?,
-            )
+            state
+                .store
+                .list_deliveries(t, status, channel, q.before, PAGE)
+                .await?
         }
-        None => (Vec::new(), Vec::new()),
+        None => Vec::new(),
     };
     let mut params = Vec::new();
     if let Some(t) = tenant {
