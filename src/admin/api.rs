@@ -13,13 +13,17 @@ use super::guard::AdminContext;
 use super::pages::{Stats, stats};
 use crate::auth;
 use crate::domain::{
-    ChannelId, ChannelType, ConversationId, DeliveryId, Tenant, TenantId, TenantStatus,
+    ChannelId, ChannelStatus, ChannelType, Conversation, ConversationId, Delivery, DeliveryId,
+    DeliveryStatus, Route, RouteDirection, RouteId, Tenant, TenantId, TenantStatus,
 };
-use crate::http::api::{ChannelCreated, ChannelIn, ChannelOut, Data, create_channel_for};
+use crate::http::api::{
+    ChannelCreated, ChannelIn, ChannelOut, Data, Page, create_channel_for, create_route_checked,
+    page_limit,
+};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::state::AppState;
-use crate::store::{ChannelFilter, StoreError};
+use crate::store::{ChannelFilter, ChannelUpdate, ConversationFilter, StoreError};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +249,193 @@ async fn close_conversation(
     ))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRouteIn {
+    pub tenant_id: TenantId,
+    pub source_channel_id: ChannelId,
+    pub target_channel_id: ChannelId,
+    /// `any` when omitted.
+    pub direction: Option<RouteDirection>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TenantScoped {
+    pub tenant_id: TenantId,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AdminListQuery {
+    pub tenant_id: TenantId,
+    pub channel_id: Option<ChannelId>,
+    /// A conversation status (`active`, `closed`) or delivery status (`pending`,
+    /// `delivered`, `failed`), by endpoint.
+    pub status: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<uuid::Uuid>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelStatusIn {
+    pub status: ChannelStatus,
+}
+
+fn parse_status<T: std::str::FromStr<Err = String>>(s: Option<&str>) -> ApiResult<Option<T>> {
+    s.map(|s| s.parse::<T>()).transpose().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("status: {e}"),
+        )
+    })
+}
+
+/// A tenant's routes.
+#[utoipa::path(get, path = "/routes", tag = "admin", params(TenantScoped),
+    responses((status = 200, body = Data<Vec<Route>>)))]
+async fn list_routes(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<TenantScoped>,
+) -> ApiResult<axum::Json<Data<Vec<Route>>>> {
+    Ok(Data::new(
+        state
+            .store
+            .list_routes(q.tenant_id, None, None, 500)
+            .await?,
+    ))
+}
+
+/// Create a route between two active channels of a tenant (no cycles).
+#[utoipa::path(post, path = "/routes", tag = "admin", request_body = AdminRouteIn,
+    responses((status = 201, body = Data<Route>), (status = 404, body = crate::http::error::ErrorBody),
+              (status = 409, body = crate::http::error::ErrorBody), (status = 422, body = crate::http::error::ErrorBody)))]
+async fn create_route(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<AdminRouteIn>,
+) -> ApiResult<(StatusCode, axum::Json<Data<Route>>)> {
+    let direction = body.direction.unwrap_or(RouteDirection::Any);
+    let route = create_route_checked(
+        &state,
+        body.tenant_id,
+        body.source_channel_id,
+        body.target_channel_id,
+        direction,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Data::new(route)))
+}
+
+/// Delete a route of a tenant.
+#[utoipa::path(delete, path = "/routes/{id}", tag = "admin", params(("id" = RouteId, Path), TenantScoped),
+    responses((status = 204, description = "deleted"), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn delete_route(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<RouteId>,
+    ApiQuery(q): ApiQuery<TenantScoped>,
+) -> ApiResult<StatusCode> {
+    state
+        .store
+        .delete_route(q.tenant_id, id)
+        .await
+        .map_err(not_found("route"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A tenant's conversations, newest first, keyset-paginated.
+#[utoipa::path(get, path = "/conversations", tag = "admin", params(AdminListQuery),
+    responses((status = 200, body = Page<Conversation>)))]
+async fn list_conversations(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<AdminListQuery>,
+) -> ApiResult<axum::Json<Page<Conversation>>> {
+    let limit = page_limit(q.limit);
+    let filter = ConversationFilter {
+        channel_id: q.channel_id,
+        status: parse_status(q.status.as_deref())?,
+        before: q.cursor.map(ConversationId),
+        limit,
+    };
+    let rows = state.store.list_conversations(q.tenant_id, &filter).await?;
+    Ok(Page::new(rows, limit, |c: &Conversation| c.id.to_string()))
+}
+
+/// A tenant's deliveries, newest first, keyset-paginated.
+#[utoipa::path(get, path = "/deliveries", tag = "admin", params(AdminListQuery),
+    responses((status = 200, body = Page<Delivery>)))]
+async fn list_deliveries(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<AdminListQuery>,
+) -> ApiResult<axum::Json<Page<Delivery>>> {
+    let limit = page_limit(q.limit);
+    let status: Option<DeliveryStatus> = parse_status(q.status.as_deref())?;
+    let rows = state
+        .store
+        .list_deliveries(
+            q.tenant_id,
+            status,
+            q.channel_id,
+            q.cursor.map(DeliveryId),
+            limit,
+        )
+        .await?;
+    Ok(Page::new(rows, limit, |d: &Delivery| d.id.to_string()))
+}
+
+/// Enable or disable a channel.
+#[utoipa::path(post, path = "/channels/{id}/status", tag = "admin", params(("id" = ChannelId, Path)),
+    request_body = ChannelStatusIn, responses((status = 200, body = Data<ChannelOut>), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn set_channel_status(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+    ApiJson(body): ApiJson<ChannelStatusIn>,
+) -> ApiResult<axum::Json<Data<ChannelOut>>> {
+    let channel = state
+        .store
+        .get_channel_unscoped(id)
+        .await
+        .map_err(not_found("channel"))?;
+    let update = ChannelUpdate {
+        status: Some(body.status),
+        ..ChannelUpdate::default()
+    };
+    let channel = state
+        .store
+        .update_channel(channel.tenant_id, id, update)
+        .await?;
+    Ok(Data::new(state.channel_out(channel)))
+}
+
+/// Replace a channel's secret; the answer shows the new one.
+#[utoipa::path(post, path = "/channels/{id}/rotate_secret", tag = "admin", params(("id" = ChannelId, Path)),
+    responses((status = 200, body = Data<ChannelCreated>), (status = 404, body = crate::http::error::ErrorBody)))]
+async fn rotate_channel_secret(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<ChannelCreated>>> {
+    let channel = state
+        .store
+        .get_channel_unscoped(id)
+        .await
+        .map_err(not_found("channel"))?;
+    let secret = auth::generate_channel_secret();
+    let update = ChannelUpdate {
+        secret: Some(secret.clone()),
+        ..ChannelUpdate::default()
+    };
+    let channel = state
+        .store
+        .update_channel(channel.tenant_id, id, update)
+        .await?;
+    Ok(Data::new(ChannelCreated {
+        channel: state.channel_out(channel),
+        secret,
+    }))
+}
+
 /// Whether the caller is logged in (always true past the guard): a cheap probe for scripts.
 #[utoipa::path(get, path = "/session", tag = "admin", responses((status = 200, body = Data<bool>)))]
 async fn session(Extension(ctx): Extension<AdminContext>) -> axum::Json<Data<bool>> {
@@ -262,4 +453,10 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_delivery))
         .routes(routes!(close_conversation))
         .routes(routes!(session))
+        .routes(routes!(list_routes, create_route))
+        .routes(routes!(delete_route))
+        .routes(routes!(list_conversations))
+        .routes(routes!(list_deliveries))
+        .routes(routes!(set_channel_status))
+        .routes(routes!(rotate_channel_secret))
 }

@@ -337,6 +337,103 @@ async fn admin_api_onboards_a_tenant(backend: Backend) {
     .await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
 
+    // Routes, conversations and deliveries of the tenant through the admin API.
+    let ws = expect_data(
+        app.anon(Method::POST, "/admin/api/channels")
+            .json(&json!({"tenant_id": tenant_id, "name": "Web", "type": "websocket"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let route = expect_data(
+        app.anon(Method::POST, "/admin/api/routes")
+            .json(&json!({"tenant_id": tenant_id, "source_channel_id": ws["id"], "target_channel_id": channel["id"], "direction": "inbound"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let cycle = app
+        .anon(Method::POST, "/admin/api/routes")
+        .json(&json!({"tenant_id": tenant_id, "source_channel_id": channel["id"], "target_channel_id": ws["id"]}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(cycle, StatusCode::CONFLICT, "route_cycle").await;
+    let routes = expect_data(
+        app.anon(
+            Method::GET,
+            &format!("/admin/api/routes?tenant_id={tenant_id}"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(routes[0]["id"], route["id"]);
+    let convs = expect_data(
+        app.anon(
+            Method::GET,
+            &format!("/admin/api/conversations?tenant_id={tenant_id}&status=active"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(convs, json!([]));
+    let failed = expect_data(
+        app.anon(
+            Method::GET,
+            &format!("/admin/api/deliveries?tenant_id={tenant_id}&status=failed"),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(failed, json!([]));
+    let bad = app
+        .anon(
+            Method::GET,
+            &format!("/admin/api/deliveries?tenant_id={tenant_id}&status=lost"),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(bad, StatusCode::BAD_REQUEST, "invalid_query").await;
+    let resp = app
+        .anon(
+            Method::DELETE,
+            &format!(
+                "/admin/api/routes/{}?tenant_id={tenant_id}",
+                route["id"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let off = expect_data(
+        app.anon(
+            Method::POST,
+            &format!("/admin/api/channels/{}/status", ws["id"].as_str().unwrap()),
+        )
+        .json(&json!({"status": "inactive"}))
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(off["status"], "inactive");
+
     let disabled = expect_data(
         app.anon(
             Method::POST,

@@ -64,6 +64,12 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/admin/api/deliveries/{id}/retry",
         "/admin/api/conversations/{id}/close",
         "/admin/api/session",
+        "/admin/api/routes",
+        "/admin/api/routes/{id}",
+        "/admin/api/conversations",
+        "/admin/api/deliveries",
+        "/admin/api/channels/{id}/status",
+        "/admin/api/channels/{id}/rotate_secret",
         "/health",
         "/ready",
     ]
