@@ -13,6 +13,9 @@ mod session;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+
+/// Read buffer of one socket, in bytes.
+const SOCKET_READ_BUFFER: usize = 4 * 1024;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -115,6 +118,10 @@ async fn connect(
         .protocols([PHOENIX_PROTOCOL])
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
+        // tungstenite's 128 KiB default buffers would dominate an idle socket's memory;
+        // chat frames are small, and larger ones are read in several chunks.
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let span = tracing::info_span!("socket", conversation_id = %auth.conversation_id);
             tracker.track_future(tracing::Instrument::instrument(

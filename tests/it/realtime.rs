@@ -436,11 +436,15 @@ async fn limits_idle_timeout_and_shutdown_close_codes(backend: Backend) {
 /// Writers and joiners race: every joiner sees each activity after its watermark
 /// exactly once, in order, up to the last.
 async fn concurrent_writers_and_joiners_see_gap_free_sequences(backend: Backend) {
-    const WRITERS: usize = 10;
-    const PER_WRITER: usize = 15;
+    const WRITERS: usize = 20;
+    const JOINERS: usize = 20;
+    const PER_WRITER: usize = 10;
     const BEFORE: usize = 20;
     const FINAL: i64 = (BEFORE + WRITERS * PER_WRITER) as i64;
-    let server = std::sync::Arc::new(TestApp::start(backend).await);
+    // Every joiner gets its own client token from one address.
+    let server = std::sync::Arc::new(
+        TestApp::start_with(backend, |c| c.rate_limit_tokens_per_minute = 0).await,
+    );
     let conversation = server.conversation().await;
     for i in 0..BEFORE {
         server.post(&conversation, &format!("before {i}")).await;
@@ -454,7 +458,7 @@ async fn concurrent_writers_and_joiners_see_gap_free_sequences(backend: Backend)
             }
         });
     }
-    for j in 0..10 {
+    for j in 0..JOINERS {
         let (server, conversation) = (server.clone(), conversation.clone());
         tasks.spawn(async move {
             let watermark = rand::random_range(0..=BEFORE as i64);
