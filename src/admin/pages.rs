@@ -28,8 +28,7 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiPath;
 use crate::http::state::AppState;
 use crate::store::{
-    ChannelDeliveryStats, ChannelFilter, ChannelUpdate, ConversationFilter, FailedDelivery,
-    NewChannel, StoreError,
+    ChannelDeliveryStats, ChannelFilter, ChannelUpdate, ConversationFilter, NewChannel, StoreError,
 };
 
 /// Rows per list page.
@@ -135,7 +134,7 @@ pub struct DashboardPage {
     failed: i64,
     per_minute: i64,
     channels: Vec<ChannelDeliveryStats>,
-    failures: Vec<FailedDelivery>,
+    failures: Vec<RecentFailure>,
 }
 
 /// Counts for the dashboard (also served as JSON for live updates).
@@ -147,6 +146,21 @@ pub struct Stats {
     /// Activities created in the last 60 seconds.
     pub activities_last_minute: i64,
     pub channels: Vec<ChannelDeliveryStats>,
+    /// The newest failed deliveries.
+    pub recent_failures: Vec<RecentFailure>,
+}
+
+/// A failed delivery as the dashboard lists it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RecentFailure {
+    pub delivery_id: DeliveryId,
+    pub tenant_id: TenantId,
+    pub channel_id: ChannelId,
+    pub channel_name: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    /// When it failed, as shown on the page.
+    pub when: String,
 }
 
 pub(super) async fn stats(state: &AppState) -> ApiResult<Stats> {
@@ -163,6 +177,21 @@ pub(super) async fn stats(state: &AppState) -> ApiResult<Stats> {
         failed: counts.get("failed").copied().unwrap_or(0),
         activities_last_minute: state.store.count_activities_since(since).await?,
         channels: state.store.delivery_stats_by_channel(20).await?,
+        recent_failures: state
+            .store
+            .recent_failed_deliveries(10)
+            .await?
+            .into_iter()
+            .map(|f| RecentFailure {
+                when: short(&f.delivery.updated_at),
+                delivery_id: f.delivery.id,
+                tenant_id: f.delivery.tenant_id,
+                channel_id: f.delivery.channel_id,
+                channel_name: f.channel_name,
+                attempts: f.delivery.attempts,
+                last_error: f.delivery.last_error,
+            })
+            .collect(),
     })
 }
 
@@ -179,7 +208,7 @@ pub async fn dashboard(
         failed: s.failed,
         per_minute: s.activities_last_minute,
         channels: s.channels,
-        failures: state.store.recent_failed_deliveries(10).await?,
+        failures: s.recent_failures,
     })
 }
 

@@ -25,6 +25,14 @@
   var live = document.querySelector("[data-live]");
   if (live) {
     var rows = document.querySelector("[data-live-rows=channels]");
+    var failures = document.querySelector("[data-live-rows=failures]");
+    var hidden = function (form, name, value) {
+      var input = document.createElement("input");
+      input.type = "hidden";
+      input.name = name;
+      input.value = value;
+      form.appendChild(input);
+    };
     var cell = function (tr, text, cls) {
       var td = document.createElement("td");
       if (cls) td.className = cls;
@@ -55,6 +63,36 @@
               cell(tr, c.failed, "num");
               rows.appendChild(tr);
             });
+          }
+          if (failures) {
+            failures.textContent = "";
+            s.recent_failures.forEach(function (f) {
+              var tr = document.createElement("tr");
+              cell(tr, f.when);
+              var a = document.createElement("a");
+              a.href = "/admin/channels/" + encodeURIComponent(f.channel_id);
+              a.textContent = f.channel_name;
+              cell(tr, "").appendChild(a);
+              cell(tr, f.attempts);
+              cell(tr, f.last_error || "", "err");
+              var form = document.createElement("form");
+              form.method = "post";
+              form.action = "/admin/deliveries/" + encodeURIComponent(f.delivery_id) + "/retry";
+              hidden(form, "_csrf", failures.getAttribute("data-csrf"));
+              hidden(form, "tenant", f.tenant_id);
+              hidden(form, "back", "/admin");
+              var button = document.createElement("button");
+              button.type = "submit";
+              button.textContent = "Retry";
+              form.appendChild(button);
+              cell(tr, "").appendChild(form);
+              failures.appendChild(tr);
+            });
+            if (!s.recent_failures.length) {
+              var tr = document.createElement("tr");
+              cell(tr, "No failed deliveries.", "empty").colSpan = 5;
+              failures.appendChild(tr);
+            }
           }
         })
         .catch(function () { /* keep the last numbers */ });
