@@ -18,7 +18,7 @@ use crate::domain::{
 };
 use crate::http::api::{
     ChannelCreated, ChannelIn, ChannelOut, Data, Page, create_channel_for, create_route_checked,
-    page_limit,
+    page_limit, rotate_secret_of,
 };
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
@@ -65,13 +65,6 @@ pub struct AdminChannelQuery {
 #[derive(Serialize, ToSchema)]
 pub struct Retried {
     pub retried: u64,
-}
-
-fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
-    move |e| match e {
-        StoreError::NotFound => ApiError::not_found(what),
-        other => other.into(),
-    }
 }
 
 /// Delivery counts and activity rate, as on the dashboard.
@@ -127,7 +120,7 @@ async fn set_tenant_status(
         .store
         .set_tenant_status(id, body.status)
         .await
-        .map_err(not_found("tenant"))?;
+        .map_err(ApiError::not_found_as("tenant"))?;
     Ok(Data::new(tenant))
 }
 
@@ -143,7 +136,7 @@ async fn rotate_tenant_key(
         .store
         .update_tenant_api_key(id, &key.hash, &key.prefix)
         .await
-        .map_err(not_found("tenant"))?;
+        .map_err(ApiError::not_found_as("tenant"))?;
     Ok(Data::new(TenantWithKey {
         tenant,
         api_key: key.key,
@@ -185,7 +178,7 @@ async fn create_channel(
         .store
         .get_tenant(body.tenant_id)
         .await
-        .map_err(not_found("tenant"))?;
+        .map_err(ApiError::not_found_as("tenant"))?;
     let created = create_channel_for(&state, body.tenant_id, body.channel).await?;
     Ok((StatusCode::CREATED, Data::new(created)))
 }
@@ -201,7 +194,7 @@ async fn retry_channel_failures(
         .store
         .get_channel_unscoped(id)
         .await
-        .map_err(not_found("channel"))?;
+        .map_err(ApiError::not_found_as("channel"))?;
     let retried = crate::delivery::retry_all_failed(&state.store, &state.waker, id).await?;
     Ok(Data::new(Retried { retried }))
 }
@@ -218,7 +211,7 @@ async fn retry_delivery(
         .store
         .get_delivery_unscoped(id)
         .await
-        .map_err(not_found("delivery"))?;
+        .map_err(ApiError::not_found_as("delivery"))?;
     match crate::delivery::retry_failed(&state.store, &state.waker, current.tenant_id, id).await {
         Ok(d) => Ok(Data::new(d)),
         Err(StoreError::NotFound) => Err(ApiError::conflict(
@@ -243,7 +236,7 @@ async fn close_conversation(
         .store
         .get_conversation_unscoped(id)
         .await
-        .map_err(not_found("conversation"))?;
+        .map_err(ApiError::not_found_as("conversation"))?;
     Ok(Data::new(
         state.store.close_conversation(c.tenant_id, id).await?,
     ))
@@ -341,7 +334,7 @@ async fn delete_route(
         .store
         .delete_route(q.tenant_id, id)
         .await
-        .map_err(not_found("route"))?;
+        .map_err(ApiError::not_found_as("route"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -397,7 +390,7 @@ async fn set_channel_status(
         .store
         .get_channel_unscoped(id)
         .await
-        .map_err(not_found("channel"))?;
+        .map_err(ApiError::not_found_as("channel"))?;
     let update = ChannelUpdate {
         status: Some(body.status),
         ..ChannelUpdate::default()
@@ -420,20 +413,10 @@ async fn rotate_channel_secret(
         .store
         .get_channel_unscoped(id)
         .await
-        .map_err(not_found("channel"))?;
-    let secret = auth::generate_channel_secret();
-    let update = ChannelUpdate {
-        secret: Some(secret.clone()),
-        ..ChannelUpdate::default()
-    };
-    let channel = state
-        .store
-        .update_channel(channel.tenant_id, id, update)
-        .await?;
-    Ok(Data::new(ChannelCreated {
-        channel: state.channel_out(channel),
-        secret,
-    }))
+        .map_err(ApiError::not_found_as("channel"))?;
+    Ok(Data::new(
+        rotate_secret_of(&state, channel.tenant_id, id).await?,
+    ))
 }
 
 /// Whether the caller is logged in (always true past the guard): a cheap probe for scripts.

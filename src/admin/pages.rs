@@ -176,7 +176,7 @@ pub(super) async fn stats(state: &AppState) -> ApiResult<Stats> {
         delivered: counts.get("delivered").copied().unwrap_or(0),
         failed: counts.get("failed").copied().unwrap_or(0),
         activities_last_minute: state.store.count_activities_since(since).await?,
-        channels: state.store.delivery_stats_by_channel(20).await?,
+        channels: state.store.delivery_stats_by_channel(None, 20).await?,
         recent_failures: state
             .store
             .recent_failed_deliveries(10)
@@ -277,7 +277,7 @@ pub async fn set_tenant_status(
         .store
         .set_tenant_status(id, status)
         .await
-        .map_err(not_found("tenant"))?;
+        .map_err(ApiError::not_found_as("tenant"))?;
     Ok(go(
         "/admin/tenants",
         &format!("Tenant {} is {}.", tenant.name, tenant.status),
@@ -295,7 +295,7 @@ pub async fn rotate_tenant_key(
         .store
         .update_tenant_api_key(id, &key.hash, &key.prefix)
         .await
-        .map_err(not_found("tenant"))?;
+        .map_err(ApiError::not_found_as("tenant"))?;
     tenants_page(
         &state,
         Chrome::new(&ctx, "tenants", None),
@@ -303,13 +303,6 @@ pub async fn rotate_tenant_key(
         None,
     )
     .await
-}
-
-fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
-    move |e| match e {
-        StoreError::NotFound => ApiError::not_found(what),
-        other => other.into(),
-    }
 }
 
 // ---------------------------------------------------------------- channels
@@ -547,7 +540,7 @@ async fn channel_page(
         .store
         .get_channel_unscoped(id)
         .await
-        .map_err(not_found("channel"))?;
+        .map_err(ApiError::not_found_as("channel"))?;
     let tenant = state.store.get_tenant(channel.tenant_id).await?;
     let masked = mask_config(
         &channel.config,
@@ -555,10 +548,10 @@ async fn channel_page(
     );
     let stats = state
         .store
-        .delivery_stats_by_channel(1000)
+        .delivery_stats_by_channel(Some(channel.id), 1)
         .await?
         .into_iter()
-        .find(|s| s.channel_id == channel.id);
+        .next();
     Ok(ChannelPage {
         chrome: Chrome::new(ctx, "channels", notice),
         token: state
@@ -659,7 +652,7 @@ pub async fn set_channel_status(
         .store
         .get_channel_unscoped(id)
         .await
-        .map_err(not_found("channel"))?;
+        .map_err(ApiError::not_found_as("channel"))?;
     let update = ChannelUpdate {
         status: Some(status),
         ..ChannelUpdate::default()
@@ -684,22 +677,14 @@ pub async fn rotate_channel_secret(
         .store
         .get_channel_unscoped(id)
         .await
-        .map_err(not_found("channel"))?;
-    let secret = auth::generate_channel_secret();
-    let update = ChannelUpdate {
-        secret: Some(secret.clone()),
-        ..ChannelUpdate::default()
-    };
-    state
-        .store
-        .update_channel(channel.tenant_id, id, update)
-        .await?;
+        .map_err(ApiError::not_found_as("channel"))?;
+    let rotated = crate::http::api::rotate_secret_of(&state, channel.tenant_id, id).await?;
     channel_page(
         &state,
         &ctx,
         id,
         Some("Secret rotated; the old secret and channel tokens no longer work.".into()),
-        Some(secret),
+        Some(rotated.secret),
     )
     .await
 }
@@ -713,7 +698,7 @@ pub async fn retry_channel_failures(
         .store
         .get_channel_unscoped(id)
         .await
-        .map_err(not_found("channel"))?;
+        .map_err(ApiError::not_found_as("channel"))?;
     let n = crate::delivery::retry_all_failed(&state.store, &state.waker, id).await?;
     let back = form
         .get("back")
@@ -872,7 +857,7 @@ pub async fn delete_route(
         .store
         .delete_route(tenant, id)
         .await
-        .map_err(not_found("route"))?;
+        .map_err(ApiError::not_found_as("route"))?;
     Ok(go(
         &format!("/admin/routes?tenant={tenant}"),
         "Route deleted.",
@@ -992,7 +977,7 @@ pub async fn conversation(
         .store
         .get_conversation_unscoped(id)
         .await
-        .map_err(not_found("conversation"))?;
+        .map_err(ApiError::not_found_as("conversation"))?;
     let tenant = conversation.tenant_id;
     let activities = state
         .store
@@ -1047,7 +1032,7 @@ pub async fn close_conversation(
         .store
         .get_conversation_unscoped(id)
         .await
-        .map_err(not_found("conversation"))?;
+        .map_err(ApiError::not_found_as("conversation"))?;
     state
         .store
         .close_conversation(conversation.tenant_id, id)

@@ -83,6 +83,15 @@ impl ApiError {
         )
     }
 
+    /// Maps a store error, `NotFound` becoming a 404 naming `what`:
+    /// `.map_err(ApiError::not_found_as("channel"))`.
+    pub fn not_found_as(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+        move |e| match e {
+            StoreError::NotFound => ApiError::not_found(what),
+            other => other.into(),
+        }
+    }
+
     /// 422 naming every broken rule.
     pub fn validation(errors: Vec<FieldError>) -> Self {
         let summary = errors

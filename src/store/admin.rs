@@ -24,9 +24,11 @@ pub struct FailedDelivery {
 }
 
 impl Store {
-    /// Delivery counts per channel, channels with failures first.
+    /// Delivery counts per channel (of one channel, when given), channels with
+    /// failures first.
     pub async fn delivery_stats_by_channel(
         &self,
+        channel: Option<ChannelId>,
         limit: i64,
     ) -> StoreResult<Vec<ChannelDeliveryStats>> {
         const SQL: &str = "SELECT c.id AS channel_id, c.name AS channel_name, t.name AS tenant_name, \
@@ -34,9 +36,11 @@ impl Store {
              SUM(CASE WHEN d.status = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
              SUM(CASE WHEN d.status = 'failed' THEN 1 ELSE 0 END) AS failed \
              FROM deliveries d JOIN channels c ON c.id = d.channel_id JOIN tenants t ON t.id = c.tenant_id \
+             WHERE ($2 IS NULL OR d.channel_id = $2) \
              GROUP BY c.id, c.name, t.name ORDER BY failed DESC, pending DESC, c.id LIMIT $1";
         Ok(reader!(self, |pool| sqlx::query_as(SQL)
             .bind(limit)
+            .bind(channel)
             .fetch_all(pool)
             .await)?)
     }

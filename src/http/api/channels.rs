@@ -16,7 +16,7 @@ use crate::domain::{
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;
-use crate::store::{ChannelFilter, ChannelUpdate, NewChannel, StoreError};
+use crate::store::{ChannelFilter, ChannelUpdate, NewChannel};
 
 /// Longest channel name, in characters.
 const MAX_NAME_CHARS: usize = 200;
@@ -125,13 +125,6 @@ fn check_name(name: &str) -> Result<String, FieldError> {
     Ok(name.to_owned())
 }
 
-fn channel_not_found(err: StoreError) -> ApiError {
-    match err {
-        StoreError::NotFound => ApiError::not_found("channel"),
-        other => other.into(),
-    }
-}
-
 /// Create a channel; its config is validated by the adapter of its type (DESIGN.md §2, §5).
 #[utoipa::path(post, path = "/channels", tag = "channels", request_body = ChannelIn,
     security(("api_key" = [])),
@@ -214,7 +207,7 @@ async fn get_channel(
         .store
         .get_channel(auth.tenant_id, id)
         .await
-        .map_err(channel_not_found)?;
+        .map_err(ApiError::not_found_as("channel"))?;
     Ok(Data::new(state.channel_out(channel)))
 }
 
@@ -232,7 +225,7 @@ async fn update_channel(
         .store
         .get_channel(auth.tenant_id, id)
         .await
-        .map_err(channel_not_found)?;
+        .map_err(ApiError::not_found_as("channel"))?;
     let name = body
         .name
         .as_deref()
@@ -262,7 +255,7 @@ async fn update_channel(
         .store
         .update_channel(auth.tenant_id, id, update)
         .await
-        .map_err(channel_not_found)?;
+        .map_err(ApiError::not_found_as("channel"))?;
     Ok(Data::new(state.channel_out(channel)))
 }
 
@@ -278,7 +271,7 @@ async fn get_channel_secret(
         .store
         .get_channel(auth.tenant_id, id)
         .await
-        .map_err(channel_not_found)?;
+        .map_err(ApiError::not_found_as("channel"))?;
     Ok(Data::new(SecretOut {
         secret: channel.secret,
     }))
@@ -292,6 +285,18 @@ async fn rotate_channel_secret(
     auth: TenantAuth,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> ApiResult<axum::Json<Data<ChannelCreated>>> {
+    Ok(Data::new(
+        rotate_secret_of(&state, auth.tenant_id, id).await?,
+    ))
+}
+
+/// Gives a tenant's channel a new secret, revoking its channel tokens (REST API and
+/// admin panel); the answer shows the new secret.
+pub(crate) async fn rotate_secret_of(
+    state: &AppState,
+    tenant_id: TenantId,
+    id: ChannelId,
+) -> ApiResult<ChannelCreated> {
     let secret = auth::generate_channel_secret();
     let update = ChannelUpdate {
         secret: Some(secret.clone()),
@@ -299,14 +304,14 @@ async fn rotate_channel_secret(
     };
     let channel = state
         .store
-        .update_channel(auth.tenant_id, id, update)
+        .update_channel(tenant_id, id, update)
         .await
-        .map_err(channel_not_found)?;
+        .map_err(ApiError::not_found_as("channel"))?;
     tracing::info!(channel_id = %channel.id, "channel secret rotated");
-    Ok(Data::new(ChannelCreated {
+    Ok(ChannelCreated {
         channel: state.channel_out(channel),
         secret,
-    }))
+    })
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {

@@ -7,7 +7,9 @@ mod deliveries;
 mod routes;
 mod tokens;
 
-pub(crate) use channels::{ChannelCreated, ChannelIn, ChannelOut, create_channel_for};
+pub(crate) use channels::{
+    ChannelCreated, ChannelIn, ChannelOut, create_channel_for, rotate_secret_of,
+};
 pub(crate) use routes::create_route_checked;
 
 use serde::Serialize;
