@@ -170,6 +170,18 @@ pub async fn run(
             }
         });
     }
+    crate::metrics::install();
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(crate::metrics::UPKEEP_INTERVAL) => crate::metrics::upkeep(),
+                }
+            }
+        });
+    }
     if let Some(days) = state.config.prune_after_days {
         tasks.spawn(crate::delivery::run_pruner(
             store.clone(),

@@ -115,12 +115,14 @@ impl Ingestor {
             conversation_id: request.conversation_id,
             activity: request.activity,
             targets,
+            request_id: crate::telemetry::current_request_id(),
         };
         match self.store.append_activity(&append).await? {
             AppendOutcome::Created {
                 activity,
                 deliveries,
             } => {
+                crate::metrics::record_activity_ingested(context.channel_type, activity.direction);
                 self.pubsub
                     .publish(activity.conversation_id, Event::Activity(activity.clone()));
                 if !deliveries.is_empty() {

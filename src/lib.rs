@@ -16,7 +16,8 @@
 //! 4. [`delivery`] and [`adapters`]: outbound delivery and what each channel type
 //!    knows of its external wire format.
 //!
-//! [`app::run`] composes them; [`config`] and [`telemetry`] configure them.
+//! [`app::run`] composes them; [`config`] and [`telemetry`] configure them, and
+//! [`metrics`] counts what they do.
 
 pub mod adapters;
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod pubsub;
 pub mod realtime;
 pub mod store;

@@ -4,17 +4,19 @@
 //! semaphore, so hundreds of slow receivers hold permits, not database connections.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::outcome::attempt_result;
 use super::{DeliverySettings, DeliveryWaker};
 use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
-use crate::domain::{ChannelStatus, Delivery, Timestamp};
+use crate::domain::{Activity, Channel, ChannelStatus, Conversation, Delivery, Timestamp};
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
+use crate::metrics::AttemptOutcome;
 use crate::store::{AttemptResult, Store, StoreError};
 
 /// Most rows claimed in one query.
@@ -125,8 +127,19 @@ impl DeliveryEngine {
                 continue;
             };
             let engine = self.clone();
+            // The attempt logs, and any reply it ingests, carry the id of the request
+            // that created the activity.
+            let request_id = delivery
+                .request_id
+                .clone()
+                .unwrap_or_else(crate::telemetry::new_request_id);
+            let span = tracing::info_span!("delivery", delivery_id = %delivery.id, request_id);
             tasks.spawn(async move {
-                engine.attempt(delivery, lease).await;
+                crate::telemetry::with_request_id(
+                    request_id,
+                    engine.attempt(delivery, lease).instrument(span),
+                )
+                .await;
                 drop(permit);
                 // The next delivery of this conversation and channel may be due now.
                 engine.waker.wake();
@@ -150,20 +163,31 @@ impl DeliveryEngine {
     /// One attempt of one leased delivery, recorded.
     async fn attempt(&self, delivery: Delivery, lease: Timestamp) {
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
-        let result = self.deliver(&delivery, attempt).await;
+        let started = Instant::now();
+        let (adapter, result) = match self.load(&delivery).await {
+            Ok(loaded) => (
+                loaded.channel.kind.as_str(),
+                self.deliver(&delivery, attempt, loaded).await,
+            ),
+            Err(e) => ("unknown", Err(e)),
+        };
         let now = Timestamp::now();
         let recorded = attempt_result(&result, attempt, now, self.settings.backoff_scale);
-        match &recorded {
+        let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
-                tracing::debug!(delivery_id = %delivery.id, attempt, "delivered")
+                tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");
+                AttemptOutcome::Delivered
             }
             AttemptResult::RetryAt { error, at } => {
                 tracing::info!(delivery_id = %delivery.id, attempt, %error, retry_at = ?at.0, "delivery attempt failed");
+                AttemptOutcome::Retry
             }
             AttemptResult::Failed { error } => {
                 tracing::warn!(delivery_id = %delivery.id, attempt, %error, "delivery failed");
+                AttemptOutcome::Failed
             }
-        }
+        };
+        let elapsed = started.elapsed();
         match self
             .store
             .record_attempt(delivery.id, lease, now, &recorded)
@@ -178,9 +202,12 @@ impl DeliveryEngine {
                 tracing::error!(delivery_id = %delivery.id, error = %e, "cannot record delivery outcome")
             }
         }
+        // Counted once the outcome is stored, so a scrape never runs ahead of the queue.
+        crate::metrics::record_delivery_attempt(adapter, outcome, elapsed);
     }
 
-    async fn deliver(&self, delivery: &Delivery, attempt: u32) -> Result<Delivered, AdapterError> {
+    /// What an attempt needs from the store.
+    async fn load(&self, delivery: &Delivery) -> Result<Loaded, AdapterError> {
         let tenant = delivery.tenant_id;
         let loaded = tokio::try_join!(
             self.store.get_activity(tenant, delivery.activity_id),
@@ -188,15 +215,31 @@ impl DeliveryEngine {
                 .get_conversation(tenant, delivery.conversation_id),
             self.store.get_channel(tenant, delivery.channel_id),
         );
-        let (activity, conversation, channel) = match loaded {
-            Ok(found) => found,
-            Err(StoreError::NotFound) => {
-                return Err(AdapterError::permanent(
-                    "the activity or channel no longer exists",
-                ));
-            }
-            Err(e) => return Err(AdapterError::retryable(format!("database: {e}"))),
-        };
+        match loaded {
+            Ok((activity, conversation, channel)) => Ok(Loaded {
+                activity,
+                conversation,
+                channel,
+            }),
+            Err(StoreError::NotFound) => Err(AdapterError::permanent(
+                "the activity or channel no longer exists",
+            )),
+            Err(e) => Err(AdapterError::retryable(format!("database: {e}"))),
+        }
+    }
+
+    async fn deliver(
+        &self,
+        delivery: &Delivery,
+        attempt: u32,
+        loaded: Loaded,
+    ) -> Result<Delivered, AdapterError> {
+        let tenant = delivery.tenant_id;
+        let Loaded {
+            activity,
+            conversation,
+            channel,
+        } = loaded;
         if channel.status != ChannelStatus::Active {
             return Err(AdapterError::permanent("the channel is inactive"));
         }
@@ -229,4 +272,11 @@ impl DeliveryEngine {
         }
         Ok(delivered)
     }
+}
+
+/// The activity, conversation and channel of one delivery.
+struct Loaded {
+    activity: Activity,
+    conversation: Conversation,
+    channel: Channel,
 }

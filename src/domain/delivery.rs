@@ -34,4 +34,9 @@ pub struct Delivery {
     pub metadata: Value,
     pub inserted_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The request that created the activity; for logs only, so read by the workers'
+    /// queries and absent (`None`) from the others.
+    #[serde(skip)]
+    #[sqlx(default)]
+    pub request_id: Option<String>,
 }

@@ -53,6 +53,7 @@ impl RateLimits {
         &self,
         limiter: &Option<DefaultKeyedRateLimiter<K>>,
         key: &K,
+        scope: &'static str,
         what: &str,
     ) -> Result<(), ApiError> {
         let Some(limiter) = limiter else {
@@ -60,28 +61,44 @@ impl RateLimits {
         };
         limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
+            crate::metrics::record_rate_limited(scope);
             ApiError::rate_limited(wait, what)
         })
     }
 
     /// Requests from one client address.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), ApiError> {
-        self.check(&self.per_ip, &ip, "requests from this address")
+        self.check(&self.per_ip, &ip, "ip", "requests from this address")
     }
 
     /// Requests of one tenant, after authentication.
     pub fn check_tenant(&self, tenant: TenantId) -> Result<(), ApiError> {
-        self.check(&self.per_tenant, &tenant, "requests of this tenant")
+        self.check(
+            &self.per_tenant,
+            &tenant,
+            "tenant",
+            "requests of this tenant",
+        )
     }
 
     /// Inbound webhook requests of one channel.
     pub fn check_inbound(&self, channel: ChannelId) -> Result<(), ApiError> {
-        self.check(&self.inbound, &channel, "inbound requests of this channel")
+        self.check(
+            &self.inbound,
+            &channel,
+            "inbound",
+            "inbound requests of this channel",
+        )
     }
 
     /// Client tokens issued to one address.
     pub fn check_token_issue(&self, ip: IpAddr) -> Result<(), ApiError> {
-        self.check(&self.tokens, &ip, "token requests from this address")
+        self.check(
+            &self.tokens,
+            &ip,
+            "tokens",
+            "token requests from this address",
+        )
     }
 
     /// Forgets keys that are back to full capacity, bounding memory.

@@ -15,17 +15,17 @@ pub mod state;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::telemetry;
 use error::ApiError;
 use state::AppState;
 
@@ -102,12 +102,59 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// Middleware: gives the request an id (the client's `x-request-id` when it is safe to
+/// log, else a new one), serves it with that id current for logs and ingest, and
+/// returns the id in the response.
+async fn request_id(
+    mut request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| telemetry::valid_request_id(id))
+        .map_or_else(telemetry::new_request_id, str::to_owned);
+    // Valid ids are visible ASCII, so this never fails.
+    let value = HeaderValue::from_str(&id).ok();
+    if let Some(value) = &value {
+        request.headers_mut().insert(REQUEST_ID, value.clone());
+    }
+    let mut response = telemetry::with_request_id(id, next.run(request)).await;
+    if let Some(value) = value {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Middleware: counts the request and its latency by method, route template and status.
+async fn count_request(
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(String::new, |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    crate::metrics::record_http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(&"handler panicked").into_response()
 }
 
 /// The whole HTTP application. Layers, outermost first: request id (set, then
-/// propagated to the response), trace span carrying it, panic guard, body limit.
+/// returned in the response), trace span carrying it, panic guard, body limit, and
+/// per matched route the request metrics.
 pub fn router(state: AppState) -> Router {
     let (routes, admin_api, doc) = api_with_openapi(&state);
     let doc = Arc::new(doc);
@@ -122,6 +169,8 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        // After routing, so requests are counted by route template, not path.
+        .route_layer(axum::middleware::from_fn(count_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -136,7 +185,6 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
             }),
         )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }

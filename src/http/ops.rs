@@ -1,12 +1,16 @@
-//! Operations endpoints: liveness and readiness.
+//! Operations endpoints: liveness, readiness and Prometheus metrics.
+
+use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::state::AppState;
+use crate::domain::Timestamp;
 
 #[derive(Serialize, ToSchema)]
 pub struct HealthOut {
@@ -46,8 +50,33 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<HealthO
     }
 }
 
+/// How long a scrape waits for the queue-depth sample before answering without it.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Prometheus metrics of this node, in the text exposition format. Queue depth and
+/// pool usage are sampled now; a database too slow to answer leaves the queue depth
+/// at its previous sample rather than failing the scrape.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    crate::metrics::record_pool(&state.store.pool_stats());
+    match tokio::time::timeout(SAMPLE_TIMEOUT, state.store.queue_depth(Timestamp::now())).await {
+        Ok(Ok(depth)) => crate::metrics::record_queue_depth(&depth),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot sample the delivery queue"),
+        Err(_) => tracing::warn!("sampling the delivery queue timed out"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}
+
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(ready))
+        .routes(routes!(metrics))
 }

@@ -82,6 +82,15 @@ pub struct Envelope<'a> {
     /// The node that published: receivers skip their own notifications.
     pub node: Uuid,
     pub notice: Notice<'a>,
+    /// When it was published, in microseconds since the Unix epoch, to measure the
+    /// lag to each receiver. Absent from payloads of older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<i64>,
+}
+
+/// Now, in microseconds since the Unix epoch.
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 /// What a notification says.
@@ -120,9 +129,13 @@ pub enum Notice<'a> {
 /// signal that does not fit, and [`Event::Resync`] (local to a node).
 pub fn encode(node: Uuid, event: &Event, limit: usize) -> Option<String> {
     let payload = |notice| {
-        serde_json::to_string(&Envelope { node, notice })
-            .inspect_err(|e| tracing::error!(error = %e, "cannot encode a notification"))
-            .ok()
+        serde_json::to_string(&Envelope {
+            node,
+            notice,
+            sent_at: Some(now_micros()),
+        })
+        .inspect_err(|e| tracing::error!(error = %e, "cannot encode a notification"))
+        .ok()
     };
     match event {
         Event::Activity(activity) => {
@@ -174,6 +187,7 @@ fn encode_resync(node: Uuid) -> String {
     serde_json::to_string(&Envelope {
         node,
         notice: Notice::Resync,
+        sent_at: Some(now_micros()),
     })
     .unwrap_or_default()
 }
@@ -400,6 +414,10 @@ impl Listener {
         if envelope.node == self.node {
             return;
         }
+        if let Some(sent_at) = envelope.sent_at {
+            let lag = u64::try_from(now_micros().saturating_sub(sent_at)).unwrap_or(0);
+            crate::metrics::record_pubsub_lag(Duration::from_micros(lag));
+        }
         match envelope.notice {
             Notice::Activity { activity } => {
                 let activity = activity.into_owned();
@@ -529,7 +547,13 @@ mod tests {
         let node = Uuid::now_v7();
         let event = Event::Activity(activity("fits"));
         let whole = encode(node, &event, usize::MAX).unwrap();
-        assert_eq!(encode(node, &event, whole.len() + 1), Some(whole.clone()));
+        // Payloads differ only in their send time, whose length is fixed.
+        let again = encode(node, &event, whole.len() + 1).unwrap();
+        assert_eq!(again.len(), whole.len());
+        assert_eq!(
+            decode(&again).unwrap().notice,
+            decode(&whole).unwrap().notice
+        );
         let reference = encode(node, &event, whole.len()).unwrap();
         assert!(matches!(
             decode(&reference).unwrap().notice,
@@ -560,13 +584,16 @@ mod tests {
             None
         );
         assert_eq!(encode(node, &Event::Resync, PAYLOAD_LIMIT), None);
-        assert_eq!(
-            decode(&encode_resync(node)).unwrap(),
-            Envelope {
-                node,
-                notice: Notice::Resync
-            }
-        );
+        let resync = decode(&encode_resync(node)).unwrap();
+        assert_eq!((resync.node, resync.notice), (node, Notice::Resync));
+        assert!(resync.sent_at.is_some());
+    }
+
+    #[test]
+    fn payloads_of_older_nodes_have_no_send_time() {
+        let old = r#"{"node":"0190b7c8-3a4e-7000-8000-000000000000","notice":{"type":"resync"}}"#;
+        let envelope = decode(old).unwrap();
+        assert_eq!((envelope.notice, envelope.sent_at), (Notice::Resync, None));
     }
 
     #[test]

@@ -379,6 +379,7 @@ impl Stream {
                     Event::Resync => self.catch_up().await?,
                 },
                 Err(RecvError::Lagged(skipped)) => {
+                    crate::metrics::record_pubsub_lagged();
                     if self.out.capacity() == 0 {
                         tracing::info!(topic = %self.topic, skipped, "socket too slow for its conversation");
                         self.overloaded.cancel();

@@ -114,6 +114,10 @@ async fn connect(
     };
     let max_frame = state.config.socket_max_frame_bytes;
     let tracker = state.tasks.clone();
+    // The session outlives the upgrade request but keeps its id, for its logs and for
+    // the activities its client pushes.
+    let request_id =
+        crate::telemetry::current_request_id().unwrap_or_else(crate::telemetry::new_request_id);
     upgrade
         .protocols([PHOENIX_PROTOCOL])
         .max_message_size(max_frame)
@@ -123,10 +127,11 @@ async fn connect(
         .read_buffer_size(SOCKET_READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
-            let span = tracing::info_span!("socket", conversation_id = %auth.conversation_id);
-            tracker.track_future(tracing::Instrument::instrument(
-                session::run(socket, state, auth, vsn),
-                span,
+            let span =
+                tracing::info_span!("socket", conversation_id = %auth.conversation_id, request_id);
+            tracker.track_future(crate::telemetry::with_request_id(
+                request_id,
+                tracing::Instrument::instrument(session::run(socket, state, auth, vsn), span),
             ))
         })
 }

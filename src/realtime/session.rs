@@ -79,6 +79,7 @@ impl RateLimiter {
 struct JoinedTopic {
     join_ref: Option<Ref>,
     stream: AbortHandle,
+    _open: crate::metrics::Open,
 }
 
 /// Why the loop ended, and how to close the socket.
@@ -99,6 +100,7 @@ struct Session {
     out_rx: mpsc::Receiver<String>,
     overloaded: CancellationToken,
     limiter: RateLimiter,
+    _open: crate::metrics::Open,
 }
 
 /// Serves one upgraded socket until the client leaves, it idles out, it falls behind,
@@ -117,6 +119,7 @@ pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vs
         out_rx,
         overloaded: CancellationToken::new(),
         limiter,
+        _open: crate::metrics::Open::connection(),
     };
     let exit = session.serve().await;
     session.streams.abort_all();
@@ -297,6 +300,7 @@ impl Session {
             JoinedTopic {
                 join_ref,
                 stream: handle,
+                _open: crate::metrics::Open::topic(),
             },
         );
         Ok(())

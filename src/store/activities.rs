@@ -16,6 +16,8 @@ pub struct ActivityAppend {
     pub activity: NewActivity,
     /// Channels that get a delivery row, in the same transaction.
     pub targets: Vec<ChannelId>,
+    /// The request that created the activity, kept on its deliveries for their logs.
+    pub request_id: Option<String>,
 }
 
 /// What appending did.
@@ -55,8 +57,8 @@ impl Store {
             COLUMNS
         );
         const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
-             conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7)";
+             conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8)";
 
         let now = Timestamp::now();
         let new = &append.activity;
@@ -109,6 +111,7 @@ impl Store {
                     .bind(append.conversation_id)
                     .bind(seq)
                     .bind(now)
+                    .bind(append.request_id.as_deref())
                     .execute(&mut *tx)
                     .await?;
                 deliveries.push((id, channel_id));

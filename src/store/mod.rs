@@ -33,6 +33,26 @@ pub use error::StoreError;
 pub use queue::AttemptResult;
 pub use routes::RouteTarget;
 
+/// Connections of a node's pools, open and idle, and their ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// Deliveries waiting in the queue, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Pending whose attempt time has come: in flight, about to be claimed, or
+    /// waiting behind an earlier delivery to the same channel and conversation.
+    pub pending_due: i64,
+    /// Pending, waiting for the time of its next attempt.
+    pub pending_scheduled: i64,
+    /// Failed for good: dead letters awaiting a retry by hand.
+    pub failed: i64,
+}
+
 /// Result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -151,6 +171,28 @@ impl Store {
             Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
         }
         Ok(())
+    }
+
+    /// Connections of this node's pools (reader and writer together for SQLite).
+    pub fn pool_stats(&self) -> PoolStats {
+        fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> PoolStats {
+            PoolStats {
+                size: pool.size(),
+                idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                max: pool.options().get_max_connections(),
+            }
+        }
+        match self {
+            Store::Sqlite { writer, reader } => {
+                let (w, r) = (of(writer), of(reader));
+                PoolStats {
+                    size: w.size + r.size,
+                    idle: w.idle + r.idle,
+                    max: w.max + r.max,
+                }
+            }
+            Store::Postgres(pool) => of(pool),
+        }
     }
 
     /// Checks that the database answers.

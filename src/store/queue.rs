@@ -5,11 +5,18 @@
 //! the row's, so a worker whose lease expired and was taken over cannot overwrite the
 //! newer attempt's result.
 
-use super::{Store, StoreResult, reader, writer};
+use super::{QueueDepth, Store, StoreResult, reader, writer};
 use crate::domain::{Delivery, DeliveryId, Timestamp};
 
-const COLUMNS: &str = "id, tenant_id, activity_id, channel_id, conversation_id, seq, status, attempts, \
-     next_attempt_at, locked_until, last_error, delivered_at, external_id, metadata, inserted_at, updated_at";
+/// The columns of a [`Delivery`] the workers read, as a literal for `concat!`.
+macro_rules! columns {
+    () => {
+        "id, tenant_id, activity_id, channel_id, conversation_id, seq, status, attempts, \
+         next_attempt_at, locked_until, last_error, delivered_at, external_id, metadata, \
+         inserted_at, updated_at, request_id"
+    };
+}
+const COLUMNS: &str = columns!();
 
 /// Due, unleased, and first in line for its (conversation, channel): a later activity
 /// is never delivered before an earlier pending one.
@@ -30,8 +37,8 @@ macro_rules! claim_sql {
             claimable!(),
             " ORDER BY d.next_attempt_at, d.id LIMIT $3",
             $lock,
-            ") RETURNING id, tenant_id, activity_id, channel_id, conversation_id, seq, status, attempts, \
-             next_attempt_at, locked_until, last_error, delivered_at, external_id, metadata, inserted_at, updated_at"
+            ") RETURNING ",
+            columns!()
         )
     };
 }
@@ -156,6 +163,25 @@ impl Store {
         Ok(reader!(self, |pool| sqlx::query_as(SQL)
             .fetch_all(pool)
             .await)?)
+    }
+
+    /// The queue's depth at `now`. Both counts walk partial indexes of pending and
+    /// failed rows only, so their cost follows the backlog, not the table.
+    pub async fn queue_depth(&self, now: Timestamp) -> StoreResult<QueueDepth> {
+        const PENDING: &str = "SELECT COALESCE(SUM(CASE WHEN next_attempt_at <= $1 THEN 1 ELSE 0 END), 0), \
+             COUNT(*) FROM deliveries WHERE status = 'pending'";
+        const FAILED: &str = "SELECT COUNT(*) FROM deliveries WHERE status = 'failed'";
+        let ((due, pending), (failed,)): ((i64, i64), (i64,)) = reader!(self, |pool| {
+            tokio::try_join!(
+                sqlx::query_as(PENDING).bind(now).fetch_one(pool),
+                sqlx::query_as(FAILED).fetch_one(pool),
+            )
+        })?;
+        Ok(QueueDepth {
+            pending_due: due,
+            pending_scheduled: pending - due,
+            failed,
+        })
     }
 
     /// A delivery by id, unscoped (workers and tests).

@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod inbound;
 mod limits;
+mod observability;
 mod ops;
 mod realtime;
 mod routes;

@@ -72,6 +72,7 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/admin/api/channels/{id}/rotate_secret",
         "/health",
         "/ready",
+        "/metrics",
     ]
     .into_iter()
     .map(String::from)

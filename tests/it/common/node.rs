@@ -18,6 +18,12 @@ impl Node {
     /// Starts `converger serve` on `database_url`, with the test JWT secret so tokens
     /// issued by any node of the test work on this one.
     pub fn start(database_url: &str) -> Self {
+        Self::start_with(database_url, &[], Stdio::null())
+    }
+
+    /// Like [`Node::start`], with more (or overriding) environment variables and
+    /// the node's log output (its stdout) sent to `log`.
+    pub fn start_with(database_url: &str, env: &[(&str, &str)], log: Stdio) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,7 +37,8 @@ impl Node {
             .env("CONVERGER_DELIVERY_LEASE_SECS", "2")
             .env("CONVERGER_DELIVERY_CONCURRENCY", "16")
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(log)
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start converger");
