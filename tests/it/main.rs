@@ -1,5 +1,6 @@
 //! The one integration-test binary: every module drives a real server over real HTTP,
-//! each test on SQLite and (with `CONVERGER_TEST_DATABASE_URL`) on PostgreSQL.
+//! each test on SQLite and (with `CONVERGER_TEST_DATABASE_URL`) on PostgreSQL. `deploy`
+//! is the exception: it checks the deployment files by parsing them.
 
 mod common;
 
@@ -11,6 +12,7 @@ mod concurrency;
 mod conversations;
 mod deliveries;
 mod delivery;
+mod deploy;
 mod durability;
 mod errors;
 mod inbound;
