@@ -163,12 +163,23 @@ impl Store {
 
     /// Applies the embedded migrations of this backend that have not run yet.
     ///
+    /// Migrations only add (columns, tables, indexes), so a database migrated by a newer
+    /// release still serves this one: migrations it does not know are left alone, and
+    /// a rolling upgrade or a rollback of the binary can run old and new nodes side by
+    /// side.
+    ///
     /// # Errors
-    /// A migration failed or the database holds migrations this binary does not know.
+    /// A migration failed, or one this binary knows was changed after it ran.
     pub async fn migrate(&self) -> StoreResult<()> {
         match self {
-            Store::Sqlite { writer, .. } => sqlx::migrate!("migrations/sqlite").run(writer).await?,
-            Store::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+            Store::Sqlite { writer, .. } => {
+                let mut migrator = sqlx::migrate!("migrations/sqlite");
+                migrator.set_ignore_missing(true).run(writer).await?;
+            }
+            Store::Postgres(pool) => {
+                let mut migrator = sqlx::migrate!("migrations/postgres");
+                migrator.set_ignore_missing(true).run(pool).await?;
+            }
         }
         Ok(())
     }
