@@ -61,7 +61,7 @@ enum TenantCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    converger::telemetry::init(cli.config.log_format);
+    let _telemetry = converger::telemetry::init(cli.config.log_format);
     if let Err(problems) = cli.config.validate() {
         eprintln!("converger: invalid configuration:");
         for problem in problems {

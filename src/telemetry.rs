@@ -1,4 +1,5 @@
-//! Logging set-up (human-readable or JSON lines, levels from `RUST_LOG`) and the
+//! Logging set-up (human-readable or JSON lines, levels from `RUST_LOG`; OTLP trace
+//! export with the `otlp` feature) and the
 //! request id that ties the log lines of one request together, from the HTTP edge
 //! through ingest to every delivery attempt it caused.
 
@@ -8,14 +9,105 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global tracing subscriber. Call once, from `main`.
-pub fn init(format: LogFormat) {
+/// What must outlive the program's work for its telemetry to be complete: the trace
+/// exporter, flushed when this is dropped.
+#[must_use = "dropping it stops trace export"]
+pub struct Telemetry {
+    #[cfg(feature = "otlp")]
+    tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "trace export did not flush");
+        }
+    }
+}
+
+/// Installs the global tracing subscriber. Call once, from `main`, and keep the
+/// returned value until the program ends.
+pub fn init(format: LogFormat) -> Telemetry {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+    let (text, json) = match format {
+        LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
+        LogFormat::Json => (
+            None,
+            Some(tracing_subscriber::fmt::layer().json().flatten_event(true)),
+        ),
+    };
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json);
+    #[cfg(feature = "otlp")]
+    {
+        let (layer, tracer_provider) = match otlp::tracer_provider() {
+            Some(provider) => (Some(otlp::layer(&provider)), Some(provider)),
+            None => (None, None),
+        };
+        registry.with(layer).init();
+        Telemetry { tracer_provider }
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        registry.init();
+        Telemetry {}
+    }
+}
+
+/// OpenTelemetry trace export over OTLP/HTTP, configured by the standard
+/// `OTEL_EXPORTER_OTLP_*` and `OTEL_SERVICE_NAME` variables. Spans are exported in
+/// batches from a thread of their own: a collector that is down or slow costs
+/// dropped spans and a warning, never a failed or delayed request.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::SpanExporter;
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::registry::LookupSpan;
+
+    /// The provider exporting to `OTEL_EXPORTER_OTLP_ENDPOINT`, when it is set.
+    pub(super) fn tracer_provider() -> Option<SdkTracerProvider> {
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.trim().is_empty())?;
+        let exporter = match SpanExporter::builder().with_http().build() {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                // Logging is not set up yet.
+                eprintln!("converger: traces not exported to {endpoint}: {e}");
+                return None;
+            }
+        };
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name("converger");
+        }
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource.build())
+                .build(),
+        )
+    }
+
+    /// The tracing layer turning spans into OpenTelemetry spans.
+    pub(super) fn layer<S>(
+        provider: &SdkTracerProvider,
+    ) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("converger"))
     }
 }
 

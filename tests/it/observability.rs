@@ -511,3 +511,54 @@ async fn logs_carry_request_ids_and_no_secrets(backend: Backend) {
     );
     assert!(traced("delivered"), "delivery line without the request id");
 }
+
+/// With the `otlp` feature, spans reach an OTLP/HTTP collector, and a collector that
+/// is down changes nothing for clients.
+#[cfg(feature = "otlp")]
+mod otlp {
+    use super::*;
+
+    async fn node_exporting_to(endpoint: &str) -> (TestApp, Node) {
+        let mut app = in_process(Backend::Sqlite).await;
+        let node = serve_on_node(
+            &mut app,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+                ("RUST_LOG", "info"),
+            ],
+            Stdio::null(),
+        );
+        node.ready(&app.http).await;
+        (app, node)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_reach_the_collector() {
+        let collector = Sink::start().await;
+        collector.always(Reply::status(200));
+        let (app, _node) = node_exporting_to(&collector.url).await;
+        let conversation = app.conversation().await;
+        app.post(&conversation, "traced").await;
+        let exported = collector.wait_for(1, Duration::from_secs(30)).await;
+        assert_eq!(exported[0].path, "/v1/traces");
+        assert_eq!(exported[0].header("content-type"), "application/x-protobuf");
+        // The protobuf names the service and the HTTP span.
+        let body = String::from_utf8_lossy(&exported[0].body);
+        assert!(body.contains("converger"), "{body}");
+        assert!(body.contains("http"), "{body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_collector_that_is_down_changes_nothing() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let (app, _node) = node_exporting_to(&endpoint).await;
+        let conversation = app.conversation().await;
+        for i in 0..20 {
+            app.post(&conversation, &format!("m{i}")).await;
+        }
+        assert_eq!(app.activities(&conversation).await.len(), 20);
+    }
+}
