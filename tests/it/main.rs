@@ -19,5 +19,6 @@ mod ops;
 mod realtime;
 mod routes;
 mod tenancy;
+mod tls;
 mod tokens;
 mod whatsapp;
