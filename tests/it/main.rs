@@ -18,6 +18,7 @@ mod limits;
 mod ops;
 mod realtime;
 mod routes;
+mod shutdown;
 mod tenancy;
 mod tls;
 mod tokens;

@@ -1,6 +1,6 @@
 //! A `converger serve` child process: another node on a test's database.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -18,6 +18,11 @@ impl Node {
     /// Starts `converger serve` on `database_url`, with the test JWT secret so tokens
     /// issued by any node of the test work on this one.
     pub fn start(database_url: &str) -> Self {
+        Self::start_with(database_url, &[])
+    }
+
+    /// Like [`Node::start`], with more (or overriding) `CONVERGER_*` variables.
+    pub fn start_with(database_url: &str, env: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,6 +36,7 @@ impl Node {
             .env("CONVERGER_DELIVERY_LEASE_SECS", "2")
             .env("CONVERGER_DELIVERY_CONCURRENCY", "16")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -54,6 +60,24 @@ impl Node {
     pub fn kill(&mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM: the node shuts down gracefully; see [`Node::exited`].
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub async fn exited(&mut self, timeout: Duration) -> ExitStatus {
+        eventually(timeout, "the node to exit", || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
     }
 }
 
