@@ -272,7 +272,7 @@ async fn work_in_flight_finishes_before_the_deadline(backend: Backend) {
         .unwrap();
     let sink = Sink::start().await;
     // Long enough to be in flight at the signal, well within the deadline.
-    sink.always(Reply::status(200).delay(Duration::from_secs(5)));
+    sink.always(Reply::status(200).delay(Duration::from_secs(10)));
     let mut node = Node::start_with(
         &url,
         &[
@@ -301,15 +301,24 @@ async fn work_in_flight_finishes_before_the_deadline(backend: Backend) {
         body.len()
     );
     request.write_all(head.as_bytes()).await.unwrap();
-    let mut continued = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), request.read(&mut continued))
-        .await
-        .expect("100 Continue in time")
-        .unwrap();
+    let mut continued = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !continued.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                request.read(&mut byte).await.unwrap(),
+                1,
+                "connection closed"
+            );
+            continued.push(byte[0]);
+        }
+    })
+    .await
+    .expect("100 Continue in time");
     assert!(
-        continued[..n].starts_with(b"HTTP/1.1 100"),
+        continued.starts_with(b"HTTP/1.1 100"),
         "{}",
-        String::from_utf8_lossy(&continued[..n])
+        String::from_utf8_lossy(&continued)
     );
 
     api.fill(&sink, 3).await;
