@@ -1,13 +1,29 @@
-//! Composition root: builds the store, PubSub, ingest and state once, serves, and
-//! drains on shutdown.
+//! Composition root: builds the store, PubSub, ingest and state once, serves HTTP or
+//! HTTPS, and drains on shutdown.
+//!
+//! # Shutdown
+//!
+//! The token given to [`run`] starts it (SIGTERM or Ctrl-C in `main`). In order:
+//!
+//! 1. Draining: `/ready` answers 503 `shutting_down`, everything else is served as
+//!    before, for `CONVERGER_SHUTDOWN_DELAY_SECS`, so load balancers route elsewhere.
+//! 2. Stopping: the listener closes (new connections are refused), sockets are closed
+//!    with 1012 (reconnect, probably to another node), workers claim nothing more.
+//!    In-flight requests and delivery attempts get `CONVERGER_SHUTDOWN_TIMEOUT_SECS`.
+//! 3. At that deadline whatever is left is abandoned: connections are dropped, and
+//!    delivery attempts still waiting on a receiver give their leases back without
+//!    counting as attempts, so another node delivers them at once.
+//! 4. The store is closed and `run` returns `Ok`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use base64::Engine;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,10 +39,40 @@ use crate::store::{Store, StoreOptions};
 
 /// Events a slow subscriber may fall behind before it lags and resynchronises.
 const PUBSUB_CAPACITY: usize = 1024;
-/// How long shutdown waits for tracked tasks (sockets closing) before giving up.
 /// How often the pruner runs when a retention is configured.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// After the shutdown deadline: how long abandoned attempts get to give their leases
+/// back (one short write each) before the node stops regardless.
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// Installs aws-lc-rs as the process's rustls crypto provider. sqlx compiles ring into
+/// rustls besides aws-lc-rs, and rustls config builders that are not given a provider
+/// panic when two are compiled in and none is installed. Idempotent: a provider that is
+/// already installed (by an earlier call, or by a program embedding this crate) stays.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The TLS configuration of `CONVERGER_TLS_CERT` and `CONVERGER_TLS_KEY`, if set.
+///
+/// # Errors
+/// A file cannot be read, holds no usable certificate or key, or the two do not match.
+pub async fn load_tls(config: &Config) -> anyhow::Result<Option<RustlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    install_crypto_provider();
+    let tls = RustlsConfig::from_pem_file(cert, key)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot use the TLS certificate {} with the key {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    Ok(Some(tls))
+}
 
 /// Connects to the database named by the config and applies pending migrations.
 ///
@@ -83,13 +129,16 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Builds the application state over an open store. On PostgreSQL this starts the
-/// PubSub's listener and notifier on the state's task tracker.
+/// PubSub's listener (stopped by `shutdown`) and notifier on the state's task tracker.
+/// `draining` and `shutdown` are the first two steps of the node's shutdown (see the
+/// module docs).
 ///
 /// # Errors
 /// The JWT secret cannot be read or created.
 pub fn build_state(
     config: Config,
     store: Store,
+    draining: CancellationToken,
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
     let secret = jwt_secret(&config)?;
@@ -121,16 +170,19 @@ pub fn build_state(
         pubsub,
         ingest,
         jwt,
+        draining,
         shutdown,
         tasks,
     })
 }
 
-/// Runs a node on an already-bound listener until `shutdown` is cancelled, then
-/// finishes in-flight requests and closes the database.
+/// Runs a node on an already-bound listener, over TLS when the config names a
+/// certificate, until `shutdown` is cancelled; then shuts down in the steps of the
+/// module docs and closes the database.
 ///
 /// # Errors
-/// Invalid config, an unreachable database, or a failing listener.
+/// Invalid config, an unusable certificate, an unreachable database, or a failing
+/// listener.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -139,8 +191,15 @@ pub async fn run(
     if let Err(problems) = config.validate() {
         anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
     }
+    install_crypto_provider();
+    let tls = load_tls(&config).await?;
     let store = open_store(&config).await?;
-    let state = build_state(config, store.clone(), shutdown.clone())?;
+    // The later steps of shutdown. Cancelled also when this future is dropped before
+    // reaching them, so that no task outlives an aborted `run`.
+    let stop = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let _stop_on_exit = (stop.clone().drop_guard(), abort.clone().drop_guard());
+    let state = build_state(config, store.clone(), shutdown.clone(), stop.clone())?;
     let tasks = state.tasks.clone();
     if state.config.delivery_enabled {
         let settings = DeliverySettings {
@@ -156,58 +215,138 @@ pub async fn run(
             state.waker.clone(),
             settings,
         );
-        tasks.spawn(engine.run(shutdown.clone(), tasks.clone()));
+        tasks.spawn(engine.run(stop.clone(), abort.clone(), tasks.clone()));
     }
-    {
-        let limits = state.limits.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(crate::http::limits::RETAIN_INTERVAL) => limits.retain_recent(),
-                }
-            }
-        });
-    }
+    let limits = state.limits.clone();
+    every(
+        &tasks,
+        &stop,
+        crate::http::limits::RETAIN_INTERVAL,
+        move || {
+            limits.retain_recent();
+        },
+    );
     crate::metrics::install();
-    {
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(crate::metrics::UPKEEP_INTERVAL) => crate::metrics::upkeep(),
-                }
-            }
-        });
-    }
+    every(
+        &tasks,
+        &stop,
+        crate::metrics::UPKEEP_INTERVAL,
+        crate::metrics::upkeep,
+    );
     if let Some(days) = state.config.prune_after_days {
         tasks.spawn(crate::delivery::run_pruner(
             store.clone(),
             Duration::from_secs(days * 86_400),
             PRUNE_INTERVAL,
-            shutdown.clone(),
+            stop.clone(),
         ));
     }
+    if state.config.force_https && !state.config.public_url.starts_with("https://") {
+        tracing::warn!(
+            "CONVERGER_FORCE_HTTPS without an https CONVERGER_PUBLIC_URL: plain-HTTP requests \
+             are redirected to the host they name"
+        );
+    }
+    let delay = Duration::from_secs(state.config.shutdown_delay_secs);
+    let timeout = Duration::from_secs(state.config.shutdown_timeout_secs);
     let app = http::router(state);
-    tracing::info!(addr = %listener.local_addr()?, backend = ?store.backend(), "converger listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-    .context("server failed")?;
-    // Upgraded sockets outlive their HTTP connection: wait for them to close.
+    let addr = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let https = tls.is_some();
+    let mut server = serve(listener, app, tls, handle.clone());
+    tracing::info!(%addr, https, backend = ?store.backend(), "converger listening");
+
+    let mut served = tokio::select! {
+        () = shutdown.cancelled() => None,
+        ended = &mut server => Some(ended),
+    };
+    if served.is_none() {
+        tracing::info!(
+            delay_secs = delay.as_secs(),
+            "shutting down: /ready answers 503"
+        );
+        tokio::time::sleep(delay).await;
+    }
+
+    tracing::info!(
+        timeout_secs = timeout.as_secs(),
+        "closing the listener and sockets; waiting for requests and deliveries in flight"
+    );
+    let deadline = Instant::now() + timeout;
+    stop.cancel();
+    handle.graceful_shutdown(Some(timeout));
+    // Upgraded sockets and delivery attempts outlive their HTTP connections: they are
+    // waited for on the tracker.
     tasks.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(remaining = tasks.len(), "tasks still running at shutdown");
+    let drained = tokio::time::timeout_at(deadline, async {
+        if served.is_none() {
+            served = Some((&mut server).await);
+        }
+        tasks.wait().await;
+    })
+    .await
+    .is_ok();
+    if !drained {
+        tracing::warn!(
+            tasks = tasks.len(),
+            connections = handle.connection_count(),
+            "shutdown deadline reached: abandoning what is left"
+        );
+        abort.cancel();
+        handle.shutdown();
+        server.abort();
+        if tokio::time::timeout(RELEASE_GRACE, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(remaining = tasks.len(), "tasks still running at exit");
+        }
     }
     store.close().await;
     tracing::info!("converger stopped");
-    Ok(())
+    match served {
+        Some(Ok(Err(e))) => Err(e).context("server failed"),
+        Some(Err(e)) if e.is_panic() => Err(anyhow::anyhow!("the server task panicked")),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `chore` every `interval` on `tasks` until `stop`.
+fn every(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    interval: Duration,
+    chore: impl Fn() + Send + 'static,
+) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(interval) => chore(),
+            }
+        }
+    });
+}
+
+/// Serves `app` on `listener`, through TLS when `tls` is given, until `handle` says
+/// otherwise. Plain and TLS take one path, so shutdown treats them alike. Connections
+/// carry the peer's address (`ConnectInfo<SocketAddr>`) for rate limits, trusted
+/// proxies and the admin guard.
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<RustlsConfig>,
+    handle: axum_server::Handle<SocketAddr>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum_server::Server::from_listener(listener).handle(handle);
+    match tls {
+        Some(tls) => tokio::spawn(
+            server
+                .acceptor(RustlsAcceptor::new(tls))
+                .serve(make_service),
+        ),
+        None => tokio::spawn(server.serve(make_service)),
+    }
 }

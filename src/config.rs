@@ -39,7 +39,7 @@ pub struct Config {
     )]
     pub database_max_connections: u32,
 
-    /// Address to serve HTTP and WebSocket on.
+    /// Address to serve HTTP and WebSocket on (HTTPS and WSS with `CONVERGER_TLS_CERT`).
     #[arg(
         long,
         env = "CONVERGER_LISTEN",
@@ -223,8 +223,9 @@ pub struct Config {
     )]
     pub admin_password: Option<String>,
 
-    /// Proxies whose `X-Forwarded-For` is believed: comma-separated CIDRs. Unset: the
-    /// TCP peer is the client.
+    /// Proxies whose `X-Forwarded-For` (and, for `CONVERGER_FORCE_HTTPS`,
+    /// `X-Forwarded-Proto`) is believed: comma-separated CIDRs. Unset: the TCP peer is
+    /// the client.
     #[arg(
         long,
         env = "CONVERGER_TRUSTED_PROXIES",
@@ -237,10 +238,52 @@ pub struct Config {
     /// (checked hourly). Unset: keep everything. `converger prune` does the same once.
     #[arg(long, env = "CONVERGER_PRUNE_AFTER_DAYS", global = true)]
     pub prune_after_days: Option<u64>,
+
+    /// PEM file of the certificate chain to serve HTTPS and WSS with, leaf first.
+    /// Needs `CONVERGER_TLS_KEY`. Unset: plain HTTP (behind a TLS-terminating proxy).
+    #[arg(long, env = "CONVERGER_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file of the private key of `CONVERGER_TLS_CERT` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "CONVERGER_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Behind a TLS-terminating proxy: answer plain-HTTP requests with a 308 redirect to
+    /// https (`/health`, `/ready` and `/metrics` excepted) and send
+    /// `Strict-Transport-Security` on HTTPS responses. The scheme is read from
+    /// `X-Forwarded-Proto` of `CONVERGER_TRUSTED_PROXIES` only. The redirect goes to
+    /// `CONVERGER_PUBLIC_URL`'s host when that is https, else to the request's host.
+    #[arg(long, env = "CONVERGER_FORCE_HTTPS", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub force_https: bool,
+
+    /// Seconds between a shutdown signal (SIGTERM, Ctrl-C) and closing the listener.
+    /// Meanwhile `/ready` answers 503 and everything else is served, so that load
+    /// balancers stop sending traffic before connections are refused.
+    #[arg(
+        long,
+        env = "CONVERGER_SHUTDOWN_DELAY_SECS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub shutdown_delay_secs: u64,
+
+    /// Seconds that in-flight requests and delivery attempts get to finish once the
+    /// listener is closed. Then they are abandoned: the deliveries' leases are given
+    /// back, so another node takes them over at once.
+    #[arg(
+        long,
+        env = "CONVERGER_SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub shutdown_timeout_secs: u64,
 }
 
 /// Shortest accepted JWT secret.
 const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Longest shutdown delay or timeout: a larger value is taken for milliseconds given
+/// as seconds, and would also overflow deadline arithmetic.
+const MAX_SHUTDOWN_SECS: u64 = 3600;
 
 impl Config {
     /// A configuration with every default, for tests and embedding.
@@ -271,6 +314,11 @@ impl Config {
             admin_allowed_ips: "127.0.0.1/32,::1/128".into(),
             admin_password: None,
             trusted_proxies: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            force_https: false,
+            shutdown_delay_secs: 0,
+            shutdown_timeout_secs: 30,
         }
     }
 
@@ -375,6 +423,33 @@ impl Config {
         if self.socket_max_frame_bytes < 1024 {
             problems.push("CONVERGER_SOCKET_MAX_FRAME_BYTES must be at least 1024".into());
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                problems.push("CONVERGER_TLS_CERT is set without CONVERGER_TLS_KEY".into())
+            }
+            (None, Some(_)) => {
+                problems.push("CONVERGER_TLS_KEY is set without CONVERGER_TLS_CERT".into())
+            }
+            _ => {}
+        }
+        for (name, path) in [
+            ("CONVERGER_TLS_CERT", &self.tls_cert),
+            ("CONVERGER_TLS_KEY", &self.tls_key),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                problems.push(format!("{name} must name a file when set"));
+            }
+        }
+        if self.shutdown_delay_secs > MAX_SHUTDOWN_SECS {
+            problems.push(format!(
+                "CONVERGER_SHUTDOWN_DELAY_SECS must be at most {MAX_SHUTDOWN_SECS}"
+            ));
+        }
+        if !(1..=MAX_SHUTDOWN_SECS).contains(&self.shutdown_timeout_secs) {
+            problems.push(format!(
+                "CONVERGER_SHUTDOWN_TIMEOUT_SECS must be between 1 and {MAX_SHUTDOWN_SECS}"
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -438,6 +513,11 @@ impl std::fmt::Debug for Config {
                 &self.admin_password.as_ref().map(|_| "***"),
             )
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("force_https", &self.force_https)
+            .field("shutdown_delay_secs", &self.shutdown_delay_secs)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .finish()
     }
 }
@@ -472,6 +552,28 @@ mod tests {
         let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("CONVERGER_SOCKET_PUSH_RATE"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_shutdown_bounds() {
+        let mut c = Config::new("sqlite://converger.db");
+        c.tls_cert = Some("cert.pem".into());
+        c.shutdown_timeout_secs = 0;
+        c.shutdown_delay_secs = 86_400;
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("without CONVERGER_TLS_KEY"));
+        assert!(problems[1].contains("CONVERGER_SHUTDOWN_DELAY_SECS"));
+        assert!(problems[2].contains("CONVERGER_SHUTDOWN_TIMEOUT_SECS"));
+        c.tls_cert = None;
+        c.tls_key = Some("key.pem".into());
+        c.shutdown_timeout_secs = 30;
+        c.shutdown_delay_secs = 10;
+        assert!(c.validate().unwrap_err()[0].contains("without CONVERGER_TLS_CERT"));
+        c.tls_cert = Some("".into());
+        assert!(c.validate().unwrap_err()[0].contains("CONVERGER_TLS_CERT must name a file"));
+        c.tls_cert = Some("cert.pem".into());
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

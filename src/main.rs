@@ -62,6 +62,7 @@ enum TenantCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _telemetry = converger::telemetry::init(cli.config.log_format);
+    converger::app::install_crypto_provider();
     if let Err(problems) = cli.config.validate() {
         eprintln!("converger: invalid configuration:");
         for problem in problems {
@@ -124,7 +125,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     converger::run(config, listener, shutdown).await
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
+/// Cancels `token` on Ctrl-C or SIGTERM, which starts the node's shutdown sequence
+/// (`converger::app`, "Shutdown").
 async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -158,11 +158,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether `ip` is one of the proxies whose `X-Forwarded-*` headers are believed.
+pub fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
 /// The client's address: the TCP peer, unless the peer is a trusted proxy, in which
 /// case `X-Forwarded-For` is read from the right, skipping trusted proxies.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = canonical(peer);
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }

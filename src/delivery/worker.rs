@@ -2,6 +2,11 @@
 //! adapter, record the outcome. In the mini-redis shape: one loop per node,
 //! `select!` over wake-ups, a timer and shutdown; attempts run as tasks bounded by a
 //! semaphore, so hundreds of slow receivers hold permits, not database connections.
+//!
+//! Shutdown has two steps: `stop` ends the loop (nothing more is claimed) while the
+//! attempts in flight finish and are recorded; `abort`, at the node's deadline, makes
+//! the attempts still waiting on a receiver give their lease back unrecorded, so the
+//! delivery is due again at once for any node and the attempt does not count.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,16 +80,18 @@ impl DeliveryEngine {
         }
     }
 
-    /// Runs the loop until `shutdown`; attempts are spawned on `tasks`, so the node
-    /// can wait for those in flight.
-    pub async fn run(self, shutdown: CancellationToken, tasks: TaskTracker) {
+    /// Runs the loop until `stop`; attempts are spawned on `tasks`, so the node can
+    /// wait for those in flight, and give their leases back when `abort` is cancelled.
+    pub async fn run(self, stop: CancellationToken, abort: CancellationToken, tasks: TaskTracker) {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         tracing::info!(
             concurrency = self.settings.concurrency,
             "delivery workers started"
         );
-        loop {
-            let wait = match self.claim_and_spawn(&permits, &tasks).await {
+        // Checked before every claim, not only while waiting: a long backlog keeps the
+        // loop claiming without ever waiting.
+        while !stop.is_cancelled() {
+            let wait = match self.claim_and_spawn(&permits, &tasks, &abort).await {
                 Ok(true) => continue,
                 Ok(false) => self.time_to_next_due().await,
                 Err(e) => {
@@ -93,12 +100,15 @@ impl DeliveryEngine {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = stop.cancelled() => break,
                 () = self.waker.woken() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        tracing::info!("delivery workers stopped");
+        tracing::info!(
+            in_flight = self.settings.concurrency.max(1) - permits.available_permits(),
+            "delivery workers stopped claiming"
+        );
     }
 
     /// Claims as many due rows as there are free permits and starts their attempts.
@@ -107,6 +117,7 @@ impl DeliveryEngine {
         &self,
         permits: &Arc<Semaphore>,
         tasks: &TaskTracker,
+        abort: &CancellationToken,
     ) -> Result<bool, StoreError> {
         let free = permits.available_permits().min(CLAIM_BATCH);
         if free == 0 {
@@ -134,10 +145,11 @@ impl DeliveryEngine {
                 .clone()
                 .unwrap_or_else(crate::telemetry::new_request_id);
             let span = tracing::info_span!("delivery", delivery_id = %delivery.id, request_id);
+            let abort = abort.clone();
             tasks.spawn(async move {
                 crate::telemetry::with_request_id(
                     request_id,
-                    engine.attempt(delivery, lease).instrument(span),
+                    engine.attempt(delivery, lease, &abort).instrument(span),
                 )
                 .await;
                 drop(permit);
@@ -160,16 +172,33 @@ impl DeliveryEngine {
         }
     }
 
-    /// One attempt of one leased delivery, recorded.
-    async fn attempt(&self, delivery: Delivery, lease: Timestamp) {
+    /// One attempt of one leased delivery, recorded; or, when `abort` comes first,
+    /// abandoned and its lease given back without counting it.
+    async fn attempt(&self, delivery: Delivery, lease: Timestamp, abort: &CancellationToken) {
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
         let started = Instant::now();
-        let (adapter, result) = match self.load(&delivery).await {
-            Ok(loaded) => (
-                loaded.channel.kind.as_str(),
-                self.deliver(&delivery, attempt, loaded).await,
-            ),
-            Err(e) => ("unknown", Err(e)),
+        let attempted = async {
+            match self.load(&delivery).await {
+                Ok(loaded) => (
+                    loaded.channel.kind.as_str(),
+                    self.deliver(&delivery, attempt, loaded).await,
+                ),
+                Err(e) => ("unknown", Err(e)),
+            }
+        };
+        let (adapter, result) = tokio::select! {
+            // An answer that is in is recorded, even at the abort.
+            biased;
+            attempted = attempted => attempted,
+            () = abort.cancelled() => {
+                // The receiver may have got the request: it sees the same webhook-id
+                // again from whichever node takes the delivery, and can drop it.
+                match self.store.release_delivery(delivery.id, lease).await {
+                    Ok(()) => tracing::info!(delivery_id = %delivery.id, "delivery abandoned at shutdown; lease released"),
+                    Err(e) => tracing::warn!(delivery_id = %delivery.id, error = %e, "cannot release the lease of an abandoned delivery; it expires instead"),
+                }
+                return;
+            }
         };
         let now = Timestamp::now();
         let recorded = attempt_result(&result, attempt, now, self.settings.backoff_scale);

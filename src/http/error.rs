@@ -127,6 +127,16 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 400 for a plain-HTTP request that cannot be redirected to HTTPS (no usable host
+    /// to redirect to), with `CONVERGER_FORCE_HTTPS` on.
+    pub fn https_required() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "https_required",
+            "this server is reached over HTTPS only",
+        )
+    }
+
     /// 500 with a generic message; `cause` is logged, never sent.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod https;
 pub mod inbound;
 pub mod limits;
 pub mod openapi;
@@ -173,6 +174,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(count_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), https::enforce))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(

@@ -24,11 +24,13 @@ async fn health() -> axum::Json<HealthOut> {
     axum::Json(HealthOut { status: "ok" })
 }
 
-/// Readiness: the database answers and the node is not shutting down.
+/// Readiness: the database answers and the node is not shutting down. From the
+/// shutdown signal on it answers 503, so that load balancers route elsewhere before
+/// the node stops accepting connections.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = HealthOut), (status = 503, body = HealthOut)))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<HealthOut>) {
-    if state.shutdown.is_cancelled() {
+    if state.draining.is_cancelled() || state.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(HealthOut {

@@ -28,7 +28,11 @@ pub struct AppState {
     pub pubsub: PubSub,
     pub ingest: Ingestor,
     pub jwt: JwtKeys,
-    /// Cancelled when the node starts shutting down.
+    /// Cancelled at the shutdown signal: `/ready` answers 503 from then on, while the
+    /// node goes on serving for `CONVERGER_SHUTDOWN_DELAY_SECS`.
+    pub draining: CancellationToken,
+    /// Cancelled when the node stops serving, after that delay: the listener closes,
+    /// sockets are closed with 1012, workers claim nothing more, background loops end.
     pub shutdown: CancellationToken,
     /// Long-lived tasks outside the request cycle (WebSocket sessions), which must
     /// watch `shutdown` themselves; the node waits for them before it stops.

@@ -461,8 +461,13 @@ mod tests {
         let mut config = Config::new(format!("sqlite://{}", dir.path().join("t.db").display()));
         config.jwt_secret = Some("x".repeat(40));
         let store = crate::app::open_store(&config).await.unwrap();
-        let mut state =
-            crate::app::build_state(config, store.clone(), CancellationToken::new()).unwrap();
+        let mut state = crate::app::build_state(
+            config,
+            store.clone(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        )
+        .unwrap();
         state.pubsub = PubSub::local(capacity);
         state.ingest = Ingestor::new(
             store.clone(),

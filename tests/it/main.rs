@@ -21,6 +21,8 @@ mod observability;
 mod ops;
 mod realtime;
 mod routes;
+mod shutdown;
 mod tenancy;
+mod tls;
 mod tokens;
 mod whatsapp;

@@ -137,7 +137,11 @@ pub struct TestApp {
     /// A second handle on the server's database, for set-up and checks.
     pub store: Store,
     pub jwt: JwtKeys,
+    /// Trusts the server's certificate when it serves TLS.
     pub http: reqwest::Client,
+    /// PEM of the certificate the server presents, when it serves TLS
+    /// (`Config::tls_cert`); `base` is then `https://...`.
+    pub tls_cert_pem: Option<Vec<u8>>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     // Last: dropped after the server has been told to stop.
@@ -150,7 +154,8 @@ impl TestApp {
         Self::start_with(backend, |_| {}).await
     }
 
-    /// Like [`TestApp::start`], with config changes.
+    /// Like [`TestApp::start`], with config changes. With a TLS certificate configured
+    /// the server speaks HTTPS, and the app's clients trust that certificate only.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
         let (db, url) = TestDb::create(backend).await;
         let mut config = Config::new(url.clone());
@@ -163,7 +168,21 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let tls_cert_pem = config
+            .tls_cert
+            .as_ref()
+            .map(|path| std::fs::read(path).expect("read the server certificate"));
+        let scheme = if tls_cert_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let base = format!("{scheme}://{}", listener.local_addr().expect("addr"));
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(pem) = &tls_cert_pem {
+            let cert = reqwest::Certificate::from_pem(pem).expect("PEM certificate");
+            http = http.tls_certs_only([cert]);
+        }
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(converger::run(config, listener, shutdown.clone()));
         let mut app = TestApp {
@@ -174,10 +193,8 @@ impl TestApp {
             tenant_id: TenantId::new(),
             store,
             jwt: JwtKeys::new(JWT_SECRET.as_bytes()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            http: http.build().expect("client"),
+            tls_cert_pem,
             shutdown,
             server: Some(server),
             _db: db,

@@ -1,6 +1,6 @@
 //! A `converger serve` child process: another node on a test's database.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -61,6 +61,24 @@ impl Node {
     pub fn kill(&mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM: the node shuts down gracefully; see [`Node::exited`].
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub async fn exited(&mut self, timeout: Duration) -> ExitStatus {
+        eventually(timeout, "the node to exit", || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
     }
 }
 

@@ -75,8 +75,32 @@ impl TestApp {
     /// A V2 socket on this server for this conversation and user.
     pub async fn socket(&self, conversation: &str, user: &str) -> Socket {
         let token = self.token(conversation, user).await;
-        Socket::connect(&self.url(&token, Some("2.0.0"))).await
+        let url = self.url(&token, Some("2.0.0"));
+        match &self.tls_cert_pem {
+            Some(pem) => Socket::connect_tls(&url, pem).await,
+            None => Socket::connect(&url).await,
+        }
     }
+}
+
+/// A rustls client configuration trusting only the certificate in `pem`.
+pub fn client_tls(pem: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.expect("PEM certificate"))
+            .expect("usable root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 /// The status of a refused handshake.
@@ -95,6 +119,16 @@ pub struct Socket {
 impl Socket {
     pub async fn connect(url: &str) -> Socket {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Socket { ws }
+    }
+
+    /// Connects to a `wss://` URL whose server presents the certificate in `pem`.
+    pub async fn connect_tls(url: &str, pem: &[u8]) -> Socket {
+        let connector = tokio_tungstenite::Connector::Rustls(client_tls(pem));
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
+                .await
+                .unwrap();
         Socket { ws }
     }
 
