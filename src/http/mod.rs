@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -154,8 +154,8 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// The whole HTTP application. Layers, outermost first: request id (set, then
-/// returned in the response), trace span carrying it, panic guard, body limit, and
-/// per matched route the request metrics.
+/// returned in the response), trace span carrying it, panic guard, body limit, HTTPS
+/// redirect and HSTS, and per matched route the request metrics.
 pub fn router(state: AppState) -> Router {
     let (routes, admin_api, doc) = api_with_openapi(&state);
     let doc = Arc::new(doc);
@@ -178,14 +178,18 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let request_id = req
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let request_id = req
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
+                })
+                // A 5xx is not always an error of this node (`/ready` while draining, a
+                // database away); internal errors log themselves at ERROR.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
