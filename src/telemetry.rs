@@ -4,6 +4,7 @@
 //! through ingest to every delivery attempt it caused.
 
 use std::future::Future;
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -37,7 +38,11 @@ pub fn init(format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
     let (text, json) = match format {
-        LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
+        LogFormat::Text => (
+            // Colours only for a person at a terminal, not in files or log shippers.
+            Some(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal())),
+            None,
+        ),
         LogFormat::Json => (
             None,
             Some(tracing_subscriber::fmt::layer().json().flatten_event(true)),

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -187,6 +187,8 @@ pub fn router(state: AppState) -> Router {
                         .unwrap_or("-");
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id)
                 })
+                // One line per request at INFO: the access log, with the request id.
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
                 // A 5xx is not always an error of this node (`/ready` while draining, a
                 // database away); internal errors log themselves at ERROR.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
