@@ -37,8 +37,12 @@ use crate::ingest::Ingestor;
 use crate::pubsub::PubSub;
 use crate::store::{Store, StoreOptions};
 
-/// Events a slow subscriber may fall behind before it lags and resynchronises.
-const PUBSUB_CAPACITY: usize = 1024;
+/// Events a slow subscriber may fall behind before it lags and resynchronises from
+/// the store. Each conversation with subscribers allocates this many slots (about 40
+/// bytes each) up front, and in one-to-one chat that is one conversation per socket;
+/// a stream task takes events off within microseconds, so a burst this long on one
+/// conversation is rare, and costs one query when it happens.
+const PUBSUB_CAPACITY: usize = 64;
 /// How often the pruner runs when a retention is configured.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// After the shutdown deadline: how long abandoned attempts get to give their leases

@@ -15,14 +15,13 @@ mod postgres;
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{Activity, ActivityId, ChannelId, ConversationId, DeliveryId};
 use crate::store::Store;
 
-pub use local::LocalPubSub;
+pub use local::{LocalPubSub, Subscription};
 pub use postgres::PgPubSub;
 
 /// Something that happened in a conversation.
@@ -54,9 +53,6 @@ pub enum Event {
     /// never forwarded to other nodes.
     Resync,
 }
-
-/// A stream of events of one conversation.
-pub type Subscription = broadcast::Receiver<Arc<Event>>;
 
 /// The node's PubSub, cheap to clone.
 #[derive(Clone)]

@@ -236,10 +236,12 @@ impl Session {
                 )
                 .await;
         }
+        // Boxed: these wait on the store, and their futures would otherwise be part of
+        // every idle socket's session, several KiB each, for the life of the socket.
         match frame.event.as_str() {
-            "phx_join" => self.on_join(frame).await,
-            "phx_leave" => self.on_leave(frame).await,
-            _ => self.on_push(frame).await,
+            "phx_join" => Box::pin(self.on_join(frame)).await,
+            "phx_leave" => Box::pin(self.on_leave(frame)).await,
+            _ => Box::pin(self.on_push(frame)).await,
         }
     }
 
@@ -370,5 +372,33 @@ mod tests {
             assert!(limiter.try_acquire());
         }
         assert!(!limiter.try_acquire());
+    }
+}
+
+/// Every idle socket holds its session's future (and each joined topic its stream's)
+/// for as long as it is open, so their sizes are a memory budget. Work that waits on
+/// the store is boxed and only allocated while it runs.
+#[cfg(test)]
+mod footprint {
+    fn future_size<F, A, B, C, D, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    fn stream_future_size<F, A, R>(_: F) -> usize
+    where
+        F: FnOnce(A) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn idle_sessions_and_streams_stay_small() {
+        let session = future_size(super::run);
+        assert!(session <= 4096, "a session's future takes {session} bytes");
+        let stream = stream_future_size(super::super::channel::Stream::run);
+        assert!(stream <= 2048, "a stream's future takes {stream} bytes");
     }
 }
