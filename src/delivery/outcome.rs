@@ -51,8 +51,12 @@ pub enum StatusApplied {
     /// conversation's sockets were told.
     Updated(Box<Delivery>),
     /// No delivery of this channel has this provider message id (sent by something
-    /// else, pruned, or reported before the send's answer was recorded).
+    /// else, or pruned), and none is being sent right now.
     Unknown,
+    /// No delivery has this id yet, but one of the channel's is being sent right now:
+    /// the report may have overtaken the answer to that send. The provider should be
+    /// asked to report again.
+    Early,
     /// A duplicate, or a report older than what is recorded: nothing changed.
     Stale,
 }
@@ -84,7 +88,14 @@ pub async fn apply_provider_status(
             .find_delivery_by_external_id(tenant_id, channel_id, &update.provider_id)
             .await?
         else {
-            return Ok(StatusApplied::Unknown);
+            let in_flight = store
+                .channel_has_attempt_in_flight(tenant_id, channel_id, Timestamp::now())
+                .await?;
+            return Ok(if in_flight {
+                StatusApplied::Early
+            } else {
+                StatusApplied::Unknown
+            });
         };
         let current = delivery
             .metadata

@@ -37,6 +37,10 @@ use crate::domain::{
 use crate::ingest::IngestRequest;
 use crate::store::{NewConversation, StoreError};
 
+/// How long a provider is asked to wait before reporting a status again when the
+/// report overtook the answer to its send (providers may ignore it: Meta retries on
+/// its own schedule).
+const EARLY_STATUS_RETRY_SECS: u64 = 5;
 /// The answer to an accepted inbound request.
 #[derive(Serialize, ToSchema)]
 pub struct InboundAccepted {
@@ -144,7 +148,8 @@ async fn resolve_conversation(
     request_body(content = Object, description = "The channel type's inbound format", content_type = "application/json"),
     responses((status = 201, body = InboundAccepted), (status = 200, body = InboundAccepted, description = "Accepted from a provider (WhatsApp)"),
               (status = 400, body = crate::http::error::ErrorBody),
-              (status = 401, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody)))]
+              (status = 401, body = crate::http::error::ErrorBody), (status = 404, body = crate::http::error::ErrorBody),
+              (status = 503, body = crate::http::error::ErrorBody, description = "`status_before_send`: a provider's status report overtook the answer to its send; everything else was stored, send it again")))]
 async fn receive_inbound(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ChannelId>,
@@ -195,6 +200,7 @@ async fn receive_inbound(
         }
     }
     let mut statuses = 0;
+    let mut early = 0;
     for update in &batch.statuses {
         match apply_provider_status(
             &state.store,
@@ -210,7 +216,19 @@ async fn receive_inbound(
             StatusApplied::Unknown => {
                 tracing::info!(channel_id = %channel.id, provider_id = %update.provider_id, "status report for an unknown message");
             }
+            StatusApplied::Early => early += 1,
         }
+    }
+    if early > 0 {
+        // Everything else of the request is stored, and idempotent when sent again.
+        tracing::info!(channel_id = %channel.id, early, "status reports ahead of their send's answer: asking for a retry");
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "status_before_send",
+            "a status report arrived before the answer to its send was recorded; send it again",
+        );
+        err.retry_after = Some(EARLY_STATUS_RETRY_SECS);
+        return Err(err);
     }
     tracing::info!(channel_id = %channel.id, messages = activity_ids.len(), statuses, "inbound accepted");
     let status = if lenient {

@@ -120,6 +120,27 @@ impl Store {
         })?)
     }
 
+    /// Whether a delivery on the channel is being attempted right now (leased), so a
+    /// status report for a message id not yet recorded may be for its answer.
+    pub async fn channel_has_attempt_in_flight(
+        &self,
+        tenant_id: TenantId,
+        channel_id: ChannelId,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        const SQL: &str = "SELECT EXISTS (SELECT 1 FROM deliveries WHERE channel_id = $2 \
+             AND tenant_id = $1 AND status = 'pending' AND locked_until > $3)";
+        let (found,): (bool,) = reader!(self, |pool| {
+            sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(channel_id)
+                .bind(now)
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(found)
+    }
+
     /// The delivery of a tenant's channel that the receiving system knows by
     /// `external_id` (status callbacks); the newest if the id was ever reused.
     pub async fn find_delivery_by_external_id(

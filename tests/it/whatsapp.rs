@@ -25,6 +25,7 @@ both_backends!(
     infobip_messages_and_reports,
     statuses_move_forward_and_reach_sockets,
     inbound_whatsapp_is_routed_to_the_bot_not_back,
+    early_status_reports_are_asked_again,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -805,4 +806,44 @@ impl Socket {
             }
         }
     }
+}
+
+/// A status report that overtakes the answer to its send (the provider is quicker than
+/// our write) is refused with 503 while the send is in flight, so the provider reports
+/// it again, and is recorded once the answer is.
+async fn early_status_reports_are_asked_again(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.delivery_backoff_scale = SCALE).await;
+    let graph = Sink::start().await;
+    graph.always(graph_success(WAMID).delay(Duration::from_secs(3)));
+    let ch = meta_channel(&app, &graph.url, json!({})).await;
+    let conv = app
+        .create_conversation(s(&ch, "id"), Some("16505551234"))
+        .await;
+    let activity = post_text(&app, s(&conv, "id"), json!({"text": "quick"})).await;
+    graph.wait_for(1, WAIT).await;
+
+    let mut body = fixture_json("meta_statuses.json");
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = json!("delivered");
+    let body = body.to_string().into_bytes();
+    let signed = || vec![("x-hub-signature-256", hub_signature(APP_SECRET, &body))];
+    let early = inbound(&app, &ch, &body, &signed()).await;
+    assert_eq!(early.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(early.headers()["retry-after"], "5");
+    let error: Value = early.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "status_before_send");
+
+    let delivery = settled(&app, s(&activity, "id")).await;
+    assert_eq!(delivery["external_id"], WAMID);
+    assert!(meta_notify(&app, &ch, &body).await.is_empty());
+    let d = &deliveries_of(&app, s(&activity, "id")).await[0];
+    assert_eq!(d["metadata"]["provider_status"], "delivered", "{d}");
+
+    // With nothing in flight, a report for a message sent elsewhere is taken and dropped.
+    let mut other = fixture_json("meta_statuses.json");
+    other["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!("wamid.ELSEWHERE");
+    assert!(
+        meta_notify(&app, &ch, other.to_string().as_bytes())
+            .await
+            .is_empty()
+    );
 }
