@@ -53,9 +53,9 @@ pub enum StatusApplied {
     /// No delivery of this channel has this provider message id (sent by something
     /// else, or pruned), and none is being sent right now.
     Unknown,
-    /// No delivery has this id yet, but one of the channel's is being sent right now:
-    /// the report may have overtaken the answer to that send. The provider should be
-    /// asked to report again.
+    /// No delivery has this id yet, but the report is recent and one of the channel's
+    /// deliveries is being sent right now: the report may have overtaken the answer to
+    /// that send. The provider should be asked to report again.
     Early,
     /// A duplicate, or a report older than what is recorded: nothing changed.
     Stale,
@@ -88,9 +88,10 @@ pub async fn apply_provider_status(
             .find_delivery_by_external_id(tenant_id, channel_id, &update.provider_id)
             .await?
         else {
-            let in_flight = store
-                .channel_has_attempt_in_flight(tenant_id, channel_id, Timestamp::now())
-                .await?;
+            let in_flight = reported_recently(update)
+                && store
+                    .channel_has_attempt_in_flight(tenant_id, channel_id, Timestamp::now())
+                    .await?;
             return Ok(if in_flight {
                 StatusApplied::Early
             } else {
@@ -148,6 +149,20 @@ pub async fn apply_provider_status(
     }
     tracing::warn!(provider_id = %update.provider_id, "status report lost to concurrent updates");
     Ok(StatusApplied::Stale)
+}
+
+/// Reports older than this cannot be about a send still in flight.
+const EARLY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Whether a report may be about a send still in flight: it is recent, or its time is
+/// unknown. An old report for an unknown message id (one sent by another system on the
+/// same number) is never asked for again, however busy the channel.
+fn reported_recently(update: &StatusUpdate) -> bool {
+    update
+        .timestamp
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_none_or(|at| chrono::Utc::now().signed_duration_since(at) < EARLY_WINDOW)
 }
 
 /// What to record after attempt number `attempt` (1-based) ended with `result`.

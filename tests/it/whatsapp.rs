@@ -823,7 +823,9 @@ async fn early_status_reports_are_asked_again(backend: Backend) {
     graph.wait_for(1, WAIT).await;
 
     let mut body = fixture_json("meta_statuses.json");
-    body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = json!("delivered");
+    let status = &mut body["entry"][0]["changes"][0]["value"]["statuses"][0];
+    status["status"] = json!("delivered");
+    status["timestamp"] = json!(chrono::Utc::now().timestamp().to_string());
     let body = body.to_string().into_bytes();
     let signed = || vec![("x-hub-signature-256", hub_signature(APP_SECRET, &body))];
     let early = inbound(&app, &ch, &body, &signed()).await;
@@ -838,9 +840,21 @@ async fn early_status_reports_are_asked_again(backend: Backend) {
     let d = &deliveries_of(&app, s(&activity, "id")).await[0];
     assert_eq!(d["metadata"]["provider_status"], "delivered", "{d}");
 
-    // With nothing in flight, a report for a message sent elsewhere is taken and dropped.
-    let mut other = fixture_json("meta_statuses.json");
-    other["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!("wamid.ELSEWHERE");
+    // An old report for a message sent elsewhere is taken and dropped even while a
+    // send is in flight; so is a recent one once nothing is in flight.
+    let second = post_text(&app, s(&conv, "id"), json!({"text": "slow"})).await;
+    graph.wait_for(2, WAIT).await;
+    let mut old = fixture_json("meta_statuses.json");
+    old["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!("wamid.ELSEWHERE");
+    assert!(
+        meta_notify(&app, &ch, old.to_string().as_bytes())
+            .await
+            .is_empty()
+    );
+    settled(&app, s(&second, "id")).await;
+    let mut other = old.clone();
+    other["entry"][0]["changes"][0]["value"]["statuses"][0]["timestamp"] =
+        json!(chrono::Utc::now().timestamp().to_string());
     assert!(
         meta_notify(&app, &ch, other.to_string().as_bytes())
             .await
