@@ -14,8 +14,9 @@ mod session;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 
-/// Read buffer of one socket, in bytes.
-const SOCKET_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of one socket, in bytes: every idle socket holds it. Phoenix frames of
+/// chat are a few hundred bytes; a larger one grows the buffer of its socket.
+const SOCKET_READ_BUFFER: usize = 2 * 1024;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -243,6 +243,21 @@ async fn pushed_activities_are_ingested_as_the_token_user_once(backend: Backend)
     let stored = server.activities(&conversation).await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0]["sender"], "alice");
+
+    // A frame many times the socket's read buffer arrives whole.
+    let long = "é".repeat(30_000);
+    socket
+        .send(json!(["1", "7", topic(&conversation), "new_activity", {"text": long}]))
+        .await;
+    let frames = [socket.recv().await, socket.recv().await];
+    let reply = frames.iter().find(|f| f[3] == "phx_reply").unwrap();
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    let push = frames.iter().find(|f| f[3] == "new_activity").unwrap();
+    assert_eq!(push[4]["text"], long.as_str());
+    assert_eq!(
+        server.activities(&conversation).await[1]["text"],
+        long.as_str()
+    );
     server.stop().await;
 }
 
