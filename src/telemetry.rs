@@ -172,6 +172,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, an id that is taken can neither break a header nor
+        /// a log line.
+        #[test]
+        fn taken_ids_are_safe_anywhere(id in "\\PC{0,200}|[A-Za-z0-9._:-]{1,140}") {
+            if valid_request_id(&id) {
+                proptest::prop_assert!(axum::http::HeaderValue::from_str(&id).is_ok());
+                proptest::prop_assert!(id.len() <= MAX_REQUEST_ID);
+                proptest::prop_assert!(!id.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"'));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn the_id_is_scoped_to_its_future() {
         assert_eq!(current_request_id(), None);
