@@ -275,6 +275,8 @@ impl Session {
             Ok(joined) => joined,
             Err(refusal) => return self.reply(join_ref, &frame, Err(refusal.0)).await,
         };
+        // Counted from before the reply, so whoever got the reply sees the topic counted.
+        let open = crate::metrics::Open::topic();
         // The reply goes out before the stream starts, so replayed activities follow it.
         self.reply(
             join_ref.clone(),
@@ -302,7 +304,7 @@ impl Session {
             JoinedTopic {
                 join_ref,
                 stream: handle,
-                _open: crate::metrics::Open::topic(),
+                _open: open,
             },
         );
         Ok(())

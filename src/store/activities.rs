@@ -1,6 +1,8 @@
 //! Activity queries, and the one transaction that appends an activity.
 
-use super::{Store, StoreResult, reader, writer};
+use sqlx::{PgPool, SqliteConnection};
+
+use super::{Store, StoreResult, reader};
 use crate::domain::{
     Activity, ActivityId, ChannelId, ConversationId, DeliveryId, NewActivity, TenantId, Timestamp,
 };
@@ -34,94 +36,77 @@ pub enum AppendOutcome {
     NotActive,
 }
 
-impl Store {
-    /// Appends an activity and its delivery rows in one transaction.
-    ///
-    /// Bumping the conversation's `last_seq` comes first: it takes the conversation's
-    /// row lock (PostgreSQL) or the database write lock (SQLite), so concurrent writers
-    /// of one conversation queue there, get consecutive `seq`s, and an idempotent retry
-    /// racing its original sees the committed original. Bailing out rolls the bump back,
-    /// so `seq` stays gap-free.
-    pub async fn append_activity(&self, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
-        const BUMP: &str = "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'active' RETURNING last_seq";
-        const FIND_KEY: &str = const_format::concatcp!(
-            "SELECT ",
-            COLUMNS,
-            " FROM activities WHERE conversation_id = $1 AND idempotency_key = $2"
-        );
-        const INSERT: &str = const_format::concatcp!(
-            "INSERT INTO activities (id, conversation_id, tenant_id, seq, type, direction, sender, text, \
-             attachments, metadata, idempotency_key, inserted_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
-            COLUMNS
-        );
-        const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
-             conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8)";
+const BUMP: &str = "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
+     WHERE tenant_id = $1 AND id = $2 AND status = 'active' RETURNING last_seq";
+const FIND_KEY: &str = const_format::concatcp!(
+    "SELECT ",
+    COLUMNS,
+    " FROM activities WHERE conversation_id = $1 AND idempotency_key = $2"
+);
+const INSERT: &str = const_format::concatcp!(
+    "INSERT INTO activities (id, conversation_id, tenant_id, seq, type, direction, sender, text, \
+     attachments, metadata, idempotency_key, inserted_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
+    COLUMNS
+);
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
+     conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8)";
 
-        let now = Timestamp::now();
+/// Inserts `$append`'s activity as number `$seq` and its delivery rows on `$conn`, a
+/// transaction of either backend; evaluates to the `Created` outcome. `?` returns
+/// database errors from the enclosing function.
+macro_rules! insert_appended {
+    ($conn:expr, $append:expr, $seq:expr, $now:expr) => {{
+        let (append, seq, now) = ($append, $seq, $now);
         let new = &append.activity;
-        writer!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
+        let activity: Activity = sqlx::query_as(INSERT)
+            .bind(ActivityId::new())
+            .bind(append.conversation_id)
+            .bind(append.tenant_id)
+            .bind(seq)
+            .bind(new.kind.as_str())
+            .bind(new.direction.as_str())
+            .bind(&new.sender)
+            .bind(new.text.as_deref())
+            .bind(sqlx::types::Json(&new.attachments))
+            .bind(sqlx::types::Json(&new.metadata))
+            .bind(new.idempotency_key.as_deref())
+            .bind(now)
+            .fetch_one(&mut *$conn)
+            .await?;
+        let mut deliveries = Vec::with_capacity(append.targets.len());
+        for &channel_id in &append.targets {
+            let id = DeliveryId::new();
+            sqlx::query(INSERT_DELIVERY)
+                .bind(id)
                 .bind(append.tenant_id)
+                .bind(activity.id)
+                .bind(channel_id)
                 .bind(append.conversation_id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some((seq,)) = bumped else {
-                tx.rollback().await?;
-                return Ok(AppendOutcome::NotActive);
-            };
-            if let Some(key) = &new.idempotency_key {
-                let existing: Option<Activity> = sqlx::query_as(FIND_KEY)
-                    .bind(append.conversation_id)
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(existing) = existing {
-                    tx.rollback().await?;
-                    return Ok(AppendOutcome::Existing(existing));
-                }
-            }
-            let activity: Activity = sqlx::query_as(INSERT)
-                .bind(ActivityId::new())
-                .bind(append.conversation_id)
-                .bind(append.tenant_id)
                 .bind(seq)
-                .bind(new.kind.as_str())
-                .bind(new.direction.as_str())
-                .bind(&new.sender)
-                .bind(new.text.as_deref())
-                .bind(sqlx::types::Json(&new.attachments))
-                .bind(sqlx::types::Json(&new.metadata))
-                .bind(new.idempotency_key.as_deref())
                 .bind(now)
-                .fetch_one(&mut *tx)
+                .bind(append.request_id.as_deref())
+                .execute(&mut *$conn)
                 .await?;
-            let mut deliveries = Vec::with_capacity(append.targets.len());
-            for &channel_id in &append.targets {
-                let id = DeliveryId::new();
-                sqlx::query(INSERT_DELIVERY)
-                    .bind(id)
-                    .bind(append.tenant_id)
-                    .bind(activity.id)
-                    .bind(channel_id)
-                    .bind(append.conversation_id)
-                    .bind(seq)
-                    .bind(now)
-                    .bind(append.request_id.as_deref())
-                    .execute(&mut *tx)
-                    .await?;
-                deliveries.push((id, channel_id));
-            }
-            tx.commit().await?;
-            Ok(AppendOutcome::Created {
-                activity,
-                deliveries,
-            })
-        })
+            deliveries.push((id, channel_id));
+        }
+        AppendOutcome::Created {
+            activity,
+            deliveries,
+        }
+    }};
+}
+
+impl Store {
+    /// Appends an activity and its delivery rows in one transaction: on SQLite through
+    /// the group-committing writer task ([`super::appender`]), on PostgreSQL in a
+    /// transaction of its own. Either way the answer comes after the commit.
+    pub async fn append_activity(&self, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
+        match self {
+            Store::Sqlite { appender, .. } => appender.append(append.clone()).await,
+            Store::Postgres(pool) => append_postgres(pool, append).await,
+        }
     }
 
     /// Activities of a conversation with `seq` greater than `after_seq`, in `seq` order.
@@ -164,4 +149,81 @@ impl Store {
                 .await
         })?)
     }
+}
+
+/// PostgreSQL: one transaction per append. Bumping the conversation's `last_seq`
+/// comes first: it takes the conversation's row lock, so concurrent writers of one
+/// conversation queue there and get consecutive `seq`s, and an idempotent retry
+/// racing its original sees the committed original. Bailing out rolls the bump back,
+/// so `seq` stays gap-free.
+async fn append_postgres(pool: &PgPool, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
+    let now = Timestamp::now();
+    let mut tx = pool.begin().await?;
+    let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
+        .bind(append.tenant_id)
+        .bind(append.conversation_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some((seq,)) = bumped else {
+        tx.rollback().await?;
+        return Ok(AppendOutcome::NotActive);
+    };
+    if let Some(key) = &append.activity.idempotency_key {
+        let existing: Option<Activity> = sqlx::query_as(FIND_KEY)
+            .bind(append.conversation_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(existing) = existing {
+            tx.rollback().await?;
+            return Ok(AppendOutcome::Existing(existing));
+        }
+    }
+    let created = insert_appended!(tx, append, seq, now);
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// SQLite: one append inside the writer task's transaction, which may hold others
+/// before and after it. SQLite has one writer, so nothing can come between the
+/// idempotency lookup and the insert: the lookup goes first, and an append that ends
+/// early has written nothing and needs no rollback (the rest of the batch commits).
+/// The outcomes are PostgreSQL's: a conversation that is not active wins over a
+/// known key.
+pub(super) async fn append_sqlite(
+    conn: &mut SqliteConnection,
+    append: &ActivityAppend,
+) -> StoreResult<AppendOutcome> {
+    const ACTIVE: &str =
+        "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 AND status = 'active'";
+    let now = Timestamp::now();
+    if let Some(key) = &append.activity.idempotency_key {
+        let existing: Option<Activity> = sqlx::query_as(FIND_KEY)
+            .bind(append.conversation_id)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(existing) = existing {
+            let active: Option<(i64,)> = sqlx::query_as(ACTIVE)
+                .bind(append.tenant_id)
+                .bind(append.conversation_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            return Ok(match active {
+                Some(_) => AppendOutcome::Existing(existing),
+                None => AppendOutcome::NotActive,
+            });
+        }
+    }
+    let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
+        .bind(append.tenant_id)
+        .bind(append.conversation_id)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some((seq,)) = bumped else {
+        return Ok(AppendOutcome::NotActive);
+    };
+    Ok(insert_appended!(conn, append, seq, now))
 }

@@ -10,6 +10,7 @@
 
 mod activities;
 mod admin;
+mod appender;
 mod channels;
 mod conversations;
 mod deliveries;
@@ -65,6 +66,8 @@ pub enum Store {
     Sqlite {
         writer: SqlitePool,
         reader: SqlitePool,
+        /// The task that appends activities in batches through `writer`.
+        appender: appender::Appender,
     },
     /// Production and multi-node.
     Postgres(PgPool),
@@ -194,7 +197,7 @@ impl Store {
             }
         }
         match self {
-            Store::Sqlite { writer, reader } => {
+            Store::Sqlite { writer, reader, .. } => {
                 let (w, r) = (of(writer), of(reader));
                 PoolStats {
                     size: w.size + r.size,
@@ -221,7 +224,7 @@ impl Store {
     /// Closes every connection; pending queries finish first.
     pub async fn close(&self) {
         match self {
-            Store::Sqlite { writer, reader } => {
+            Store::Sqlite { writer, reader, .. } => {
                 writer.close().await;
                 reader.close().await;
             }

@@ -26,5 +26,10 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> StoreResult<St
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect.read_only(true))
         .await?;
-    Ok(Store::Sqlite { writer, reader })
+    let appender = super::appender::Appender::start(writer.clone());
+    Ok(Store::Sqlite {
+        writer,
+        reader,
+        appender,
+    })
 }

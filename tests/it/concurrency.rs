@@ -9,7 +9,8 @@ use crate::common::{Backend, TestApp, both_backends, s};
 
 both_backends!(
     concurrent_posts_get_consecutive_seqs,
-    concurrent_replays_create_one_activity
+    concurrent_replays_create_one_activity,
+    a_refused_append_fails_alone,
 );
 
 async fn concurrent_posts_get_consecutive_seqs(backend: Backend) {
@@ -77,4 +78,65 @@ async fn concurrent_replays_create_one_activity(backend: Backend) {
     let stored = app.activities(id).await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0]["seq"], 1);
+}
+
+/// Appends committed together (SQLite's writer batches whatever queued) fail alone: an
+/// append that the database refuses does not take the others with it, and the others
+/// still get consecutive `seq`s.
+async fn a_refused_append_fails_alone(backend: Backend) {
+    use converger::domain::{ActivityType, ChannelId, ConversationId, Direction, NewActivity};
+    use converger::store::{ActivityAppend, AppendOutcome, StoreError};
+
+    let app = TestApp::start(backend).await;
+    let ch = app.websocket_channel().await;
+    let conv = app.create_conversation(s(&ch, "id"), None).await;
+    let conversation_id: ConversationId = s(&conv, "id").parse().unwrap();
+    let append = |n: usize, targets: Vec<ChannelId>| ActivityAppend {
+        tenant_id: app.tenant_id,
+        conversation_id,
+        activity: NewActivity {
+            kind: ActivityType::Message,
+            direction: Direction::Outbound,
+            sender: "app".into(),
+            text: Some(format!("m{n}")),
+            attachments: json!([]),
+            metadata: json!({}),
+            idempotency_key: None,
+        },
+        targets,
+        request_id: None,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        // Every tenth names a channel that does not exist: a foreign key refuses it.
+        let targets = if n % 10 == 5 {
+            vec![ChannelId::new()]
+        } else {
+            vec![]
+        };
+        let store = app.store.clone();
+        let append = append(n, targets);
+        tasks.spawn(async move { (n, store.append_activity(&append).await) });
+    }
+    let mut created = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            (n, Ok(AppendOutcome::Created { .. })) => {
+                assert_ne!(n % 10, 5, "m{n} was refused by nothing");
+                created += 1;
+            }
+            (n, Err(StoreError::Conflict { constraint })) => {
+                assert_eq!(n % 10, 5, "m{n} refused: {constraint}");
+            }
+            (n, other) => panic!("m{n}: {other:?}"),
+        }
+    }
+    assert_eq!(created, 36);
+    let seqs: Vec<i64> = app
+        .activities(s(&conv, "id"))
+        .await
+        .iter()
+        .map(|a| a["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=36).collect::<Vec<_>>());
 }
