@@ -219,7 +219,7 @@ impl DeliveryEngine {
         let elapsed = started.elapsed();
         match self
             .store
-            .record_attempt(delivery.id, lease, now, &recorded)
+            .record_attempt(&delivery, lease, now, &recorded)
             .await
         {
             Ok(true) => {}

@@ -42,6 +42,9 @@ impl Store {
     /// of one conversation queue there, get consecutive `seq`s, and an idempotent retry
     /// racing its original sees the committed original. Bailing out rolls the bump back,
     /// so `seq` stays gap-free.
+    ///
+    /// A delivery row is inserted as its (conversation, channel)'s head when nothing of
+    /// the pair is pending; the bump's lock orders this check against completions.
     pub async fn append_activity(&self, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
         const BUMP: &str = "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
              WHERE tenant_id = $1 AND id = $2 AND status = 'active' RETURNING last_seq";
@@ -56,9 +59,19 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
             COLUMNS
         );
+        // First in line for its (conversation, channel) iff nothing of the pair is
+        // pending. Decided after the bump, which holds the conversation's lock that
+        // completions take too (see `heads.rs`). Asked as `MIN(seq) IS NULL` rather than
+        // `NOT EXISTS`: a MIN over `seq` leads both planners to `deliveries_order_idx`
+        // (one index probe), where SQLite answers `NOT EXISTS` through
+        // `deliveries_channel_status_idx`, walking the channel's pending rows of every
+        // conversation.
         const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
-             conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8)";
+             conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, \
+             request_id, head) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8, (\
+             SELECT MIN(seq) FROM deliveries WHERE conversation_id = $5 AND channel_id = $4 \
+             AND status = 'pending') IS NULL)";
 
         let now = Timestamp::now();
         let new = &append.activity;
