@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use converger::delivery::{DeliveryWaker, run_head_repair};
 use converger::domain::{
     ActivityType, ChannelId, ConversationId, Delivery, DeliveryId, Direction, NewActivity,
     Timestamp,
@@ -15,13 +16,17 @@ use converger::domain::{
 use converger::store::{ActivityAppend, AppendOutcome, AttemptResult, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use crate::common::{Backend, TestApp, both_backends, expect_data, s};
+use crate::common::node::Node;
+use crate::common::sink::Sink;
+use crate::common::{Backend, TestApp, both_backends, eventually, expect_data, s};
 
 both_backends!(
     a_backlog_in_one_pair_does_not_block_the_others,
     a_retried_earlier_delivery_becomes_the_head_again,
     the_repair_fixes_heads_written_by_hand,
+    a_starting_node_marks_what_an_older_node_left_unmarked,
     concurrent_appends_and_completions_leave_no_pair_stuck,
 );
 
@@ -377,6 +382,65 @@ async fn the_repair_fixes_heads_written_by_hand(backend: Backend) {
         [a_ids[0], b_ids[0]].into()
     );
     assert_eq!(app.store.repair_delivery_heads().await.unwrap(), 0);
+
+    // The engine's periodic repair does the same on its own.
+    exec(&app.store, CLEAR, b_ids[0]).await;
+    exec(&app.store, SET, b_ids[1]).await;
+    let stop = CancellationToken::new();
+    let repair = tokio::spawn(run_head_repair(
+        app.store.clone(),
+        DeliveryWaker::default(),
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    eventually(Duration::from_secs(10), "the repair", || async {
+        let pairs = pending_by_pair(&app.store).await;
+        let heads: Vec<DeliveryId> = pairs
+            .values()
+            .flatten()
+            .filter(|r| r.conversation_id == b && r.head)
+            .map(|r| r.id)
+            .collect();
+        (heads == [b_ids[0]]).then_some(())
+    })
+    .await;
+    stop.cancel();
+    repair.await.unwrap();
+    assert_heads_consistent(&app.store).await;
+}
+
+async fn a_starting_node_marks_what_an_older_node_left_unmarked(backend: Backend) {
+    let app = queue_app(backend).await;
+    let sink = Sink::start().await;
+    let ch = app
+        .create_channel("webhook", json!({"url": sink.url}))
+        .await;
+    let conv = app.create_conversation(s(&ch, "id"), None).await;
+    for n in 1..=3 {
+        let resp = app
+            .post_activity(s(&conv, "id"), json!({"text": format!("m{n}")}))
+            .await;
+        expect_data(resp, StatusCode::CREATED).await;
+    }
+    // As a node of the previous release inserts them: no row is marked.
+    let head = head_of(&app.store, s(&conv, "id").parse().unwrap()).await;
+    exec(
+        &app.store,
+        "UPDATE deliveries SET head = FALSE WHERE id = $1",
+        head,
+    )
+    .await;
+
+    // A node with its workers on repairs the flags as it starts, then delivers in order
+    // (long before the next periodic check, a minute later).
+    let node = Node::start(&app.database_url);
+    node.ready(&app.http).await;
+    let got = sink.wait_for(3, Duration::from_secs(20)).await;
+    let texts: Vec<String> = got
+        .iter()
+        .map(|r| s(&r.json(), "text").to_owned())
+        .collect();
+    assert_eq!(texts, ["m1", "m2", "m3"]);
 }
 
 async fn concurrent_appends_and_completions_leave_no_pair_stuck(backend: Backend) {
