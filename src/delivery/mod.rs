@@ -9,6 +9,7 @@
 mod backoff;
 mod outcome;
 mod pruner;
+mod repair;
 mod worker;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use outcome::{
     StatusApplied, apply_provider_status, attempt_result, retry_all_failed, retry_failed,
 };
 pub use pruner::{PRUNE_BATCH, run_pruner};
+pub use repair::{HEAD_REPAIR_INTERVAL, run_head_repair};
 pub use worker::DeliveryEngine;
 
 /// Wakes the delivery workers of this node when new work was committed.
@@ -52,6 +54,8 @@ pub struct DeliverySettings {
     pub lease: Duration,
     /// Longest sleep between looks at the queue when nothing wakes the workers.
     pub poll_interval: Duration,
+    /// How often the head flags of the queue are checked (see [`run_head_repair`]).
+    pub head_repair_interval: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -61,6 +65,7 @@ impl Default for DeliverySettings {
             backoff_scale: 1.0,
             lease: Duration::from_secs(90),
             poll_interval: Duration::from_secs(1),
+            head_repair_interval: HEAD_REPAIR_INTERVAL,
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::outcome::attempt_result;
+use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
 use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
 use crate::domain::{Activity, Channel, ChannelStatus, Conversation, Delivery, Timestamp};
@@ -88,6 +89,13 @@ impl DeliveryEngine {
             concurrency = self.settings.concurrency,
             "delivery workers started"
         );
+        // Beside the loop and stopped with it: marks what older nodes leave unmarked.
+        tasks.spawn(run_head_repair(
+            self.store.clone(),
+            self.waker.clone(),
+            self.settings.head_repair_interval,
+            stop.clone(),
+        ));
         // Checked before every claim, not only while waiting: a long backlog keeps the
         // loop claiming without ever waiting.
         while !stop.is_cancelled() {
@@ -219,7 +227,7 @@ impl DeliveryEngine {
         let elapsed = started.elapsed();
         match self
             .store
-            .record_attempt(delivery.id, lease, now, &recorded)
+            .record_attempt(&delivery, lease, now, &recorded)
             .await
         {
             Ok(true) => {}

@@ -49,9 +49,19 @@ const INSERT: &str = const_format::concatcp!(
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
     COLUMNS
 );
+// First in line for its (conversation, channel) iff nothing of the pair is pending.
+// Decided after the bump, which holds the conversation's lock that completions take
+// too (see `heads.rs`); on SQLite the one writer orders everything. Asked as
+// `MIN(seq) IS NULL` rather than `NOT EXISTS`: a MIN over `seq` leads both planners to
+// `deliveries_order_idx` (one index probe), where SQLite answers `NOT EXISTS` through
+// `deliveries_channel_status_idx`, walking the channel's pending rows of every
+// conversation.
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
-     conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8)";
+     conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, \
+     request_id, head) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8, (\
+     SELECT MIN(seq) FROM deliveries WHERE conversation_id = $5 AND channel_id = $4 \
+     AND status = 'pending') IS NULL)";
 
 /// Inserts `$append`'s activity as number `$seq` and its delivery rows on `$conn`, a
 /// transaction of either backend; evaluates to the `Created` outcome. `?` returns

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::heads::{lock_conversation, settle_heads};
 use super::{Store, StoreResult, reader, writer};
 use crate::domain::{
     ActivityId, ChannelId, Delivery, DeliveryId, DeliveryStatus, TenantId, Timestamp,
@@ -99,25 +100,34 @@ impl Store {
     /// Puts a failed delivery of a tenant back in the queue: `pending`, due now, with
     /// its attempts reset and its lease cleared; `last_error` stays for the record.
     /// `NotFound` when the tenant has no *failed* delivery with this id.
+    ///
+    /// An earlier delivery is first in line again: in the same transaction, under its
+    /// conversation's lock, the head of its (conversation, channel) is settled, so a
+    /// later pending delivery waits behind it (`heads.rs`).
     pub async fn retry_failed_delivery(
         &self,
         tenant_id: TenantId,
         id: DeliveryId,
     ) -> StoreResult<Delivery> {
         const SQL: &str = const_format::concatcp!(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $3, \
-             locked_until = NULL, updated_at = $3 \
+            "UPDATE deliveries SET status = 'pending', head = FALSE, attempts = 0, \
+             next_attempt_at = $3, locked_until = NULL, updated_at = $3 \
              WHERE tenant_id = $1 AND id = $2 AND status = 'failed' RETURNING ",
             COLUMNS
         );
-        Ok(writer!(self, |pool| {
-            sqlx::query_as(SQL)
+        writer!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let delivery: Delivery = sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(id)
                 .bind(Timestamp::now())
-                .fetch_one(pool)
-                .await
-        })?)
+                .fetch_one(&mut *tx)
+                .await?;
+            lock_conversation!(self, tx, delivery.conversation_id);
+            let _moved = settle_heads!(tx, delivery.conversation_id, delivery.channel_id);
+            tx.commit().await?;
+            Ok(delivery)
+        })
     }
 
     /// Whether a delivery on the channel is being attempted right now (leased), so a

@@ -15,6 +15,7 @@ mod channels;
 mod conversations;
 mod deliveries;
 mod error;
+mod heads;
 mod postgres;
 mod prune;
 mod queue;

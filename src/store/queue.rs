@@ -3,8 +3,10 @@
 //! Used by the delivery workers only. Not tenant-scoped: workers serve every tenant.
 //! A claim sets `locked_until`; outcomes are recorded only while that lease is still
 //! the row's, so a worker whose lease expired and was taken over cannot overwrite the
-//! newer attempt's result.
+//! newer attempt's result. Only the head of each (conversation, channel) is claimed;
+//! completing it hands the flag on (`heads.rs`).
 
+use super::heads::{PROMOTE_FIRST, lock_conversation};
 use super::{QueueDepth, Store, StoreResult, reader, writer};
 use crate::domain::{Delivery, DeliveryId, Timestamp};
 
@@ -19,13 +21,13 @@ macro_rules! columns {
 const COLUMNS: &str = columns!();
 
 /// Due, unleased, and first in line for its (conversation, channel): a later activity
-/// is never delivered before an earlier pending one.
+/// is never delivered before an earlier pending one. Being first in line is the `head`
+/// flag (see `heads.rs`), so the claim walks `deliveries_head_due_idx` and stops after
+/// `LIMIT` rows, however many deliveries wait behind the heads.
 macro_rules! claimable {
     () => {
-        "d.status = 'pending' AND d.next_attempt_at <= $1 \
-         AND (d.locked_until IS NULL OR d.locked_until < $1) \
-         AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.conversation_id = d.conversation_id \
-             AND e.channel_id = d.channel_id AND e.status = 'pending' AND e.seq < d.seq)"
+        "d.status = 'pending' AND d.head AND d.next_attempt_at <= $1 \
+         AND (d.locked_until IS NULL OR d.locked_until < $1)"
     };
 }
 
@@ -86,59 +88,91 @@ impl Store {
     }
 
     /// When the next delivery becomes claimable (due, or its lease expires), if any
-    /// is pending.
+    /// is pending. Only heads can become claimable, so only heads are read.
     pub async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>> {
-        const SQL: &str = "SELECT MIN(CASE WHEN d.locked_until IS NOT NULL \
-             AND d.locked_until > d.next_attempt_at THEN d.locked_until ELSE d.next_attempt_at END) \
-             FROM deliveries d WHERE d.status = 'pending' AND NOT EXISTS (SELECT 1 FROM deliveries e \
-             WHERE e.conversation_id = d.conversation_id AND e.channel_id = d.channel_id \
-             AND e.status = 'pending' AND e.seq < d.seq)";
+        // The inner ORDER BY is that of `deliveries_head_due_idx`: without statistics
+        // (SQLite is never analyzed) the planner would otherwise walk every pending row
+        // through `deliveries_due_idx` and test each for `head`.
+        const SQL: &str = "SELECT MIN(at) FROM (SELECT CASE WHEN locked_until IS NOT NULL \
+             AND locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END AS at \
+             FROM deliveries WHERE status = 'pending' AND head ORDER BY next_attempt_at, id) AS heads";
         let row: (Option<Timestamp>,) =
             reader!(self, |pool| sqlx::query_as(SQL).fetch_one(pool).await)?;
         Ok(row.0)
     }
 
-    /// Records the end of an attempt made under `lease`. Returns `false` when the lease
-    /// was lost (another worker took the row over) and nothing was written.
+    /// Records the end of an attempt at `delivery` made under `lease`. Returns `false`
+    /// when the lease was lost (another worker took the row over) and nothing was
+    /// written.
+    ///
+    /// A delivered or failed row leaves the queue: in the same transaction its flag is
+    /// cleared and the next pending delivery of its (conversation, channel) becomes the
+    /// head, under the conversation's lock (see `heads.rs` for the race this closes).
+    /// A retry keeps the row pending and first in line: no flag moves.
     pub async fn record_attempt(
         &self,
-        id: DeliveryId,
+        delivery: &Delivery,
         lease: Timestamp,
         now: Timestamp,
         result: &AttemptResult,
     ) -> StoreResult<bool> {
-        const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, \
-             delivered_at = $3, external_id = COALESCE($4, external_id), last_error = NULL, \
-             locked_until = NULL, next_attempt_at = NULL, updated_at = $3 \
+        const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', head = FALSE, \
+             attempts = attempts + 1, delivered_at = $3, external_id = COALESCE($4, external_id), \
+             last_error = NULL, locked_until = NULL, next_attempt_at = NULL, updated_at = $3 \
              WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
         const RETRY: &str = "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $4, \
              last_error = $5, locked_until = NULL, updated_at = $3 \
              WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
-        const FAILED: &str = "UPDATE deliveries SET status = 'failed', attempts = attempts + 1, \
-             last_error = $4, locked_until = NULL, next_attempt_at = NULL, updated_at = $3 \
+        const FAILED: &str = "UPDATE deliveries SET status = 'failed', head = FALSE, \
+             attempts = attempts + 1, last_error = $4, locked_until = NULL, \
+             next_attempt_at = NULL, updated_at = $3 \
              WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
-        let rows = writer!(self, |pool| {
-            let query = match result {
-                AttemptResult::Delivered { external_id } => sqlx::query(DELIVERED)
-                    .bind(id)
-                    .bind(lease)
-                    .bind(now)
-                    .bind(external_id.as_deref()),
-                AttemptResult::RetryAt { at, error } => sqlx::query(RETRY)
-                    .bind(id)
-                    .bind(lease)
-                    .bind(now)
-                    .bind(*at)
-                    .bind(error.as_str()),
-                AttemptResult::Failed { error } => sqlx::query(FAILED)
-                    .bind(id)
-                    .bind(lease)
-                    .bind(now)
-                    .bind(error.as_str()),
-            };
-            query.execute(pool).await.map(|r| r.rows_affected())
-        })?;
-        Ok(rows == 1)
+        let id = delivery.id;
+        // `$4` is the external id of a delivered row, the error of a failed one.
+        let (sql, text) = match result {
+            AttemptResult::RetryAt { at, error } => {
+                let rows = writer!(self, |pool| {
+                    sqlx::query(RETRY)
+                        .bind(id)
+                        .bind(lease)
+                        .bind(now)
+                        .bind(*at)
+                        .bind(error.as_str())
+                        .execute(pool)
+                        .await
+                        .map(|r| r.rows_affected())
+                })?;
+                return Ok(rows == 1);
+            }
+            AttemptResult::Delivered { external_id } => (DELIVERED, external_id.as_deref()),
+            AttemptResult::Failed { error } => (FAILED, Some(error.as_str())),
+        };
+        writer!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            // First, before any delivery row: the lock order of every head change.
+            lock_conversation!(self, tx, delivery.conversation_id);
+            let ended = sqlx::query(sql)
+                .bind(id)
+                .bind(lease)
+                .bind(now)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if ended != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            // The pair's other flags are right (the invariant held before, under this
+            // lock), so marking its first pending row is all that is left to do.
+            sqlx::query(PROMOTE_FIRST)
+                .bind(delivery.conversation_id)
+                .bind(delivery.channel_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Gives a lease back without an attempt (shutdown), so another node may take the

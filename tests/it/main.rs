@@ -19,6 +19,7 @@ mod inbound;
 mod limits;
 mod observability;
 mod ops;
+mod queue;
 mod realtime;
 mod routes;
 mod shutdown;

@@ -330,12 +330,19 @@ impl TestApp {
 impl TestApp {
     /// Sets a delivery's state past the API and the worker, for states the worker would
     /// take long to reach: `failed` after 5 attempts with `last_error = 'boom'`, or
-    /// `delivered`. Either is final, so the worker leaves the row alone afterwards.
+    /// `delivered`. Either is final, so the worker leaves the row alone afterwards. As
+    /// the worker does, the row gives up its head flag to the next pending delivery of
+    /// its conversation and channel.
     pub async fn set_delivery_status_direct(&self, delivery_id: &str, status: &str) {
-        const FAILED: &str = "UPDATE deliveries SET status = 'failed', attempts = 5, \
+        const FAILED: &str = "UPDATE deliveries SET status = 'failed', head = FALSE, attempts = 5, \
              last_error = 'boom', next_attempt_at = NULL, locked_until = NULL WHERE id = $1";
-        const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', attempts = 1, \
-             last_error = NULL, next_attempt_at = NULL, locked_until = NULL WHERE id = $1";
+        const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', head = FALSE, \
+             attempts = 1, last_error = NULL, next_attempt_at = NULL, locked_until = NULL \
+             WHERE id = $1";
+        const PROMOTE: &str = "UPDATE deliveries SET head = TRUE WHERE id = (\
+             SELECT n.id FROM deliveries d JOIN deliveries n ON n.conversation_id = d.conversation_id \
+             AND n.channel_id = d.channel_id AND n.status = 'pending' \
+             WHERE d.id = $1 ORDER BY n.seq LIMIT 1)";
         let sql = match status {
             "failed" => FAILED,
             "delivered" => DELIVERED,
@@ -343,16 +350,28 @@ impl TestApp {
         };
         let id: converger::domain::DeliveryId = delivery_id.parse().expect("delivery id");
         let updated = match &self.store {
-            Store::Sqlite { writer, .. } => sqlx::query(sql)
-                .bind(id)
-                .execute(writer)
-                .await
-                .map(|r| r.rows_affected()),
-            Store::Postgres(pool) => sqlx::query(sql)
-                .bind(id)
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected()),
+            Store::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await.expect("begin");
+                let n = sqlx::query(sql).bind(id).execute(&mut *tx).await;
+                sqlx::query(PROMOTE)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("promote");
+                tx.commit().await.expect("commit");
+                n.map(|r| r.rows_affected())
+            }
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await.expect("begin");
+                let n = sqlx::query(sql).bind(id).execute(&mut *tx).await;
+                sqlx::query(PROMOTE)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("promote");
+                tx.commit().await.expect("commit");
+                n.map(|r| r.rows_affected())
+            }
         }
         .expect("update delivery");
         assert_eq!(updated, 1, "delivery {delivery_id} not found");
