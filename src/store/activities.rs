@@ -168,6 +168,9 @@ impl Store {
 /// so `seq` stays gap-free.
 async fn append_postgres(pool: &PgPool, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
     let now = Timestamp::now();
+    if append.activity.idempotency_key.is_none() && append.targets.is_empty() {
+        return append_postgres_alone(pool, append, now).await;
+    }
     let mut tx = pool.begin().await?;
     let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
         .bind(append.tenant_id)
@@ -193,6 +196,50 @@ async fn append_postgres(pool: &PgPool, append: &ActivityAppend) -> StoreResult<
     let created = insert_appended!(tx, append, seq, now);
     tx.commit().await?;
     Ok(created)
+}
+
+/// PostgreSQL, an append without idempotency key or delivery rows (chat on a
+/// websocket channel, say): the bump and the insert in one statement, atomic by
+/// itself, so one round trip instead of four (`BEGIN`, bump, insert, `COMMIT`). The
+/// insert reads `seq` from the bump, which holds the conversation's row lock as in
+/// the transaction. Appends with delivery rows keep the transaction: a statement's
+/// snapshot predates the lock it waits for, and the head flag of a new delivery row
+/// must see what committed before that lock (see `heads.rs`).
+async fn append_postgres_alone(
+    pool: &PgPool,
+    append: &ActivityAppend,
+    now: Timestamp,
+) -> StoreResult<AppendOutcome> {
+    const BUMP_AND_INSERT: &str = const_format::concatcp!(
+        "WITH bumped AS (UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
+         WHERE tenant_id = $1 AND id = $2 AND status = 'active' RETURNING last_seq) \
+         INSERT INTO activities (id, conversation_id, tenant_id, seq, type, direction, sender, \
+         text, attachments, metadata, idempotency_key, inserted_at) \
+         SELECT $4, $2, $1, last_seq, $5, $6, $7, $8, $9, $10, NULL, $3 FROM bumped RETURNING ",
+        COLUMNS
+    );
+    let new = &append.activity;
+    let activity: Option<Activity> = sqlx::query_as(BUMP_AND_INSERT)
+        .bind(append.tenant_id)
+        .bind(append.conversation_id)
+        .bind(now)
+        .bind(ActivityId::new())
+        .bind(new.kind.as_str())
+        .bind(new.direction.as_str())
+        .bind(&new.sender)
+        .bind(new.text.as_deref())
+        .bind(sqlx::types::Json(&new.attachments))
+        .bind(sqlx::types::Json(&new.metadata))
+        .fetch_optional(pool)
+        .await?;
+    Ok(match activity {
+        Some(activity) => AppendOutcome::Created {
+            activity,
+            deliveries: Vec::new(),
+        },
+        // The conversation is not active: the bump matched nothing, nothing was written.
+        None => AppendOutcome::NotActive,
+    })
 }
 
 /// SQLite: one append inside the writer task's transaction, which may hold others

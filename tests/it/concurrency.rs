@@ -11,6 +11,7 @@ both_backends!(
     concurrent_posts_get_consecutive_seqs,
     concurrent_replays_create_one_activity,
     a_refused_append_fails_alone,
+    appends_to_a_closed_conversation_write_nothing,
 );
 
 async fn concurrent_posts_get_consecutive_seqs(backend: Backend) {
@@ -139,4 +140,64 @@ async fn a_refused_append_fails_alone(backend: Backend) {
         .map(|a| a["seq"].as_i64().unwrap())
         .collect();
     assert_eq!(seqs, (1..=36).collect::<Vec<_>>());
+}
+
+/// The store itself refuses appends to a closed conversation, whatever path an append
+/// takes (with or without key and delivery rows), and writes nothing: the check in
+/// ingest may have passed a moment before the close.
+async fn appends_to_a_closed_conversation_write_nothing(backend: Backend) {
+    use converger::domain::{ActivityType, ConversationId, Direction, NewActivity};
+    use converger::store::{ActivityAppend, AppendOutcome};
+
+    let app = TestApp::start(backend).await;
+    let ch = app.websocket_channel().await;
+    let other = app.websocket_channel().await;
+    let conv = app.create_conversation(s(&ch, "id"), None).await;
+    let id = s(&conv, "id");
+    app.post(id, "before").await;
+    let resp = app
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{id}/close"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let conversation_id: ConversationId = id.parse().unwrap();
+    for (key, targets) in [
+        (None, vec![]),
+        (Some("k1".to_owned()), vec![]),
+        (None, vec![s(&other, "id").parse().unwrap()]),
+    ] {
+        let append = ActivityAppend {
+            tenant_id: app.tenant_id,
+            conversation_id,
+            activity: NewActivity {
+                kind: ActivityType::Message,
+                direction: Direction::Outbound,
+                sender: "app".into(),
+                text: Some("after".into()),
+                attachments: json!([]),
+                metadata: json!({}),
+                idempotency_key: key.clone(),
+            },
+            targets,
+            request_id: None,
+        };
+        let outcome = app.store.append_activity(&append).await.unwrap();
+        assert!(
+            matches!(outcome, AppendOutcome::NotActive),
+            "{key:?}: {outcome:?}"
+        );
+    }
+    let stored = app.activities(id).await;
+    assert_eq!(stored.len(), 1);
+    let read = app
+        .req(reqwest::Method::GET, &format!("/api/v1/conversations/{id}"))
+        .send()
+        .await
+        .unwrap();
+    let read: Value = read.json().await.unwrap();
+    assert_eq!(read["data"]["last_seq"], 1, "{read}");
 }
