@@ -10,7 +10,7 @@
 //! Each caller gets the outcome of its own append. A database error fails the whole
 //! transaction, so then every append of the batch is tried again alone, and only the
 //! one that fails again reports the error. An answer is sent only after the commit:
-//! what a caller acknowledges is on disk.
+//! what a caller acknowledges is committed.
 
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
