@@ -202,7 +202,8 @@ pub fn record_queue_depth(depth: &QueueDepth) {
 /// This node's connection pools as last sampled.
 pub fn record_pool(stats: &PoolStats) {
     gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(f64::from(stats.idle));
-    gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(f64::from(stats.size - stats.idle));
+    gauge!(DB_POOL_CONNECTIONS, "state" => "in_use")
+        .set(f64::from(stats.size.saturating_sub(stats.idle)));
     gauge!(DB_POOL_MAX_CONNECTIONS).set(f64::from(stats.max));
 }
 

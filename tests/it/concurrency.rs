@@ -85,28 +85,13 @@ async fn concurrent_replays_create_one_activity(backend: Backend) {
 /// append that the database refuses does not take the others with it, and the others
 /// still get consecutive `seq`s.
 async fn a_refused_append_fails_alone(backend: Backend) {
-    use converger::domain::{ActivityType, ChannelId, ConversationId, Direction, NewActivity};
-    use converger::store::{ActivityAppend, AppendOutcome, StoreError};
+    use converger::domain::{ChannelId, ConversationId};
+    use converger::store::{AppendOutcome, StoreError};
 
     let app = TestApp::start(backend).await;
     let ch = app.websocket_channel().await;
     let conv = app.create_conversation(s(&ch, "id"), None).await;
     let conversation_id: ConversationId = s(&conv, "id").parse().unwrap();
-    let append = |n: usize, targets: Vec<ChannelId>| ActivityAppend {
-        tenant_id: app.tenant_id,
-        conversation_id,
-        activity: NewActivity {
-            kind: ActivityType::Message,
-            direction: Direction::Outbound,
-            sender: "app".into(),
-            text: Some(format!("m{n}")),
-            attachments: json!([]),
-            metadata: json!({}),
-            idempotency_key: None,
-        },
-        targets,
-        request_id: None,
-    };
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..40 {
         // Every tenth names a channel that does not exist: a foreign key refuses it.
@@ -116,7 +101,7 @@ async fn a_refused_append_fails_alone(backend: Backend) {
             vec![]
         };
         let store = app.store.clone();
-        let append = append(n, targets);
+        let append = app.append_of(conversation_id, &format!("m{n}"), None, targets);
         tasks.spawn(async move { (n, store.append_activity(&append).await) });
     }
     let mut created = 0;
@@ -146,8 +131,8 @@ async fn a_refused_append_fails_alone(backend: Backend) {
 /// takes (with or without key and delivery rows), and writes nothing: the check in
 /// ingest may have passed a moment before the close.
 async fn appends_to_a_closed_conversation_write_nothing(backend: Backend) {
-    use converger::domain::{ActivityType, ConversationId, Direction, NewActivity};
-    use converger::store::{ActivityAppend, AppendOutcome};
+    use converger::domain::ConversationId;
+    use converger::store::AppendOutcome;
 
     let app = TestApp::start(backend).await;
     let ch = app.websocket_channel().await;
@@ -167,24 +152,10 @@ async fn appends_to_a_closed_conversation_write_nothing(backend: Backend) {
     let conversation_id: ConversationId = id.parse().unwrap();
     for (key, targets) in [
         (None, vec![]),
-        (Some("k1".to_owned()), vec![]),
+        (Some("k1"), vec![]),
         (None, vec![s(&other, "id").parse().unwrap()]),
     ] {
-        let append = ActivityAppend {
-            tenant_id: app.tenant_id,
-            conversation_id,
-            activity: NewActivity {
-                kind: ActivityType::Message,
-                direction: Direction::Outbound,
-                sender: "app".into(),
-                text: Some("after".into()),
-                attachments: json!([]),
-                metadata: json!({}),
-                idempotency_key: key.clone(),
-            },
-            targets,
-            request_id: None,
-        };
+        let append = app.append_of(conversation_id, "after", key, targets);
         let outcome = app.store.append_activity(&append).await.unwrap();
         assert!(
             matches!(outcome, AppendOutcome::NotActive),

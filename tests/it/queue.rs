@@ -9,11 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use converger::delivery::{DeliveryWaker, run_head_repair};
-use converger::domain::{
-    ActivityType, ChannelId, ConversationId, Delivery, DeliveryId, Direction, NewActivity,
-    Timestamp,
-};
-use converger::store::{ActivityAppend, AppendOutcome, AttemptResult, Store};
+use converger::domain::{ChannelId, ConversationId, Delivery, DeliveryId, Timestamp};
+use converger::store::{AppendOutcome, AttemptResult, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -65,21 +62,7 @@ async fn append_to(
     conversation_id: ConversationId,
     targets: &[ChannelId],
 ) -> Vec<DeliveryId> {
-    let append = ActivityAppend {
-        tenant_id: app.tenant_id,
-        conversation_id,
-        activity: NewActivity {
-            kind: ActivityType::Message,
-            direction: Direction::Outbound,
-            sender: "bot".into(),
-            text: Some("hello".into()),
-            attachments: json!([]),
-            metadata: json!({}),
-            idempotency_key: None,
-        },
-        targets: targets.to_vec(),
-        request_id: None,
-    };
+    let append = app.append_of(conversation_id, "hello", None, targets.to_vec());
     match store.append_activity(&append).await.expect("append") {
         AppendOutcome::Created { deliveries, .. } => deliveries.into_iter().map(|d| d.0).collect(),
         other => panic!("not created: {other:?}"),

@@ -312,6 +312,32 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// An outbound message of this app's tenant, for tests that call the store itself.
+    pub fn append_of(
+        &self,
+        conversation_id: converger::domain::ConversationId,
+        text: &str,
+        idempotency_key: Option<&str>,
+        targets: Vec<converger::domain::ChannelId>,
+    ) -> converger::store::ActivityAppend {
+        use converger::domain::{ActivityType, Direction, NewActivity};
+        converger::store::ActivityAppend {
+            tenant_id: self.tenant_id,
+            conversation_id,
+            activity: NewActivity {
+                kind: ActivityType::Message,
+                direction: Direction::Outbound,
+                sender: "app".into(),
+                text: Some(text.into()),
+                attachments: json!([]),
+                metadata: json!({}),
+                idempotency_key: idempotency_key.map(str::to_owned),
+            },
+            targets,
+            request_id: None,
+        }
+    }
+
     /// How many activities the database holds for a conversation, read past the API.
     pub async fn activities_count_direct(&self, conversation_id: &str) -> usize {
         self.store
