@@ -10,13 +10,17 @@ use serde_json::{Value, json};
 
 use crate::common::node::Node;
 use crate::common::sink::{Reply, Sink};
-use crate::common::{Backend, TestApp, TestDb, both_backends, eventually, expect_data, s};
+use crate::common::{
+    Backend, TestApp, TestDb, both_backends, eventually, expect_data, postgres_only, s,
+};
 
 both_backends!(
     killed_node_loses_no_delivery,
-    nodes_share_the_queue_without_double_attempts,
     prune_removes_only_fully_delivered_activities,
 );
+
+// One SQLite file serves one node: sharing a queue between nodes is PostgreSQL's.
+postgres_only!(nodes_share_the_queue_without_double_attempts);
 
 async fn delivered_count(store: &converger::store::Store) -> i64 {
     store
@@ -147,10 +151,6 @@ async fn killed_node_loses_no_delivery(backend: Backend) {
 }
 
 async fn nodes_share_the_queue_without_double_attempts(backend: Backend) {
-    if backend == Backend::Sqlite {
-        // One SQLite file serves one node; sharing a queue is PostgreSQL's job.
-        return;
-    }
     let app = TestApp::start_with(backend, |c| c.delivery_lease_secs = 30).await;
     let other = Node::start(&app.database_url);
     other.ready(&app.http).await;

@@ -14,7 +14,7 @@ use converger::domain::TenantStatus;
 
 use crate::common::node::Node;
 use crate::common::socket::{Socket, refused, seqs, topic, ws_url};
-use crate::common::{Backend, TestApp, both_backends, eventually};
+use crate::common::{Backend, TestApp, both_backends, eventually, postgres_only};
 
 both_backends!(
     bad_credentials_and_versions_get_403_before_upgrade,
@@ -498,7 +498,9 @@ async fn concurrent_writers_and_joiners_see_gap_free_sequences(backend: Backend)
     std::sync::Arc::into_inner(server).unwrap().stop().await;
 }
 
-both_backends!(
+// One SQLite file serves one node: streaming across nodes, and the LISTEN connection
+// that carries it, are PostgreSQL's.
+postgres_only!(
     other_nodes_stream_every_activity_in_order,
     a_lost_listener_connection_loses_nothing,
 );
@@ -529,10 +531,6 @@ async fn listener_pids(app: &TestApp) -> Vec<i32> {
 }
 
 async fn other_nodes_stream_every_activity_in_order(backend: Backend) {
-    if backend == Backend::Sqlite {
-        // One SQLite file serves one node; streaming across nodes is PostgreSQL's job.
-        return;
-    }
     let a = TestApp::start(backend).await;
     let b = Node::start(&a.database_url);
     b.ready(&a.http).await;
@@ -577,10 +575,6 @@ async fn other_nodes_stream_every_activity_in_order(backend: Backend) {
 }
 
 async fn a_lost_listener_connection_loses_nothing(backend: Backend) {
-    if backend == Backend::Sqlite {
-        // One SQLite file serves one node; there is no LISTEN connection to lose.
-        return;
-    }
     let a = TestApp::start(backend).await;
     let b = Node::start(&a.database_url);
     b.ready(&a.http).await;

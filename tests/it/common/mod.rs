@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 /// Where `CONVERGER_TEST_DATABASE_URL` points: a PostgreSQL server whose user may
-/// create databases. Unset: the PostgreSQL variants of tests return at once.
+/// create databases. Read when the tests are compiled (build.rs sets the
+/// `postgres_tests` cfg) and again when they run.
 pub const PG_URL_VAR: &str = "CONVERGER_TEST_DATABASE_URL";
 
 /// The JWT secret of every test server, so tests can mint tokens of their own.
@@ -31,12 +32,15 @@ pub enum Backend {
     Postgres,
 }
 
-/// Whether the PostgreSQL variants run.
+/// The PostgreSQL server of the `postgres` variants, if the variable names one.
 pub fn postgres_url() -> Option<String> {
     std::env::var(PG_URL_VAR).ok().filter(|s| !s.is_empty())
 }
 
-/// Generates a `sqlite` and a `postgres` test for each async fn taking a `Backend`.
+/// Generates a `sqlite` test for each async fn taking a `Backend`, and a `postgres`
+/// one when the tests were compiled with `CONVERGER_TEST_DATABASE_URL` set. Without
+/// it the `postgres` variants do not exist, and the one test
+/// [`postgres_variants_not_run_set_CONVERGER_TEST_DATABASE_URL`] says so in its name.
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -45,18 +49,52 @@ macro_rules! both_backends {
                 super::$name(crate::common::Backend::Sqlite).await;
             }
 
+            #[cfg(postgres_tests)]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if crate::common::postgres_url().is_none() {
-                    eprintln!("{} unset: PostgreSQL variant not run", crate::common::PG_URL_VAR);
-                    return;
-                }
                 super::$name(crate::common::Backend::Postgres).await;
             }
         }
     )*};
 }
 pub(crate) use both_backends;
+
+/// Like [`both_backends!`] for tests of what only PostgreSQL does (several nodes on
+/// one database, LISTEN/NOTIFY): the `postgres` variant alone, called with
+/// `Backend::Postgres`.
+macro_rules! postgres_only {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[cfg(postgres_tests)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::common::Backend::Postgres).await;
+            }
+
+            // Keeps the test and its helpers compiled, and free of dead-code
+            // warnings, when the variant is not generated.
+            #[cfg(not(postgres_tests))]
+            #[allow(dead_code)]
+            fn postgres() {
+                let _ = super::$name;
+            }
+        }
+    )*};
+}
+pub(crate) use postgres_only;
+
+/// Stands in for every `postgres` variant when the tests were compiled without
+/// `CONVERGER_TEST_DATABASE_URL`, so that `cargo test` names what it did not run.
+#[cfg(not(postgres_tests))]
+#[allow(non_snake_case)]
+#[test]
+fn postgres_variants_not_run_set_CONVERGER_TEST_DATABASE_URL() {
+    assert_eq!(
+        postgres_url(),
+        None,
+        "{PG_URL_VAR} is set now but was not when the tests were compiled: rebuild with cargo"
+    );
+}
 
 /// A database that exists for one test.
 pub enum TestDb {
@@ -74,7 +112,9 @@ impl TestDb {
                 (TestDb::Sqlite(dir), url)
             }
             Backend::Postgres => {
-                let admin_url = postgres_url().expect("PostgreSQL URL");
+                let admin_url = postgres_url().unwrap_or_else(|| {
+                    panic!("{PG_URL_VAR} was set when the tests were compiled but is unset now")
+                });
                 let name = format!("converger_test_{}", uuid::Uuid::now_v7().simple());
                 let mut conn = connect_admin(&admin_url).await;
                 sqlx::Executor::execute(
