@@ -106,6 +106,39 @@ async fn post(app: &TestApp, conv: &Value, text: &str) -> Value {
     .await
 }
 
+/// Posts a message and waits until it is delivered: the worker is then past every
+/// earlier activity of the conversation, which is delivered in order.
+async fn sentinel_delivered(app: &TestApp, conv: &Value) {
+    let sentinel = post(app, conv, "sentinel").await;
+    let delivery = settled_delivery(app, s(&sentinel, "id")).await;
+    assert_eq!(delivery["status"], "delivered", "{delivery}");
+}
+
+/// How many attempts of a delivery the sink has received (its webhook-id).
+fn attempts_received(sink: &Sink, delivery: &Value) -> usize {
+    sink.received()
+        .iter()
+        .filter(|r| r.header("webhook-id") == s(delivery, "id"))
+        .count()
+}
+
+/// Posts an inbound message with an attachment through the channel's token.
+async fn inbound_to(app: &TestApp, channel: &Value, conv: &Value, text: &str) -> Value {
+    expect_data(
+        app.anon(
+            Method::POST,
+            &format!("/api/v1/conversations/{}/activities", s(conv, "id")),
+        )
+        .header("x-channel-token", s(channel, "token"))
+        .json(&json!({"text": text, "attachments": [{"url": "https://x.example/p.png"}]}))
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await
+}
+
 async fn webhooks_are_signed_and_recorded_as_delivered(backend: Backend) {
     let app = TestApp::start(backend).await;
     let sink = Sink::start().await;
@@ -208,8 +241,12 @@ async fn gives_up_after_five_attempts(backend: Backend) {
         error.contains("502") && error.contains("bad gateway") && error.contains("gave up"),
         "{error}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.received().len(), 5);
+    // A later activity of the same conversation is delivered only once the worker has
+    // finished with this one: no attempt of it can come after that.
+    sink.always(Reply::status(200));
+    sentinel_delivered(&app, &conv).await;
+    assert_eq!(attempts_received(&sink, &delivery), 5);
+    assert_eq!(sink.received().len(), 6);
 }
 
 async fn permanent_errors_are_not_retried(backend: Backend) {
@@ -223,8 +260,10 @@ async fn permanent_errors_are_not_retried(backend: Backend) {
     assert_eq!(delivery["status"], "failed");
     assert_eq!(delivery["attempts"], 1);
     assert!(s(&delivery, "last_error").contains("404"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(sink.received().len(), 1);
+    sink.always(Reply::status(200));
+    sentinel_delivered(&app, &conv).await;
+    assert_eq!(attempts_received(&sink, &delivery), 1);
+    assert_eq!(sink.received().len(), 2);
 }
 
 async fn one_conversation_is_delivered_in_order(backend: Backend) {
@@ -252,19 +291,7 @@ async fn echo_answers_inbound_messages_once(backend: Backend) {
     let conv = app
         .create_conversation(s(&echo, "id"), Some("tester"))
         .await;
-    let inbound = expect_data(
-        app.anon(
-            Method::POST,
-            &format!("/api/v1/conversations/{}/activities", s(&conv, "id")),
-        )
-        .header("x-channel-token", s(&echo, "token"))
-        .json(&json!({"text": "ping", "attachments": [{"url": "https://x.example/p.png"}]}))
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let inbound = inbound_to(&app, &echo, &conv, "ping").await;
     let all = eventually(WAIT, "the echo reply", || async {
         let all = app.activities(s(&conv, "id")).await;
         (all.len() >= 2).then_some(all)
@@ -283,8 +310,17 @@ async fn echo_answers_inbound_messages_once(backend: Backend) {
     );
     // The bot's reply is not answered.
     assert!(deliveries_of(&app, s(reply, "id")).await.is_empty());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.activities(s(&conv, "id")).await.len(), 2);
+    // A second message is delivered to the bot after anything queued before it: once
+    // it is answered, an answer to the first reply would be there too.
+    let second = inbound_to(&app, &echo, &conv, "pong").await;
+    assert_eq!(
+        settled_delivery(&app, s(&second, "id")).await["status"],
+        "delivered"
+    );
+    let all = app.activities(s(&conv, "id")).await;
+    let texts: Vec<&str> = all.iter().map(|a| s(a, "text")).collect();
+    assert_eq!(texts, ["ping", "echo: ping", "pong", "echo: pong"]);
+    assert!(deliveries_of(&app, s(&all[3], "id")).await.is_empty());
 }
 
 async fn redirects_to_other_hosts_are_refused(backend: Backend) {

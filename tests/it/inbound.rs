@@ -330,15 +330,36 @@ async fn inbound_messages_are_routed_to_the_bot_not_back(backend: Backend) {
     assert_eq!(reply.status(), StatusCode::CREATED);
     let out = customer_side.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(out[0].json()["text"], "On it!");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Each channel gets a conversation's activities in order: once a later message
+    // has reached a channel, anything wrongly queued for it before that has too.
+    let later =
+        accepted(send(&app, &a, &json!({"text": "Thanks", "from": "cust-1"}), None).await).await;
+    let to_bot = bot.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(to_bot[1].json()["conversation"]["id"], conv.as_str());
     assert_eq!(
-        customer_side.received().len(),
-        1,
-        "the inbound message was not sent back"
+        to_bot[1].json()["id"],
+        later[0].as_str(),
+        "the outbound answer was not routed to the bot"
     );
     assert_eq!(
         bot.received().len(),
-        1,
+        2,
         "the outbound answer was not routed to the bot"
+    );
+    let bye = app
+        .post_activity(&conv, json!({"text": "Bye", "sender": "bot"}))
+        .await;
+    assert_eq!(bye.status(), StatusCode::CREATED);
+    let out = customer_side.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(
+        out[1].json()["text"],
+        "Bye",
+        "the inbound messages were not sent back"
+    );
+    assert_eq!(
+        customer_side.received().len(),
+        2,
+        "the inbound messages were not sent back"
     );
 }
