@@ -27,13 +27,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::access::SessionSigner;
 use crate::adapters::Adapters;
-use crate::admin::{AdminAccess, parse_cidrs};
 use crate::auth::JwtKeys;
 use crate::config::Config;
-use crate::delivery::{DeliveryEngine, DeliverySettings, DeliveryWaker};
+use crate::delivery::{DeliveryEngine, DeliverySettings};
 use crate::http::{self, state::AppState};
-use crate::ingest::Ingestor;
+use crate::ingest::{DeliveryWaker, Ingestor};
 use crate::pubsub::PubSub;
 use crate::store::{Store, StoreOptions};
 
@@ -147,9 +149,7 @@ pub fn build_state(
 ) -> anyhow::Result<AppState> {
     let secret = jwt_secret(&config)?;
     let jwt = JwtKeys::new(&secret);
-    let admin = AdminAccess::new(
-        parse_cidrs(&config.admin_allowed_ips).map_err(anyhow::Error::msg)?,
-        parse_cidrs(&config.trusted_proxies).map_err(anyhow::Error::msg)?,
+    let admin = SessionSigner::new(
         config.admin_password.clone(),
         &secret,
         config.public_url.starts_with("https://"),
@@ -206,18 +206,12 @@ pub async fn run(
     let state = build_state(config, store.clone(), shutdown.clone(), stop.clone())?;
     let tasks = state.tasks.clone();
     if state.config.delivery_enabled {
-        let settings = DeliverySettings {
-            concurrency: state.config.delivery_concurrency,
-            backoff_scale: state.config.delivery_backoff_scale,
-            lease: Duration::from_secs(state.config.delivery_lease_secs),
-            ..DeliverySettings::default()
-        };
         let engine = DeliveryEngine::new(
             store.clone(),
             state.adapters.clone(),
             state.ingest.clone(),
             state.waker.clone(),
-            settings,
+            DeliverySettings::from_config(&state.config),
         );
         tasks.spawn(engine.run(stop.clone(), abort.clone(), tasks.clone()));
     }
@@ -253,7 +247,7 @@ pub async fn run(
     }
     let delay = Duration::from_secs(state.config.shutdown_delay_secs);
     let timeout = Duration::from_secs(state.config.shutdown_timeout_secs);
-    let app = http::router(state);
+    let app = app_router(state);
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     let https = tls.is_some();
@@ -313,6 +307,18 @@ pub async fn run(
         Some(Err(e)) if e.is_panic() => Err(anyhow::anyhow!("the server task panicked")),
         _ => Ok(()),
     }
+}
+
+/// The whole HTTP application: the REST edge ([`http::router`]) around the other two,
+/// the WebSocket endpoint and the admin panel, whose JSON API's paths join the
+/// OpenAPI document.
+pub fn app_router(state: AppState) -> axum::Router {
+    // The admin API sits behind the admin guard, so it is kept apart from the REST API.
+    let (admin_api, admin_doc) = OpenApiRouter::new()
+        .nest("/admin/api", crate::admin::api_router())
+        .split_for_parts();
+    let edges = crate::realtime::router().merge(crate::admin::router(state.clone(), admin_api));
+    http::router(state, edges, admin_doc)
 }
 
 /// Runs `chore` every `interval` on `tasks` until `stop`.

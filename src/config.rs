@@ -1,11 +1,18 @@
 //! Configuration: one typed struct from flags and `CONVERGER_*` variables, validated
 //! before anything starts.
+//!
+//! Every default is written once, in the clap definition below; [`Config::default`]
+//! and [`Config::new`] are read from it. Address lists are parsed into networks when
+//! the config is loaded. This module configures the node and runs nothing: it must not
+//! import the edges, `ingest` or `delivery`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
+use ipnet::IpNet;
 
+use crate::access::parse_cidrs;
 use crate::store::{Backend, redact_url};
 
 /// Log line format.
@@ -19,7 +26,7 @@ pub enum LogFormat {
 
 /// Every setting of a Converger node. Each flag can also be given as the environment
 /// variable named in its help.
-#[derive(Clone, Args)]
+#[derive(Clone, PartialEq, Args)]
 pub struct Config {
     /// Database: `sqlite://PATH` (embedded, the default) or `postgres://...`.
     #[arg(
@@ -205,13 +212,16 @@ pub struct Config {
     pub cors_origins: Option<String>,
 
     /// Addresses allowed into `/admin`: comma-separated CIDRs or addresses, IPv4 and IPv6.
+    // `std::vec::Vec` keeps clap from taking the list for a repeated flag: the whole
+    // comma-separated value is one argument, parsed by `parse_cidrs`.
     #[arg(
         long,
         env = "CONVERGER_ADMIN_ALLOWED_IPS",
         default_value = "127.0.0.1/32,::1/128",
+        value_parser = parse_cidrs,
         global = true
     )]
-    pub admin_allowed_ips: String,
+    pub admin_allowed_ips: std::vec::Vec<IpNet>,
 
     /// When set, `/admin` also asks for this password (a signed, HttpOnly session
     /// cookie afterwards; scripts send it as `Authorization: Bearer`).
@@ -230,9 +240,10 @@ pub struct Config {
         long,
         env = "CONVERGER_TRUSTED_PROXIES",
         default_value = "",
+        value_parser = parse_cidrs,
         global = true
     )]
-    pub trusted_proxies: String,
+    pub trusted_proxies: std::vec::Vec<IpNet>,
 
     /// Delete activities older than this many days whose deliveries all succeeded
     /// (checked hourly). Unset: keep everything. `converger prune` does the same once.
@@ -285,40 +296,28 @@ const MIN_JWT_SECRET_BYTES: usize = 32;
 /// as seconds, and would also overflow deadline arithmetic.
 const MAX_SHUTDOWN_SECS: u64 = 3600;
 
+impl Default for Config {
+    /// The defaults of the clap definition: what `converger` runs with when no flag
+    /// and no `CONVERGER_*` variable is given. The environment is not read.
+    fn default() -> Self {
+        let command = Config::augment_args(clap::Command::new("converger"))
+            .no_binary_name(true)
+            .mut_args(|arg| arg.env(None));
+        let parsed = command
+            .try_get_matches_from(std::iter::empty::<String>())
+            .and_then(|matches| Config::from_arg_matches(&matches));
+        parsed.unwrap_or_else(|e| unreachable!("the defaults of the clap definition parse: {e}"))
+    }
+}
+
 impl Config {
-    /// A configuration with every default, for tests and embedding.
+    /// A configuration with every default over `database_url`, listening on an
+    /// ephemeral loopback port, for tests and embedding.
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
-            database_max_connections: 16,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            public_url: "http://localhost:4000".into(),
-            jwt_secret: None,
-            max_body_bytes: 256 * 1024,
-            log_format: LogFormat::Text,
-            socket_idle_timeout_secs: 60,
-            socket_max_frame_bytes: 256 * 1024,
-            socket_max_channels: 100,
-            socket_push_rate: 50,
-            socket_outbound_queue: 256,
-            delivery_enabled: true,
-            delivery_concurrency: 256,
-            delivery_backoff_scale: 1.0,
-            delivery_lease_secs: 90,
-            prune_after_days: None,
-            rate_limit_per_ip: 2000,
-            rate_limit_per_tenant: 5000,
-            rate_limit_inbound_per_channel: 500,
-            rate_limit_tokens_per_minute: 10,
-            cors_origins: None,
-            admin_allowed_ips: "127.0.0.1/32,::1/128".into(),
-            admin_password: None,
-            trusted_proxies: String::new(),
-            tls_cert: None,
-            tls_key: None,
-            force_https: false,
-            shutdown_delay_secs: 0,
-            shutdown_timeout_secs: 30,
+            ..Self::default()
         }
     }
 
@@ -404,12 +403,6 @@ impl Config {
                     ));
                 }
             }
-        }
-        if let Err(e) = crate::admin::parse_cidrs(&self.admin_allowed_ips) {
-            problems.push(format!("CONVERGER_ADMIN_ALLOWED_IPS: {e}"));
-        }
-        if let Err(e) = crate::admin::parse_cidrs(&self.trusted_proxies) {
-            problems.push(format!("CONVERGER_TRUSTED_PROXIES: {e}"));
         }
         if self.admin_password.as_deref().is_some_and(|p| p.len() < 8) {
             problems.push("CONVERGER_ADMIN_PASSWORD must be at least 8 characters".into());
@@ -525,6 +518,57 @@ impl std::fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_default_comes_from_the_clap_definition() {
+        let defaults = Config::default();
+        // What `converger` parses with no flag and no `CONVERGER_*` variable set.
+        let command =
+            Config::augment_args(clap::Command::new("converger")).mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(["converger"]).unwrap();
+        assert_eq!(Config::from_arg_matches(&matches).unwrap(), defaults);
+        assert_eq!(defaults.database_url, "sqlite://converger.db");
+        assert_eq!(defaults.listen, SocketAddr::from(([0, 0, 0, 0], 4000)));
+        assert_eq!(
+            defaults.admin_allowed_ips,
+            parse_cidrs("127.0.0.1/32,::1/128").unwrap()
+        );
+        assert!(defaults.trusted_proxies.is_empty());
+        // `Config::new` differs in the database and the listen address only.
+        let new = Config::new("sqlite::memory:");
+        assert_eq!(new.listen, SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(
+            Config {
+                database_url: defaults.database_url.clone(),
+                listen: defaults.listen,
+                ..new
+            },
+            defaults
+        );
+    }
+
+    #[test]
+    fn address_lists_are_parsed_when_loaded() {
+        let command =
+            Config::augment_args(clap::Command::new("converger")).mut_args(|arg| arg.env(None));
+        let matches = command
+            .clone()
+            .try_get_matches_from(["converger", "--trusted-proxies", "10.0.0.0/8, 192.0.2.1"])
+            .unwrap();
+        let config = Config::from_arg_matches(&matches).unwrap();
+        assert_eq!(
+            config.trusted_proxies,
+            parse_cidrs("10.0.0.0/8,192.0.2.1/32").unwrap()
+        );
+        let refused = command
+            .try_get_matches_from(["converger", "--admin-allowed-ips", "10.0.0.0/8,nonsense"])
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("`nonsense` is not an IP network")
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

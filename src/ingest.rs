@@ -4,15 +4,39 @@
 //! → one transaction (activity + delivery rows, idempotency, gap-free `seq`) → commit
 //! → publish to PubSub → wake the delivery workers. Nothing is published or delivered
 //! before the commit, so what a client sees or receives is never lost.
+//!
+//! Ingest knows the store, the adapters' delivery rules and PubSub, but not the
+//! delivery engine: it only signals the [`DeliveryWaker`], which the workers wait on.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use crate::adapters::Adapters;
-use crate::delivery::DeliveryWaker;
 use crate::domain::{
     Activity, ChannelId, ChannelStatus, ConversationId, ConversationStatus, FieldError,
     NewActivity, TenantId,
 };
 use crate::pubsub::{Event, PubSub};
 use crate::store::{ActivityAppend, AppendOutcome, Store, StoreError};
+
+/// Wakes the delivery workers of this node when new work was committed. Ingest
+/// signals it after each commit that wrote delivery rows; the workers wait on it.
+#[derive(Clone, Default)]
+pub struct DeliveryWaker(Arc<Notify>);
+
+impl DeliveryWaker {
+    /// Signals that due deliveries may exist. A wake-up with no one waiting is kept
+    /// for the next wait, so none is lost.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    /// Waits for the next wake-up.
+    pub async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
 
 /// Why an activity was not created. Nothing was written in any of these cases.
 #[derive(Debug, thiserror::Error)]

@@ -2,23 +2,33 @@
 //!
 //! # Layout
 //!
-//! Modules in the order data flows through them (DESIGN.md §1):
+//! Modules in layers, low to high; a module imports only from its own layer or
+//! the ones below it (the echo adapter's call back into [`ingest`] is the one
+//! exception). In the order data flows through them (DESIGN.md §1):
 //!
 //! 0. [`domain`]: vocabulary (ids, entities, validation rules); no I/O. [`auth`]:
-//!    API keys, channel secrets and JWTs, pure.
-//! 1. [`http`], [`realtime`] and [`admin`]: the edges (REST, Phoenix Channels
-//!    WebSocket, the operator's panel).
-//!    Decode, authenticate, then call [`ingest`] or read the [`store`].
-//! 2. [`ingest`]: the one write path. Validation, idempotency, gap-free `seq`, the
-//!    activity and its delivery rows in one transaction, then publish and wake.
-//! 3. [`store`]: durable state over SQLite or PostgreSQL; [`pubsub`]: fan-out of
+//!    API keys, channel secrets and JWTs, pure. [`access`]: client addresses behind
+//!    trusted proxies, CIDR allow-lists, admin sessions and CSRF tokens, pure.
+//! 1. [`config`] configures the node, [`telemetry`] sets up logging and request ids,
+//!    [`metrics`] counts what the others do. None of them imports an edge or the
+//!    write path.
+//! 2. [`store`]: durable state over SQLite or PostgreSQL; [`pubsub`]: fan-out of
 //!    committed activities.
-//! 4. [`delivery`] and [`adapters`]: outbound delivery and what each channel type
-//!    knows of its external wire format.
-//!
-//! [`app::run`] composes them; [`config`] and [`telemetry`] configure them, and
-//! [`metrics`] counts what they do.
+//! 3. [`adapters`]: what each channel type knows of its external wire format.
+//! 4. [`ingest`]: the one write path. Validation, idempotency, gap-free `seq`, the
+//!    activity and its delivery rows in one transaction, then publish and wake the
+//!    workers through its `DeliveryWaker`.
+//! 5. [`delivery`]: outbound delivery, listening to that waker.
+//! 6. `operations`: one function per admin operation, called by admin pages, admin
+//!    API and CLI.
+//! 7. The edges, which decode, authenticate, then call [`ingest`] or read the
+//!    [`store`]: [`http`] (REST API, inbound webhooks, health and metrics),
+//!    [`realtime`] (Phoenix Channels WebSocket) and [`admin`] (the operator's
+//!    panel). No edge mounts another.
+//! 8. [`app`]: the composition root. [`app::run`] builds the state, mounts the three
+//!    edges and runs the node; `main` parses the CLI and calls it.
 
+pub mod access;
 pub mod adapters;
 pub mod admin;
 pub mod app;

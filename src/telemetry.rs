@@ -2,6 +2,10 @@
 //! export with the `otlp` feature) and the
 //! request id that ties the log lines of one request together, from the HTTP edge
 //! through ingest to every delivery attempt it caused.
+//!
+//! Below the modules that use it: the edges set the request id, `ingest` and
+//! `delivery` read it. It must not import them (nor `http` or `admin`); it knows only
+//! the log format of the config.
 
 use std::future::Future;
 use std::io::IsTerminal;

@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::state::AppState;
 
-pub use guard::{AdminAccess, AdminContext, client_ip, is_trusted_proxy, parse_cidrs};
+pub use guard::AdminContext;
 
 const CSS: &str = include_str!("static/admin.css");
 const JS: &str = include_str!("static/admin.js");

@@ -1,7 +1,7 @@
 //! Outbound delivery: the `deliveries` table is the durable job queue.
 //!
 //! Stage 4 of the flow. `ingest` commits delivery rows with their activity and then
-//! wakes the workers through the [`DeliveryWaker`], so the happy path has no polling
+//! wakes the workers through its [`DeliveryWaker`], so the happy path has no polling
 //! delay; a timer covers scheduled retries, expired leases and rows written by other
 //! nodes. Every node runs workers; leases keep two nodes from attempting one
 //! delivery at the same time.
@@ -12,11 +12,11 @@ mod pruner;
 mod repair;
 mod worker;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use crate::config::Config;
 
+pub use crate::ingest::DeliveryWaker;
 pub use backoff::{MAX_ATTEMPTS, next_delay};
 pub use outcome::{
     StatusApplied, apply_provider_status, attempt_result, retry_all_failed, retry_failed,
@@ -24,23 +24,6 @@ pub use outcome::{
 pub use pruner::{PRUNE_BATCH, run_pruner};
 pub use repair::{HEAD_REPAIR_INTERVAL, run_head_repair};
 pub use worker::DeliveryEngine;
-
-/// Wakes the delivery workers of this node when new work was committed.
-#[derive(Clone, Default)]
-pub struct DeliveryWaker(Arc<Notify>);
-
-impl DeliveryWaker {
-    /// Signals that due deliveries may exist. A wake-up with no one waiting is kept
-    /// for the next wait, so none is lost.
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-
-    /// Waits for the next wake-up.
-    pub async fn woken(&self) {
-        self.0.notified().await;
-    }
-}
 
 /// Settings of the delivery engine.
 #[derive(Debug, Clone)]
@@ -58,14 +41,40 @@ pub struct DeliverySettings {
     pub head_repair_interval: Duration,
 }
 
-impl Default for DeliverySettings {
-    fn default() -> Self {
+impl DeliverySettings {
+    /// The settings `config` asks for (`CONVERGER_DELIVERY_*`); the poll and repair
+    /// intervals are fixed.
+    pub fn from_config(config: &Config) -> Self {
         Self {
-            concurrency: 256,
-            backoff_scale: 1.0,
-            lease: Duration::from_secs(90),
+            concurrency: config.delivery_concurrency,
+            backoff_scale: config.delivery_backoff_scale,
+            lease: Duration::from_secs(config.delivery_lease_secs),
             poll_interval: Duration::from_secs(1),
             head_repair_interval: HEAD_REPAIR_INTERVAL,
         }
+    }
+}
+
+impl Default for DeliverySettings {
+    /// The settings of the default config.
+    fn default() -> Self {
+        Self::from_config(&Config::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_are_the_config_defaults() {
+        let config = Config::default();
+        let settings = DeliverySettings::default();
+        assert_eq!(settings.concurrency, config.delivery_concurrency);
+        assert_eq!(settings.backoff_scale, config.delivery_backoff_scale);
+        assert_eq!(
+            settings.lease,
+            Duration::from_secs(config.delivery_lease_secs)
+        );
     }
 }

@@ -65,7 +65,7 @@ fn forwarded_https(state: &AppState, request: &Request) -> bool {
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
         return false;
     };
-    crate::admin::is_trusted_proxy(peer.ip(), &state.admin.trusted_proxies)
+    crate::access::is_trusted_proxy(peer.ip(), &state.config.trusted_proxies)
         && forwarded_proto(request.headers()).is_some_and(|p| p.eq_ignore_ascii_case("https"))
 }
 

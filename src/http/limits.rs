@@ -4,19 +4,17 @@
 //! Limits are kept in memory and hold per node: N nodes behind a load balancer allow
 //! up to N times the configured rate in total. No shared store is involved, so a
 //! limit check never waits on the network.
+//!
+//! The limiters only; the middleware that applies the per-IP one is in the router.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
-use super::state::AppState;
 use crate::config::Config;
 use crate::domain::{ChannelId, TenantId};
 
@@ -116,33 +114,6 @@ impl RateLimits {
             l.retain_recent();
         }
     }
-}
-
-impl AppState {
-    /// The client address of a request: the TCP peer, or what a trusted proxy says.
-    pub fn client_ip(&self, request_parts: &axum::http::request::Parts) -> Option<IpAddr> {
-        let peer = request_parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()?
-            .0
-            .ip();
-        Some(crate::admin::client_ip(
-            peer,
-            &request_parts.headers,
-            &self.admin.trusted_proxies,
-        ))
-    }
-}
-
-/// Middleware: the per-IP limit of the API.
-pub async fn limit_by_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    if let Some(ip) = state.client_ip(&parts)
-        && let Err(e) = state.limits.check_ip(ip)
-    {
-        return e.into_response();
-    }
-    next.run(Request::from_parts(parts, body)).await
 }
 
 /// How often idle limiter keys are forgotten.

@@ -2,6 +2,10 @@
 //!
 //! Stage 1 of the flow. Handlers never write activities themselves, and
 //! [`error`] is the only place that chooses status codes.
+//!
+//! [`router`] serves the REST API and the operations routes, and wraps the routes of
+//! the other edges (WebSocket, admin panel) that the composition root hands it in the
+//! same layers; this module does not import those edges.
 
 pub mod api;
 pub mod error;
@@ -16,7 +20,7 @@ pub mod state;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,10 +36,8 @@ use state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The API and operations routes, the admin API routes, and their OpenAPI document.
-pub fn api_with_openapi(
-    state: &AppState,
-) -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+/// The API and operations routes, and their OpenAPI document.
+pub fn api_with_openapi(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (v1, v1_doc) = OpenApiRouter::new()
         .nest("/api/v1", api::router().merge(inbound::router()))
         .split_for_parts();
@@ -45,19 +47,14 @@ pub fn api_with_openapi(
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            limits::limit_by_ip,
+            limit_by_ip,
         ))
         .layer(cors(state.config.cors_origins.as_deref()));
     let (routes, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(ops::router())
         .split_for_parts();
     doc.merge(v1_doc);
-    // The admin API sits behind the admin guard, so it is kept apart from the rest.
-    let (admin_api, admin_doc) = OpenApiRouter::new()
-        .nest("/admin/api", crate::admin::api_router())
-        .split_for_parts();
-    doc.merge(admin_doc);
-    (routes.merge(v1), admin_api, doc)
+    (routes.merge(v1), doc)
 }
 
 /// CORS for the API: the configured origins (or any, with `*`), the credential and
@@ -128,6 +125,21 @@ async fn request_id(
     response
 }
 
+/// Middleware: the per-IP limit of the API.
+async fn limit_by_ip(
+    State(state): State<AppState>,
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Some(ip) = state.client_ip(&parts)
+        && let Err(e) = state.limits.check_ip(ip)
+    {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
 /// Middleware: counts the request and its latency by method, route template and status.
 async fn count_request(
     request: Request<axum::body::Body>,
@@ -153,16 +165,22 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(&"handler panicked").into_response()
 }
 
-/// The whole HTTP application. Layers, outermost first: request id (set, then
+/// The whole HTTP application: the API and operations routes, `edges` (the routes of
+/// the other edges, mounted by the composition root) and `/openapi.json`, the API's
+/// document with `edges_doc` merged in. Layers, outermost first: request id (set, then
 /// returned in the response), trace span carrying it, panic guard, body limit, HTTPS
 /// redirect and HSTS, and per matched route the request metrics.
-pub fn router(state: AppState) -> Router {
-    let (routes, admin_api, doc) = api_with_openapi(&state);
+pub fn router(
+    state: AppState,
+    edges: Router<AppState>,
+    edges_doc: utoipa::openapi::OpenApi,
+) -> Router {
+    let (routes, mut doc) = api_with_openapi(&state);
+    doc.merge(edges_doc);
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     routes
-        .merge(crate::realtime::router())
-        .merge(crate::admin::router(state.clone(), admin_api))
+        .merge(edges)
         .route(
             "/openapi.json",
             get(move || {

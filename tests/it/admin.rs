@@ -45,7 +45,10 @@ async fn allow_list_and_forwarded_for(backend: Backend) {
 
     // Only 10/8 allowed, no trusted proxy: loopback is refused, and a spoofed
     // X-Forwarded-For changes nothing.
-    let closed = TestApp::start_with(backend, |c| c.admin_allowed_ips = "10.0.0.0/8".into()).await;
+    let closed = TestApp::start_with(backend, |c| {
+        c.admin_allowed_ips = converger::access::parse_cidrs("10.0.0.0/8").unwrap()
+    })
+    .await;
     let before = tenant_count(&closed).await;
     for xff in [None, Some("10.1.2.3")] {
         let mut req = closed
@@ -86,8 +89,8 @@ async fn allow_list_and_forwarded_for(backend: Backend) {
     // Behind a trusted proxy (the loopback peer), the forwarded client decides, IPv4
     // and IPv6 alike; the right-most untrusted address counts.
     let proxied = TestApp::start_with(backend, |c| {
-        c.admin_allowed_ips = "10.0.0.0/8,2001:db8::/32".into();
-        c.trusted_proxies = "127.0.0.1/32".into();
+        c.admin_allowed_ips = converger::access::parse_cidrs("10.0.0.0/8,2001:db8::/32").unwrap();
+        c.trusted_proxies = converger::access::parse_cidrs("127.0.0.1/32").unwrap();
     })
     .await;
     let get = |xff: &'static str| {

@@ -143,7 +143,7 @@ async fn unusable_certificates_refuse_to_start() {
 async fn force_https_redirects_what_a_trusted_proxy_forwards_over_http() {
     let app = TestApp::start_with(Backend::Sqlite, |c| {
         c.force_https = true;
-        c.trusted_proxies = "127.0.0.1/32".into();
+        c.trusted_proxies = converger::access::parse_cidrs("127.0.0.1/32").unwrap();
     })
     .await;
     let client = no_redirects();
@@ -231,7 +231,7 @@ async fn force_https_ignores_the_proto_of_untrusted_peers_and_prefers_the_public
         c.force_https = true;
         c.public_url = "https://converger.example.com".into();
         // The test client (127.0.0.1) is not a trusted proxy.
-        c.trusted_proxies = "10.0.0.0/8".into();
+        c.trusted_proxies = converger::access::parse_cidrs("10.0.0.0/8").unwrap();
     })
     .await;
     let client = no_redirects();
@@ -262,7 +262,7 @@ async fn force_https_ignores_the_proto_of_untrusted_peers_and_prefers_the_public
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_force_https_forwarded_requests_are_served_as_they_come() {
     let app = TestApp::start_with(Backend::Sqlite, |c| {
-        c.trusted_proxies = "127.0.0.1/32".into();
+        c.trusted_proxies = converger::access::parse_cidrs("127.0.0.1/32").unwrap();
     })
     .await;
     for proto in ["http", "https"] {

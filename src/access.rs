@@ -1,0 +1,256 @@
+//! Who is calling, and whether they may: the client's address behind trusted proxies,
+//! CIDR allow-lists, and the signer of admin sessions (signed cookies, CSRF tokens,
+//! the admin password).
+//!
+//! Pure rules over addresses, headers and bytes, used by the edges. No routing, no
+//! middleware, no application state: this module imports neither `http` nor `admin`,
+//! and config parses its address lists with [`parse_cidrs`].
+
+use std::net::IpAddr;
+
+use axum::http::{HeaderMap, HeaderValue};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use ipnet::IpNet;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Name of the admin session cookie.
+pub const COOKIE: &str = "cvg_admin";
+/// Lifetime of an admin session, in seconds.
+const SESSION_SECS: i64 = 12 * 3600;
+
+/// IPv4-mapped IPv6 addresses count as their IPv4 form.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether one of `nets` holds `ip`, IPv4-mapped addresses counting as IPv4.
+fn in_any(ip: IpAddr, nets: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    nets.iter().any(|net| net.contains(&ip))
+}
+
+/// Whether a client address is on an allow-list (such as `CONVERGER_ADMIN_ALLOWED_IPS`).
+pub fn is_allowed(ip: IpAddr, allowed: &[IpNet]) -> bool {
+    in_any(ip, allowed)
+}
+
+/// Whether `ip` is one of the proxies whose `X-Forwarded-*` headers are believed.
+pub fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    in_any(ip, trusted)
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which
+/// case `X-Forwarded-For` is read from the right, skipping trusted proxies.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().parse::<IpAddr>().map(canonical))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .copied()
+        .or_else(|| forwarded.first().copied())
+        .unwrap_or(peer)
+}
+
+/// Parses a comma-separated CIDR list; bare addresses are single-host networks.
+///
+/// # Errors
+/// The entries that are neither.
+pub fn parse_cidrs(list: &str) -> Result<Vec<IpNet>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("`{s}` is not an IP network (CIDR) or address"))
+        })
+        .collect()
+}
+
+/// An admin browser session (also without a password: it carries the CSRF binding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub sid: String,
+    pub authenticated: bool,
+    pub expires: i64,
+}
+
+/// Signs and checks admin sessions and CSRF tokens, and knows the admin password.
+pub struct SessionSigner {
+    /// The admin password; `None`: the panel asks for none.
+    pub password: Option<String>,
+    /// Signs session cookies and CSRF tokens; derived from the JWT secret so every
+    /// node of an installation accepts the same sessions.
+    key: [u8; 32],
+    /// Mark cookies `Secure` (the public URL is https).
+    pub secure_cookies: bool,
+}
+
+impl SessionSigner {
+    /// A signer with a key derived from `secret`.
+    pub fn new(password: Option<String>, secret: &[u8], secure_cookies: bool) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"converger-admin-session:");
+        hasher.update(secret);
+        Self {
+            password,
+            key: hasher.finalize().into(),
+            secure_cookies,
+        }
+    }
+
+    fn sign(&self, data: &str) -> String {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(data.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `given` is the admin password (constant-time).
+    pub fn password_matches(&self, given: &str) -> bool {
+        self.password.as_deref().is_some_and(|p| {
+            Sha256::digest(p.as_bytes())
+                .ct_eq(&Sha256::digest(given.as_bytes()))
+                .into()
+        })
+    }
+
+    /// A new session cookie value.
+    pub fn new_session(&self, authenticated: bool, now: i64) -> Session {
+        let sid_bytes: [u8; 16] = rand::rng().random();
+        Session {
+            sid: URL_SAFE_NO_PAD.encode(sid_bytes),
+            authenticated,
+            expires: now + SESSION_SECS,
+        }
+    }
+
+    /// The cookie value of a session.
+    pub fn encode(&self, s: &Session) -> String {
+        let data = format!("{}.{}.{}", s.sid, u8::from(s.authenticated), s.expires);
+        format!("{data}.{}", self.sign(&data))
+    }
+
+    /// A session from its cookie value, if the signature holds and it has not expired.
+    pub fn decode(&self, value: &str, now: i64) -> Option<Session> {
+        let (data, sig) = value.rsplit_once('.')?;
+        if !bool::from(self.sign(data).as_bytes().ct_eq(sig.as_bytes())) {
+            return None;
+        }
+        let mut parts = data.split('.');
+        let (sid, auth, exp) = (parts.next()?, parts.next()?, parts.next()?);
+        let expires: i64 = exp.parse().ok()?;
+        (parts.next().is_none() && expires > now).then(|| Session {
+            sid: sid.to_owned(),
+            authenticated: auth == "1",
+            expires,
+        })
+    }
+
+    /// The CSRF token of a session: forms carry it back in `_csrf`.
+    pub fn csrf_token(&self, session: &Session) -> String {
+        self.sign(&format!("csrf.{}", session.sid))
+    }
+
+    /// The `Set-Cookie` header for a session.
+    pub fn set_cookie(&self, session: &Session) -> HeaderValue {
+        let secure = if self.secure_cookies { "; Secure" } else { "" };
+        let value = format!(
+            "{COOKIE}={}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}",
+            self.encode(session)
+        );
+        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &str) -> Vec<IpNet> {
+        parse_cidrs(s).unwrap()
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = nets("10.0.0.0/8");
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(client_ip(stranger, &xff("127.0.0.1"), &trusted), stranger);
+        assert_eq!(
+            client_ip(proxy, &xff("198.51.100.7"), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // A client cannot hide behind a spoofed left-most entry.
+        assert_eq!(
+            client_ip(proxy, &xff("127.0.0.1, 198.51.100.7, 10.9.9.9"), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(proxy, &xff("garbage"), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+    }
+
+    #[test]
+    fn allow_list_matches_v4_v6_and_mapped() {
+        let allowed = nets("127.0.0.1/32, ::1/128, 192.168.1.0/24");
+        for ok in ["127.0.0.1", "::1", "192.168.1.77", "::ffff:127.0.0.1"] {
+            assert!(is_allowed(ok.parse().unwrap(), &allowed), "{ok}");
+        }
+        for no in ["127.0.0.2", "::2", "10.0.0.1"] {
+            assert!(!is_allowed(no.parse().unwrap(), &allowed), "{no}");
+        }
+        assert!(parse_cidrs("10.0.0.0/8, nonsense").is_err());
+        assert_eq!(
+            parse_cidrs("10.0.0.1").unwrap()[0].to_string(),
+            "10.0.0.1/32"
+        );
+    }
+
+    #[test]
+    fn sessions_are_signed_and_expire() {
+        let signer = SessionSigner::new(Some("pw".into()), b"secret", false);
+        let s = signer.new_session(true, 1000);
+        let cookie = signer.encode(&s);
+        assert_eq!(signer.decode(&cookie, 1001), Some(s.clone()));
+        assert_eq!(signer.decode(&cookie, s.expires + 1), None);
+        assert!(signer.decode(&cookie.replace(&s.sid, "x"), 1001).is_none());
+        // Promoting an anonymous session to an authenticated one breaks the signature.
+        let anon = signer.encode(&signer.new_session(false, 1000));
+        let parts: Vec<&str> = anon.split('.').collect();
+        let promoted = format!("{}.1.{}.{}", parts[0], parts[2], parts[3]);
+        assert_eq!(signer.decode(&promoted, 1001), None);
+        let other = SessionSigner::new(None, b"other", false);
+        assert_eq!(other.decode(&cookie, 1001), None);
+        assert_ne!(
+            signer.csrf_token(&s),
+            signer.csrf_token(&signer.new_session(true, 1000))
+        );
+        assert!(signer.password_matches("pw") && !signer.password_matches("pW"));
+    }
+}
