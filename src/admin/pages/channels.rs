@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{Chrome, Notice, PAGE, Pager, back_to, form_status, go, opt_parse, pretty};
-use crate::adapters::mask_config;
 use crate::admin::forms::{
     ConfigField, CsrfForm, FieldKind, config_fields, config_from_form, input_name,
 };
@@ -236,10 +235,8 @@ async fn channel_page(
 ) -> ApiResult<ChannelPage> {
     let channel = ops::get(&state.store, id).await?;
     let tenant = state.store.get_tenant(channel.tenant_id).await?;
-    let masked = mask_config(
-        &channel.config,
-        state.adapters.get(channel.kind).secret_fields(),
-    );
+    // Masked config, token and inbound URL exactly as the API shows them.
+    let shown = state.channel_out(channel.clone());
     let stats = state
         .store
         .delivery_stats_by_channel(Some(channel.id), 1)
@@ -248,15 +245,9 @@ async fn channel_page(
         .next();
     Ok(ChannelPage {
         chrome: Chrome::new(ctx, "channels", notice),
-        token: state
-            .jwt
-            .issue_channel_token(channel.tenant_id, channel.id, &channel.secret),
-        inbound_url: format!(
-            "{}/api/v1/channels/{}/inbound",
-            state.config.public_base(),
-            channel.id
-        ),
-        config: pretty(&masked),
+        token: shown.token,
+        inbound_url: shown.inbound_url,
+        config: pretty(&shown.config),
         tenant_name: tenant.name,
         channel,
         secret,

@@ -12,8 +12,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{
-    Chrome, PAGE, Pager, TenantScope, channel_names, go, opt_parse, pretty, tenant_channels,
-    tenant_scope,
+    Chrome, ListQuery, PAGE, Pager, channel_names, go, opt_parse, pretty, tenant_channels,
 };
 use crate::admin::forms::CsrfForm;
 use crate::admin::guard::AdminContext;
@@ -41,26 +40,13 @@ pub struct ConversationsPage {
     next: Option<String>,
 }
 
-#[derive(Deserialize)]
-pub struct ConversationsQuery {
-    tenant: Option<String>,
-    channel: Option<String>,
-    status: Option<String>,
-    before: Option<ConversationId>,
-    notice: Option<String>,
-}
-
 pub async fn conversations(
     State(state): State<AppState>,
     Extension(ctx): Extension<AdminContext>,
-    Query(q): Query<ConversationsQuery>,
+    Query(q): Query<ListQuery<ConversationId>>,
 ) -> ApiResult<ConversationsPage> {
-    let TenantScope {
-        tenants,
-        tenant,
-        channels,
-    } = tenant_scope(&state, opt_parse(q.tenant.as_deref())).await?;
-    let channel: Option<ChannelId> = opt_parse(q.channel.as_deref());
+    let scope = q.scope(&state).await?;
+    let (tenant, channel) = (scope.tenant, q.channel());
     let status: Option<ConversationStatus> = opt_parse(q.status.as_deref());
     let rows = match tenant {
         Some(t) => {
@@ -81,10 +67,10 @@ pub async fn conversations(
         .next(&rows, "before", |c| c.id.to_string());
     Ok(ConversationsPage {
         chrome: Chrome::new(&ctx, "conversations", q.notice),
-        names: channel_names(&channels),
-        tenants,
+        names: channel_names(&scope.channels),
+        tenants: scope.tenants,
         tenant,
-        channels,
+        channels: scope.channels,
         channel,
         status,
         rows,

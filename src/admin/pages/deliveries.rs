@@ -8,11 +8,8 @@ use askama_web::WebTemplate;
 use axum::Extension;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use serde::Deserialize;
 
-use super::{
-    Chrome, PAGE, Pager, TenantScope, back_to, channel_names, go, opt_parse, tenant_scope,
-};
+use super::{Chrome, ListQuery, PAGE, Pager, back_to, channel_names, go, opt_parse};
 use crate::admin::forms::CsrfForm;
 use crate::admin::guard::AdminContext;
 use crate::domain::{Channel, ChannelId, Delivery, DeliveryId, DeliveryStatus, Tenant, TenantId};
@@ -38,26 +35,13 @@ pub struct DeliveriesPage {
     back: String,
 }
 
-#[derive(Deserialize)]
-pub struct DeliveriesQuery {
-    tenant: Option<String>,
-    channel: Option<String>,
-    status: Option<String>,
-    before: Option<DeliveryId>,
-    notice: Option<String>,
-}
-
 pub async fn deliveries(
     State(state): State<AppState>,
     Extension(ctx): Extension<AdminContext>,
-    Query(q): Query<DeliveriesQuery>,
+    Query(q): Query<ListQuery<DeliveryId>>,
 ) -> ApiResult<DeliveriesPage> {
-    let TenantScope {
-        tenants,
-        tenant,
-        channels,
-    } = tenant_scope(&state, opt_parse(q.tenant.as_deref())).await?;
-    let channel: Option<ChannelId> = opt_parse(q.channel.as_deref());
+    let scope = q.scope(&state).await?;
+    let (tenant, channel) = (scope.tenant, q.channel());
     // Failed by default: this page is where delivery problems are fixed.
     let status = match q.status.as_deref() {
         None => Some(DeliveryStatus::Failed),
@@ -79,12 +63,12 @@ pub async fn deliveries(
         .filter("status", Some(status.map_or("all", DeliveryStatus::as_str)));
     Ok(DeliveriesPage {
         chrome: Chrome::new(&ctx, "deliveries", q.notice),
-        names: channel_names(&channels),
+        names: channel_names(&scope.channels),
         next: pager.next(&rows, "before", |d| d.id.to_string()),
         back: format!("/admin/deliveries?{}", pager.query()),
-        tenants,
+        tenants: scope.tenants,
         tenant,
-        channels,
+        channels: scope.channels,
         channel,
         status,
         statuses: DeliveryStatus::ALL,

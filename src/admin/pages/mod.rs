@@ -138,6 +138,29 @@ impl Pager {
     }
 }
 
+/// The query of a per-tenant list page (conversations, deliveries): its filters, the
+/// cursor of the page (`before`, of type `C`) and a notice.
+#[derive(Deserialize)]
+pub struct ListQuery<C> {
+    tenant: Option<String>,
+    channel: Option<String>,
+    status: Option<String>,
+    before: Option<C>,
+    notice: Option<String>,
+}
+
+impl<C> ListQuery<C> {
+    /// The channel filter, when it names one.
+    fn channel(&self) -> Option<ChannelId> {
+        opt_parse(self.channel.as_deref())
+    }
+
+    /// The tenant filter bar, for the tenant asked for (else the first).
+    async fn scope(&self, state: &AppState) -> ApiResult<TenantScope> {
+        tenant_scope(state, opt_parse(self.tenant.as_deref())).await
+    }
+}
+
 /// The filter bar of per-tenant list pages: every tenant, the chosen one (else the
 /// first), and the chosen tenant's channels.
 struct TenantScope {
