@@ -17,13 +17,14 @@ use crate::domain::{
     ChannelId, ChannelStatus, ChannelType, Conversation, ConversationId, Delivery, DeliveryId,
     DeliveryStatus, Route, RouteDirection, RouteId, Tenant, TenantId, TenantStatus,
 };
-use crate::http::api::{ChannelCreated, ChannelIn, ChannelOut, Data, Page, page_limit};
+use crate::http::api::{ChannelCreated, ChannelOut, Data, Page, page_limit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::state::AppState;
+use crate::operations::channels::{self, ChannelIn};
 use crate::operations::dashboard::{self, Stats};
 use crate::operations::tenants::{self, TenantWithKey};
-use crate::operations::{channels, conversations, deliveries, routes as route_ops};
+use crate::operations::{conversations, deliveries, routes as route_ops};
 use crate::store::{ChannelFilter, ConversationFilter};
 
 #[derive(Deserialize, ToSchema)]

@@ -543,7 +543,10 @@ async fn tenant_name_rule_is_the_same_for_cli_api_and_form(backend: Backend) {
             html.contains("The name must be 1 to 200 characters."),
             "the form shows the rule"
         );
-        assert!(!html.contains("shown only now"), "no key for a refused name");
+        assert!(
+            !html.contains("shown only now"),
+            "no key for a refused name"
+        );
     }
     assert_eq!(tenant_count(&app).await, before, "nothing was created");
 

@@ -1,4 +1,6 @@
-//! Channels of a tenant (DESIGN.md §5 "channels"), managed with the API key.
+//! Channels of a tenant (DESIGN.md §5 "channels"), managed with the API key. Creating
+//! one and rotating its secret are [`crate::operations::channels`], shared with the
+//! admin panel; this file decodes, and shows channels with secrets masked.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,10 +15,8 @@ use crate::domain::{Channel, ChannelId, ChannelStatus, ChannelType, TenantId, Ti
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;
-use crate::operations::channels::{self, ChannelWithSecret};
+use crate::operations::channels::{self, ChannelIn, ChannelWithSecret};
 use crate::store::{ChannelFilter, ChannelUpdate};
-
-pub use crate::operations::channels::ChannelIn;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,7 @@ mod deliveries;
 mod routes;
 mod tokens;
 
-pub(crate) use channels::{ChannelCreated, ChannelIn, ChannelOut};
+pub(crate) use channels::{ChannelCreated, ChannelOut};
 
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
