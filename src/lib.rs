@@ -39,6 +39,7 @@ pub mod domain;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod operations;
 pub mod pubsub;
 pub mod realtime;
 pub mod store;

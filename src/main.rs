@@ -1,4 +1,6 @@
 //! The `converger` command: parses the CLI, sets up logging and runs a subcommand.
+//! Tenant commands call [`converger::operations`], as the admin panel and API do, so a
+//! tenant name is checked the same way here.
 
 use std::process::ExitCode;
 
@@ -6,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use converger::config::Config;
 use converger::domain::{Tenant, TenantStatus};
+use converger::operations::tenants;
 use converger::store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +42,10 @@ enum Command {
 #[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant and print its API key (shown this once).
-    Create { name: String },
+    Create {
+        /// 1 to 200 characters, surrounding spaces trimmed.
+        name: String,
+    },
     /// List tenants.
     List,
     /// Disable a tenant: its credentials stop working at once.
@@ -163,13 +169,10 @@ fn print_tenant(t: &Tenant) {
 async fn tenant(store: &Store, cmd: TenantCommand) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name } => {
-            let name = name.trim();
-            anyhow::ensure!(!name.is_empty(), "the tenant name must not be empty");
-            let key = converger::auth::generate_api_key();
-            let tenant = store.insert_tenant(name, &key.hash, &key.prefix).await?;
-            println!("tenant  {}", tenant.id);
-            println!("name    {}", tenant.name);
-            println!("api key {}", key.key);
+            let created = tenants::create(store, &name).await?;
+            println!("tenant  {}", created.tenant.id);
+            println!("name    {}", created.tenant.name);
+            println!("api key {}", created.api_key);
             eprintln!("(the API key is shown only now: keep it)");
         }
         TenantCommand::List => {
@@ -182,29 +185,22 @@ async fn tenant(store: &Store, cmd: TenantCommand) -> anyhow::Result<()> {
                 .find_tenant(&tenant)
                 .await
                 .context("tenant not found")?;
-            print_tenant(
-                &store
-                    .set_tenant_status(t.id, TenantStatus::Inactive)
-                    .await?,
-            );
+            print_tenant(&tenants::set_status(store, t.id, TenantStatus::Inactive).await?);
         }
         TenantCommand::Enable { tenant } => {
             let t = store
                 .find_tenant(&tenant)
                 .await
                 .context("tenant not found")?;
-            print_tenant(&store.set_tenant_status(t.id, TenantStatus::Active).await?);
+            print_tenant(&tenants::set_status(store, t.id, TenantStatus::Active).await?);
         }
         TenantCommand::RotateKey { tenant } => {
             let t = store
                 .find_tenant(&tenant)
                 .await
                 .context("tenant not found")?;
-            let key = converger::auth::generate_api_key();
-            store
-                .update_tenant_api_key(t.id, &key.hash, &key.prefix)
-                .await?;
-            println!("api key {}", key.key);
+            let rotated = tenants::rotate_key(store, t.id).await?;
+            println!("api key {}", rotated.api_key);
             eprintln!("(the API key is shown only now: keep it; the old one no longer works)");
         }
     }

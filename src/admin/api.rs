@@ -1,6 +1,9 @@
 //! The admin JSON API under `/admin/api`: the panel's operations for scripts (e.g.
 //! onboarding a tenant), behind the same guard. With a password set, scripts send it
 //! as `Authorization: Bearer`.
+//!
+//! Decoding and JSON only: every change is a function of [`crate::operations`], the
+//! same the pages and the CLI call, and `http::error` picks the status codes.
 
 use axum::Extension;
 use axum::extract::State;
@@ -10,32 +13,24 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::guard::AdminContext;
-use super::pages::{Stats, stats};
-use crate::auth;
 use crate::domain::{
     ChannelId, ChannelStatus, ChannelType, Conversation, ConversationId, Delivery, DeliveryId,
     DeliveryStatus, Route, RouteDirection, RouteId, Tenant, TenantId, TenantStatus,
 };
-use crate::http::api::{
-    ChannelCreated, ChannelIn, ChannelOut, Data, Page, create_channel_for, create_route_checked,
-    page_limit, rotate_secret_of,
-};
+use crate::http::api::{ChannelCreated, ChannelOut, Data, Page, page_limit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::state::AppState;
-use crate::store::{ChannelFilter, ChannelUpdate, ConversationFilter, StoreError};
+use crate::operations::channels::{self, ChannelIn};
+use crate::operations::dashboard::{self, Stats};
+use crate::operations::tenants::{self, TenantWithKey};
+use crate::operations::{conversations, deliveries, routes as route_ops};
+use crate::store::{ChannelFilter, ConversationFilter};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantIn {
     pub name: String,
-}
-
-/// A tenant with its API key, shown this once.
-#[derive(Serialize, ToSchema)]
-pub struct TenantWithKey {
-    pub tenant: Tenant,
-    pub api_key: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -70,7 +65,7 @@ pub struct Retried {
 /// Delivery counts and activity rate, as on the dashboard.
 #[utoipa::path(get, path = "/stats", tag = "admin", responses((status = 200, body = Data<Stats>)))]
 async fn get_stats(State(state): State<AppState>) -> ApiResult<axum::Json<Data<Stats>>> {
-    Ok(Data::new(stats(&state).await?))
+    Ok(Data::new(dashboard::stats(&state.store).await?))
 }
 
 /// Every tenant.
@@ -86,26 +81,8 @@ async fn create_tenant(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TenantIn>,
 ) -> ApiResult<(StatusCode, axum::Json<Data<TenantWithKey>>)> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::invalid_field(
-            "name",
-            "must be 1 to 200 characters",
-        ));
-    }
-    let key = auth::generate_api_key();
-    let tenant = state
-        .store
-        .insert_tenant(name, &key.hash, &key.prefix)
-        .await?;
-    tracing::info!(tenant_id = %tenant.id, "tenant created through the admin API");
-    Ok((
-        StatusCode::CREATED,
-        Data::new(TenantWithKey {
-            tenant,
-            api_key: key.key,
-        }),
-    ))
+    let created = tenants::create(&state.store, &body.name).await?;
+    Ok((StatusCode::CREATED, Data::new(created)))
 }
 
 /// Enable or disable a tenant.
@@ -116,12 +93,9 @@ async fn set_tenant_status(
     ApiPath(id): ApiPath<TenantId>,
     ApiJson(body): ApiJson<TenantStatusIn>,
 ) -> ApiResult<axum::Json<Data<Tenant>>> {
-    let tenant = state
-        .store
-        .set_tenant_status(id, body.status)
-        .await
-        .map_err(ApiError::not_found_as("tenant"))?;
-    Ok(Data::new(tenant))
+    Ok(Data::new(
+        tenants::set_status(&state.store, id, body.status).await?,
+    ))
 }
 
 /// Replace a tenant's API key; the old one stops working.
@@ -131,16 +105,7 @@ async fn rotate_tenant_key(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<TenantId>,
 ) -> ApiResult<axum::Json<Data<TenantWithKey>>> {
-    let key = auth::generate_api_key();
-    let tenant = state
-        .store
-        .update_tenant_api_key(id, &key.hash, &key.prefix)
-        .await
-        .map_err(ApiError::not_found_as("tenant"))?;
-    Ok(Data::new(TenantWithKey {
-        tenant,
-        api_key: key.key,
-    }))
+    Ok(Data::new(tenants::rotate_key(&state.store, id).await?))
 }
 
 /// Channels of one tenant or of all, optionally of one type (first 500).
@@ -174,13 +139,12 @@ async fn create_channel(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<AdminChannelIn>,
 ) -> ApiResult<(StatusCode, axum::Json<Data<ChannelCreated>>)> {
-    state
-        .store
-        .get_tenant(body.tenant_id)
-        .await
-        .map_err(ApiError::not_found_as("tenant"))?;
-    let created = create_channel_for(&state, body.tenant_id, body.channel).await?;
-    Ok((StatusCode::CREATED, Data::new(created)))
+    let created =
+        channels::create(&state.store, &state.adapters, body.tenant_id, &body.channel).await?;
+    Ok((
+        StatusCode::CREATED,
+        Data::new(state.channel_created(created)),
+    ))
 }
 
 /// Queue every failed delivery of a channel again.
@@ -190,12 +154,7 @@ async fn retry_channel_failures(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> ApiResult<axum::Json<Data<Retried>>> {
-    state
-        .store
-        .get_channel_unscoped(id)
-        .await
-        .map_err(ApiError::not_found_as("channel"))?;
-    let retried = crate::delivery::retry_all_failed(&state.store, &state.waker, id).await?;
+    let retried = deliveries::retry_channel(&state.store, &state.waker, id).await?;
     Ok(Data::new(Retried { retried }))
 }
 
@@ -207,22 +166,10 @@ async fn retry_delivery(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<DeliveryId>,
 ) -> ApiResult<axum::Json<Data<crate::domain::Delivery>>> {
-    let current = state
-        .store
-        .get_delivery_unscoped(id)
-        .await
-        .map_err(ApiError::not_found_as("delivery"))?;
-    match crate::delivery::retry_failed(&state.store, &state.waker, current.tenant_id, id).await {
-        Ok(d) => Ok(Data::new(d)),
-        Err(StoreError::NotFound) => Err(ApiError::conflict(
-            "delivery_not_failed",
-            format!(
-                "only failed deliveries can be retried; this one is {}",
-                current.status
-            ),
-        )),
-        Err(e) => Err(e.into()),
-    }
+    let tenant = deliveries::tenant_of(&state.store, id).await?;
+    Ok(Data::new(
+        deliveries::retry(&state.store, &state.waker, tenant, id).await?,
+    ))
 }
 
 /// Close a conversation.
@@ -232,13 +179,9 @@ async fn close_conversation(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ConversationId>,
 ) -> ApiResult<axum::Json<Data<crate::domain::Conversation>>> {
-    let c = state
-        .store
-        .get_conversation_unscoped(id)
-        .await
-        .map_err(ApiError::not_found_as("conversation"))?;
+    let tenant = conversations::tenant_of(&state.store, id).await?;
     Ok(Data::new(
-        state.store.close_conversation(c.tenant_id, id).await?,
+        conversations::close(&state.store, tenant, id).await?,
     ))
 }
 
@@ -311,8 +254,8 @@ async fn create_route(
     ApiJson(body): ApiJson<AdminRouteIn>,
 ) -> ApiResult<(StatusCode, axum::Json<Data<Route>>)> {
     let direction = body.direction.unwrap_or(RouteDirection::Any);
-    let route = create_route_checked(
-        &state,
+    let route = route_ops::create(
+        &state.store,
         body.tenant_id,
         body.source_channel_id,
         body.target_channel_id,
@@ -330,11 +273,7 @@ async fn delete_route(
     ApiPath(id): ApiPath<RouteId>,
     ApiQuery(q): ApiQuery<TenantScoped>,
 ) -> ApiResult<StatusCode> {
-    state
-        .store
-        .delete_route(q.tenant_id, id)
-        .await
-        .map_err(ApiError::not_found_as("route"))?;
+    route_ops::delete(&state.store, q.tenant_id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -386,19 +325,7 @@ async fn set_channel_status(
     ApiPath(id): ApiPath<ChannelId>,
     ApiJson(body): ApiJson<ChannelStatusIn>,
 ) -> ApiResult<axum::Json<Data<ChannelOut>>> {
-    let channel = state
-        .store
-        .get_channel_unscoped(id)
-        .await
-        .map_err(ApiError::not_found_as("channel"))?;
-    let update = ChannelUpdate {
-        status: Some(body.status),
-        ..ChannelUpdate::default()
-    };
-    let channel = state
-        .store
-        .update_channel(channel.tenant_id, id, update)
-        .await?;
+    let channel = channels::set_status(&state.store, id, body.status).await?;
     Ok(Data::new(state.channel_out(channel)))
 }
 
@@ -409,14 +336,9 @@ async fn rotate_channel_secret(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> ApiResult<axum::Json<Data<ChannelCreated>>> {
-    let channel = state
-        .store
-        .get_channel_unscoped(id)
-        .await
-        .map_err(ApiError::not_found_as("channel"))?;
-    Ok(Data::new(
-        rotate_secret_of(&state, channel.tenant_id, id).await?,
-    ))
+    let tenant = channels::get(&state.store, id).await?.tenant_id;
+    let rotated = channels::rotate_secret(&state.store, tenant, id).await?;
+    Ok(Data::new(state.channel_created(rotated)))
 }
 
 /// Whether the caller is logged in (always true past the guard): a cheap probe for scripts.

@@ -19,7 +19,7 @@ pub use channel::{Channel, ChannelStatus, ChannelType, Route, RouteDirection};
 pub use conversation::{Conversation, ConversationStatus};
 pub use delivery::{Delivery, DeliveryStatus};
 pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, RouteId, TenantId};
-pub use tenant::{Tenant, TenantStatus};
+pub use tenant::{MAX_TENANT_NAME_CHARS, Tenant, TenantStatus, check_tenant_name};
 pub use time::Timestamp;
 
 /// A rule broken by user input, named by the field it concerns.

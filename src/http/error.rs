@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::domain::FieldError;
 use crate::ingest::IngestError;
+use crate::operations::OpError;
 use crate::store::StoreError;
 
 /// An error answer of the API.
@@ -94,15 +95,10 @@ impl ApiError {
 
     /// 422 naming every broken rule.
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let summary = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
-            summary,
+            crate::operations::summary(&errors),
         )
         .with_details(json!({ "fields": errors }))
     }
@@ -223,6 +219,21 @@ impl From<IngestError> for ApiError {
             )
             .with_details(json!({ "activity_id": existing.id })),
             IngestError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(err: OpError) -> Self {
+        match err {
+            OpError::NotFound(what) => ApiError::not_found(what),
+            OpError::Invalid(errors) => ApiError::validation(errors),
+            OpError::DeliveryNotFailed { status } => ApiError::conflict(
+                "delivery_not_failed",
+                format!("only failed deliveries can be retried; this one is {status}"),
+            )
+            .with_details(json!({ "status": status })),
+            OpError::Store(e) => e.into(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The admin guard over real HTTP: IP allow-list, trusted proxies, IPv6, password
-//! login, CSRF; and the admin JSON API for scripts.
+//! login, CSRF; the admin JSON API for scripts; and the rules the panel, the admin API
+//! and the CLI share.
 
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
@@ -12,6 +13,7 @@ both_backends!(
     password_login_and_bearer_for_scripts,
     forms_need_the_csrf_token,
     admin_api_onboards_a_tenant,
+    tenant_name_rule_is_the_same_for_cli_api_and_form,
 );
 
 fn no_redirects() -> reqwest::Client {
@@ -490,4 +492,94 @@ async fn admin_api_onboards_a_tenant(backend: Backend) {
         .await
         .unwrap();
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+async fn tenant_name_rule_is_the_same_for_cli_api_and_form(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let http = no_redirects();
+    let page = http
+        .get(format!("{}/admin/tenants", app.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&page);
+    let csrf = csrf_in(&page.text().await.unwrap());
+    let form = |name: String| {
+        http.post(format!("{}/admin/tenants", app.base))
+            .header(COOKIE, &cookie)
+            .form(&[("_csrf", csrf.clone()), ("name", name)])
+            .send()
+    };
+    let api = |name: String| {
+        app.anon(Method::POST, "/admin/api/tenants")
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    let cli = |name: String| crate::cli::converger(&app.database_url, &["tenant", "create", &name]);
+    let before = tenant_count(&app).await;
+
+    // 201 characters, or nothing but spaces: refused by each, with the same rule.
+    for bad in ["x".repeat(201), "   ".to_owned()] {
+        let out = cli(bad.clone());
+        assert!(!out.status.success(), "the CLI refuses {bad:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("name: must be 1 to 200 characters"),
+            "{stderr}"
+        );
+
+        let err = expect_error(
+            api(bad.clone()).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(
+            err["details"]["fields"],
+            json!([{"field": "name", "message": "must be 1 to 200 characters"}])
+        );
+
+        let resp = form(bad.clone()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let html = resp.text().await.unwrap();
+        assert!(
+            html.contains("The name must be 1 to 200 characters."),
+            "the form shows the rule"
+        );
+        assert!(
+            !html.contains("shown only now"),
+            "no key for a refused name"
+        );
+    }
+    assert_eq!(tenant_count(&app).await, before, "nothing was created");
+
+    // 200 characters, with spaces around: accepted by each, trimmed.
+    let longest = |c: &str| c.repeat(200);
+    let out = cli(format!("  {}  ", longest("c")));
+    let created = crate::cli::stdout(&out);
+    assert!(
+        created.contains(&format!("name    {}\n", longest("c"))),
+        "{created}"
+    );
+    let created = expect_data(
+        api(format!(" {} ", longest("a"))).await.unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(created["tenant"]["name"], longest("a"));
+    let resp = form(format!(" {} ", longest("f"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.text().await.unwrap().contains("shown only now"));
+    let names: Vec<String> = app
+        .store
+        .list_tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    for c in ["c", "a", "f"] {
+        assert!(names.contains(&longest(c)), "{c} x 200 stored trimmed");
+    }
+    assert_eq!(tenant_count(&app).await, before + 3);
 }

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 
 use crate::common::{Backend, TestApp};
 
-fn converger(db_url: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn converger(db_url: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_converger"))
         .args(args)
         .env("CONVERGER_DATABASE_URL", db_url)
@@ -16,7 +16,7 @@ fn converger(db_url: &str, args: &[&str]) -> std::process::Output {
         .expect("run converger")
 }
 
-fn stdout(out: &std::process::Output) -> String {
+pub(crate) fn stdout(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
         "failed: {}",

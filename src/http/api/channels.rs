@@ -1,4 +1,6 @@
-//! Channels of a tenant (DESIGN.md §5 "channels"), managed with the API key.
+//! Channels of a tenant (DESIGN.md §5 "channels"), managed with the API key. Creating
+//! one and rotating its secret are [`crate::operations::channels`], shared with the
+//! admin panel; this file decodes, and shows channels with secrets masked.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,29 +11,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Data, Page, page_limit};
 use crate::adapters::{mask_config, merge_config_patch};
-use crate::auth;
-use crate::domain::{
-    Channel, ChannelId, ChannelStatus, ChannelType, FieldError, TenantId, Timestamp,
-};
+use crate::domain::{Channel, ChannelId, ChannelStatus, ChannelType, TenantId, Timestamp};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;
-use crate::store::{ChannelFilter, ChannelUpdate, NewChannel};
-
-/// Longest channel name, in characters.
-const MAX_NAME_CHARS: usize = 200;
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelIn {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: ChannelType,
-    /// Settings of the channel type; see the adapter documentation.
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub config: Value,
-}
+use crate::operations::channels::{self, ChannelIn, ChannelWithSecret};
+use crate::store::{ChannelFilter, ChannelUpdate};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -112,17 +97,14 @@ impl AppState {
             updated_at: channel.updated_at,
         }
     }
-}
 
-fn check_name(name: &str) -> Result<String, FieldError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        return Err(FieldError::new(
-            "name",
-            format!("must be 1 to {MAX_NAME_CHARS} characters"),
-        ));
+    /// A created channel or rotated secret as the APIs answer it.
+    pub(crate) fn channel_created(&self, created: ChannelWithSecret) -> ChannelCreated {
+        ChannelCreated {
+            channel: self.channel_out(created.channel),
+            secret: created.secret,
+        }
     }
-    Ok(name.to_owned())
 }
 
 /// Create a channel; its config is validated by the adapter of its type (DESIGN.md §2, §5).
@@ -134,45 +116,11 @@ async fn create_channel(
     auth: TenantAuth,
     ApiJson(body): ApiJson<ChannelIn>,
 ) -> ApiResult<(StatusCode, axum::Json<Data<ChannelCreated>>)> {
-    let created = create_channel_for(&state, auth.tenant_id, body).await?;
-    Ok((StatusCode::CREATED, Data::new(created)))
-}
-
-/// Validates and creates a channel of a tenant (REST API and admin API).
-pub(crate) async fn create_channel_for(
-    state: &AppState,
-    tenant_id: TenantId,
-    body: ChannelIn,
-) -> ApiResult<ChannelCreated> {
-    let mut errors = Vec::new();
-    let name = check_name(&body.name).map_err(|e| errors.push(e)).ok();
-    let config = state
-        .adapters
-        .get(body.kind)
-        .validate_config(&body.config)
-        .map_err(|e| errors.extend(e))
-        .ok();
-    let (Some(name), Some(config)) = (name, config) else {
-        return Err(ApiError::validation(errors));
-    };
-    let secret = auth::generate_channel_secret();
-    let channel = state
-        .store
-        .insert_channel(
-            tenant_id,
-            NewChannel {
-                name,
-                kind: body.kind,
-                secret: secret.clone(),
-                config,
-            },
-        )
-        .await?;
-    tracing::info!(channel_id = %channel.id, tenant_id = %channel.tenant_id, kind = %channel.kind, "channel created");
-    Ok(ChannelCreated {
-        channel: state.channel_out(channel),
-        secret,
-    })
+    let created = channels::create(&state.store, &state.adapters, auth.tenant_id, &body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Data::new(state.channel_created(created)),
+    ))
 }
 
 /// List the tenant's channels, keyset-paginated by id.
@@ -229,7 +177,7 @@ async fn update_channel(
     let name = body
         .name
         .as_deref()
-        .map(check_name)
+        .map(channels::check_name)
         .transpose()
         .map_err(|e| ApiError::validation(vec![e]))?;
     let config = match &body.config {
@@ -285,33 +233,8 @@ async fn rotate_channel_secret(
     auth: TenantAuth,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> ApiResult<axum::Json<Data<ChannelCreated>>> {
-    Ok(Data::new(
-        rotate_secret_of(&state, auth.tenant_id, id).await?,
-    ))
-}
-
-/// Gives a tenant's channel a new secret, revoking its channel tokens (REST API and
-/// admin panel); the answer shows the new secret.
-pub(crate) async fn rotate_secret_of(
-    state: &AppState,
-    tenant_id: TenantId,
-    id: ChannelId,
-) -> ApiResult<ChannelCreated> {
-    let secret = auth::generate_channel_secret();
-    let update = ChannelUpdate {
-        secret: Some(secret.clone()),
-        ..ChannelUpdate::default()
-    };
-    let channel = state
-        .store
-        .update_channel(tenant_id, id, update)
-        .await
-        .map_err(ApiError::not_found_as("channel"))?;
-    tracing::info!(channel_id = %channel.id, "channel secret rotated");
-    Ok(ChannelCreated {
-        channel: state.channel_out(channel),
-        secret,
-    })
+    let rotated = channels::rotate_secret(&state.store, auth.tenant_id, id).await?;
+    Ok(Data::new(state.channel_created(rotated)))
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {

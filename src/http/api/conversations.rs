@@ -15,6 +15,7 @@ use crate::domain::{
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, Caller, TenantAuth};
 use crate::http::state::AppState;
+use crate::operations;
 use crate::store::{ConversationFilter, NewConversation, StoreError};
 
 /// Longest `external_id`, in characters.
@@ -192,11 +193,8 @@ async fn close_conversation(
     auth: TenantAuth,
     ApiPath(id): ApiPath<ConversationId>,
 ) -> ApiResult<axum::Json<Data<Conversation>>> {
-    match state.store.close_conversation(auth.tenant_id, id).await {
-        Ok(c) => Ok(Data::new(c)),
-        Err(StoreError::NotFound) => Err(ApiError::not_found("conversation")),
-        Err(e) => Err(e.into()),
-    }
+    let closed = operations::conversations::close(&state.store, auth.tenant_id, id).await?;
+    Ok(Data::new(closed))
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {

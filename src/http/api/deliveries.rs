@@ -3,7 +3,6 @@
 
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -12,6 +11,7 @@ use crate::domain::{ActivityId, ChannelId, Delivery, DeliveryId, DeliveryStatus}
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;
+use crate::operations;
 use crate::store::StoreError;
 
 #[derive(Deserialize, IntoParams)]
@@ -85,26 +85,9 @@ async fn retry_delivery(
     auth: TenantAuth,
     ApiPath(id): ApiPath<DeliveryId>,
 ) -> ApiResult<axum::Json<Data<Delivery>>> {
-    match crate::delivery::retry_failed(&state.store, &state.waker, auth.tenant_id, id).await {
-        Ok(delivery) => {
-            tracing::info!(delivery_id = %id, tenant_id = %auth.tenant_id, "delivery retried");
-            Ok(Data::new(delivery))
-        }
-        // Not a failed delivery of this tenant: missing, or in another state.
-        Err(StoreError::NotFound) => match state.store.get_delivery(auth.tenant_id, id).await {
-            Ok(current) => Err(ApiError::conflict(
-                "delivery_not_failed",
-                format!(
-                    "only failed deliveries can be retried; this one is {}",
-                    current.status
-                ),
-            )
-            .with_details(json!({ "status": current.status }))),
-            Err(StoreError::NotFound) => Err(ApiError::not_found("delivery")),
-            Err(e) => Err(e.into()),
-        },
-        Err(e) => Err(e.into()),
-    }
+    let retried =
+        operations::deliveries::retry(&state.store, &state.waker, auth.tenant_id, id).await?;
+    Ok(Data::new(retried))
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {

@@ -7,10 +7,7 @@ mod deliveries;
 mod routes;
 mod tokens;
 
-pub(crate) use channels::{
-    ChannelCreated, ChannelIn, ChannelOut, create_channel_for, rotate_secret_of,
-};
-pub(crate) use routes::create_route_checked;
+pub(crate) use channels::{ChannelCreated, ChannelOut};
 
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;

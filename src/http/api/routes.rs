@@ -8,13 +8,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Data, Page, page_limit};
-use crate::domain::{
-    ChannelId, ChannelStatus, FieldError, Route, RouteDirection, RouteId, TenantId,
-};
-use crate::http::error::{ApiError, ApiResult};
+use crate::domain::{ChannelId, Route, RouteDirection, RouteId};
+use crate::http::error::ApiResult;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;
-use crate::store::StoreError;
+use crate::operations;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,22 +35,6 @@ pub struct RouteQuery {
     pub limit: Option<i64>,
 }
 
-/// Checks that a route endpoint is a channel of the tenant (404 otherwise, as for a
-/// missing one); an inactive channel is a validation error naming `field`.
-async fn check_endpoint(
-    state: &AppState,
-    tenant_id: TenantId,
-    field: &str,
-    id: ChannelId,
-) -> ApiResult<Option<FieldError>> {
-    match state.store.get_channel(tenant_id, id).await {
-        Ok(c) if c.status == ChannelStatus::Active => Ok(None),
-        Ok(_) => Ok(Some(FieldError::new(field, "the channel is inactive"))),
-        Err(StoreError::NotFound) => Err(ApiError::not_found("channel")),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Create a route between two active channels of the tenant; a route that would close
 /// a cycle is refused (DESIGN.md §2 "route", §5 "routes").
 #[utoipa::path(post, path = "/routes", tag = "routes", request_body = RouteIn,
@@ -65,8 +47,8 @@ async fn create_route(
     auth: TenantAuth,
     ApiJson(body): ApiJson<RouteIn>,
 ) -> ApiResult<(StatusCode, axum::Json<Data<Route>>)> {
-    let route = create_route_checked(
-        &state,
+    let route = operations::routes::create(
+        &state.store,
         auth.tenant_id,
         body.source_channel_id,
         body.target_channel_id,
@@ -74,37 +56,6 @@ async fn create_route(
     )
     .await?;
     Ok((StatusCode::CREATED, Data::new(route)))
-}
-
-/// Validates and creates a route of a tenant (REST API and admin panel).
-pub(crate) async fn create_route_checked(
-    state: &AppState,
-    tenant_id: TenantId,
-    source: ChannelId,
-    target: ChannelId,
-    direction: RouteDirection,
-) -> ApiResult<Route> {
-    // Existence first: a channel of another tenant is 404 whatever else is wrong.
-    let (source_inactive, target_inactive) = tokio::try_join!(
-        check_endpoint(state, tenant_id, "source_channel_id", source),
-        check_endpoint(state, tenant_id, "target_channel_id", target),
-    )?;
-    let mut errors: Vec<FieldError> = source_inactive.into_iter().chain(target_inactive).collect();
-    if source == target {
-        errors.push(FieldError::new(
-            "target_channel_id",
-            "must differ from source_channel_id",
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let route = state
-        .store
-        .insert_route_acyclic(tenant_id, source, target, direction)
-        .await?;
-    tracing::info!(route_id = %route.id, tenant_id = %route.tenant_id, %direction, "route created");
-    Ok(route)
 }
 
 /// List the tenant's routes, oldest first, keyset-paginated.
@@ -132,14 +83,8 @@ async fn delete_route(
     auth: TenantAuth,
     ApiPath(id): ApiPath<RouteId>,
 ) -> ApiResult<StatusCode> {
-    match state.store.delete_route(auth.tenant_id, id).await {
-        Ok(()) => {
-            tracing::info!(route_id = %id, tenant_id = %auth.tenant_id, "route deleted");
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Err(StoreError::NotFound) => Err(ApiError::not_found("route")),
-        Err(e) => Err(e.into()),
-    }
+    operations::routes::delete(&state.store, auth.tenant_id, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {

@@ -1,0 +1,361 @@
+//! Channels: the list (all tenants or one, by type), the new-channel form whose fields
+//! follow the selected type, a channel's page, and its actions (enable/disable, rotate
+//! the secret, retry its failed deliveries), through [`crate::operations::channels`].
+
+use std::collections::HashMap;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Extension;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{Chrome, Notice, PAGE, Pager, back_to, form_status, go, opt_parse, pretty};
+use crate::admin::forms::{
+    ConfigField, CsrfForm, FieldKind, config_fields, config_from_form, input_name,
+};
+use crate::admin::guard::AdminContext;
+use crate::domain::{Channel, ChannelId, ChannelType, FieldError, Tenant, TenantId};
+use crate::http::error::ApiResult;
+use crate::http::extract::ApiPath;
+use crate::http::state::AppState;
+use crate::operations::channels::{self as ops, ChannelIn};
+use crate::operations::{OpError, deliveries};
+use crate::store::{ChannelDeliveryStats, ChannelFilter};
+
+/// A channel row with its tenant's name.
+pub struct ChannelRow {
+    pub channel: Channel,
+    pub tenant_name: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "channels.html")]
+pub struct ChannelsPage {
+    chrome: Chrome,
+    tenants: Vec<Tenant>,
+    types: &'static [ChannelType],
+    tenant: Option<TenantId>,
+    kind: Option<ChannelType>,
+    rows: Vec<ChannelRow>,
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ChannelsQuery {
+    tenant: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    after: Option<ChannelId>,
+    notice: Option<String>,
+}
+
+pub async fn channels(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<AdminContext>,
+    Query(q): Query<ChannelsQuery>,
+) -> ApiResult<ChannelsPage> {
+    let tenant: Option<TenantId> = opt_parse(q.tenant.as_deref());
+    let kind: Option<ChannelType> = opt_parse(q.kind.as_deref());
+    let tenants = state.store.list_tenants().await?;
+    let channels = match tenant {
+        Some(t) => {
+            let filter = ChannelFilter {
+                kind,
+                status: None,
+                after: q.after,
+                limit: PAGE,
+            };
+            state.store.list_channels(t, &filter).await?
+        }
+        None => state.store.list_all_channels(kind, q.after, PAGE).await?,
+    };
+    let next = Pager::default()
+        .filter("tenant", tenant)
+        .filter("type", kind)
+        .next(&channels, "after", |c| c.id.to_string());
+    let names: HashMap<TenantId, String> = tenants.iter().map(|t| (t.id, t.name.clone())).collect();
+    let rows = channels
+        .into_iter()
+        .map(|c| ChannelRow {
+            tenant_name: names.get(&c.tenant_id).cloned().unwrap_or_default(),
+            channel: c,
+        })
+        .collect();
+    Ok(ChannelsPage {
+        chrome: Chrome::new(&ctx, "channels", q.notice),
+        tenants,
+        types: ChannelType::ALL,
+        tenant,
+        kind,
+        rows,
+        next,
+    })
+}
+
+/// One channel type's group of fields on the new-channel form.
+pub struct TypeFields {
+    pub kind: ChannelType,
+    pub fields: Vec<FormField>,
+}
+
+/// One field on the form, with what was entered and its error.
+pub struct FormField {
+    pub def: ConfigField,
+    pub input: String,
+    pub value: String,
+    pub error: Option<String>,
+}
+
+impl FormField {
+    pub fn is_checkbox(&self) -> bool {
+        self.def.kind == FieldKind::Checkbox
+    }
+    pub fn is_lines(&self) -> bool {
+        self.def.kind == FieldKind::Lines
+    }
+    pub fn is_secret(&self) -> bool {
+        self.def.kind == FieldKind::Secret
+    }
+    pub fn choices(&self) -> &'static [&'static str] {
+        match self.def.kind {
+            FieldKind::Choice(c) => c,
+            _ => &[],
+        }
+    }
+    pub fn checked(&self) -> bool {
+        !self.value.is_empty()
+    }
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "channel_new.html")]
+pub struct NewChannelPage {
+    chrome: Chrome,
+    tenants: Vec<Tenant>,
+    tenant: Option<TenantId>,
+    selected: ChannelType,
+    name: String,
+    name_error: Option<String>,
+    tenant_error: Option<String>,
+    groups: Vec<TypeFields>,
+}
+
+fn build_groups(
+    form: Option<&CsrfForm>,
+    selected: ChannelType,
+    errors: &[FieldError],
+) -> Vec<TypeFields> {
+    ChannelType::ALL
+        .iter()
+        .map(|&kind| TypeFields {
+            kind,
+            fields: config_fields(kind)
+                .iter()
+                .map(|def| {
+                    let input = input_name(kind, def);
+                    let default_on =
+                        def.kind == FieldKind::Checkbox && def.name == "require_signature";
+                    let value = match form {
+                        // Secrets are never written back into the page.
+                        Some(_) if def.kind == FieldKind::Secret => String::new(),
+                        Some(f) => f.get(&input).unwrap_or_default().to_owned(),
+                        None if default_on => "on".to_owned(),
+                        None => String::new(),
+                    };
+                    let error = (kind == selected)
+                        .then(|| {
+                            errors
+                                .iter()
+                                .find(|e| {
+                                    e.field == format!("config.{}", def.name)
+                                        || e.field.starts_with(&format!("config.{}.", def.name))
+                                })
+                                .map(|e| e.message.clone())
+                        })
+                        .flatten();
+                    FormField {
+                        def: *def,
+                        input,
+                        value,
+                        error,
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+pub struct NewChannelQuery {
+    tenant: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+pub async fn new_channel(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<AdminContext>,
+    Query(q): Query<NewChannelQuery>,
+) -> ApiResult<NewChannelPage> {
+    let selected = opt_parse(q.kind.as_deref()).unwrap_or(ChannelType::Webhook);
+    Ok(NewChannelPage {
+        chrome: Chrome::new(&ctx, "channels", None),
+        tenants: state.store.list_tenants().await?,
+        tenant: opt_parse(q.tenant.as_deref()),
+        selected,
+        name: String::new(),
+        name_error: None,
+        tenant_error: None,
+        groups: build_groups(None, selected, &[]),
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "channel.html")]
+pub struct ChannelPage {
+    chrome: Chrome,
+    channel: Channel,
+    tenant_name: String,
+    config: String,
+    token: String,
+    inbound_url: String,
+    /// A secret to show once (new channel or rotated secret).
+    secret: Option<String>,
+    stats: Option<ChannelDeliveryStats>,
+}
+
+async fn channel_page(
+    state: &AppState,
+    ctx: &AdminContext,
+    id: ChannelId,
+    notice: Option<String>,
+    secret: Option<String>,
+) -> ApiResult<ChannelPage> {
+    let channel = ops::get(&state.store, id).await?;
+    let tenant = state.store.get_tenant(channel.tenant_id).await?;
+    // Masked config, token and inbound URL exactly as the API shows them.
+    let shown = state.channel_out(channel.clone());
+    let stats = state
+        .store
+        .delivery_stats_by_channel(Some(channel.id), 1)
+        .await?
+        .into_iter()
+        .next();
+    Ok(ChannelPage {
+        chrome: Chrome::new(ctx, "channels", notice),
+        token: shown.token,
+        inbound_url: shown.inbound_url,
+        config: pretty(&shown.config),
+        tenant_name: tenant.name,
+        channel,
+        secret,
+        stats,
+    })
+}
+
+pub async fn channel(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<AdminContext>,
+    ApiPath(id): ApiPath<ChannelId>,
+    Query(q): Query<Notice>,
+) -> ApiResult<ChannelPage> {
+    channel_page(&state, &ctx, id, q.notice, None).await
+}
+
+pub async fn create_channel(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<AdminContext>,
+    form: CsrfForm,
+) -> ApiResult<Response> {
+    let selected: ChannelType = opt_parse(form.get("type")).unwrap_or(ChannelType::Webhook);
+    let tenant: Option<TenantId> = opt_parse(form.get("tenant"));
+    let input = ChannelIn {
+        name: form.get("name").unwrap_or_default().to_owned(),
+        kind: selected,
+        config: config_from_form(selected, &form),
+    };
+    let outcome = match tenant {
+        Some(t) => ops::create(&state.store, &state.adapters, t, &input).await,
+        None => Err(OpError::NotFound("tenant")),
+    };
+    let (tenant, errors) = match outcome {
+        Ok(created) => {
+            return Ok(channel_page(
+                &state,
+                &ctx,
+                created.channel.id,
+                Some("Channel created. Copy the secret now: it is shown once.".into()),
+                Some(created.secret),
+            )
+            .await?
+            .into_response());
+        }
+        Err(OpError::Invalid(errors)) => (tenant, errors),
+        // The tenant is checked first: list the other problems along with it.
+        Err(OpError::NotFound("tenant")) => (
+            None,
+            ops::validate(&state.adapters, &input)
+                .err()
+                .unwrap_or_default(),
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(NewChannelPage {
+        chrome: Chrome::new(&ctx, "channels", None),
+        tenants: state.store.list_tenants().await?,
+        tenant,
+        selected,
+        name_error: errors
+            .iter()
+            .find(|e| e.field == "name")
+            .map(|e| e.message.clone()),
+        tenant_error: tenant.is_none().then(|| "choose a tenant".to_owned()),
+        name: input.name,
+        groups: build_groups(Some(&form), selected, &errors),
+    }
+    .into_response())
+}
+
+pub async fn set_channel_status(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+    form: CsrfForm,
+) -> ApiResult<Response> {
+    let channel = ops::set_status(&state.store, id, form_status(&form)?).await?;
+    Ok(go(
+        &format!("/admin/channels/{id}"),
+        &format!("Channel is {}.", channel.status),
+    ))
+}
+
+pub async fn rotate_channel_secret(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<AdminContext>,
+    ApiPath(id): ApiPath<ChannelId>,
+    _form: CsrfForm,
+) -> ApiResult<ChannelPage> {
+    let tenant = ops::get(&state.store, id).await?.tenant_id;
+    let rotated = ops::rotate_secret(&state.store, tenant, id).await?;
+    channel_page(
+        &state,
+        &ctx,
+        id,
+        Some("Secret rotated; the old secret and channel tokens no longer work.".into()),
+        Some(rotated.secret),
+    )
+    .await
+}
+
+pub async fn retry_channel_failures(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+    form: CsrfForm,
+) -> ApiResult<Response> {
+    let n = deliveries::retry_channel(&state.store, &state.waker, id).await?;
+    Ok(go(
+        &back_to(&form),
+        &format!("{n} failed deliveries queued again."),
+    ))
+}
