@@ -27,7 +27,9 @@ use crate::domain::{
     NewActivity,
 };
 
-pub use config::{MASK, mask_config, merge_config_patch};
+pub use config::{
+    ConfigSpec, FieldSpec, FieldType, HttpUrl, MASK, mask_config, merge_config_patch,
+};
 pub use inbound::{InboundBatch, InboundError, InboundMessage, StatusUpdate};
 pub use whatsapp::ProviderStatus;
 
@@ -92,15 +94,20 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     /// The channel type this adapter serves.
     fn channel_type(&self) -> ChannelType;
 
+    /// The settings of this channel type, read from its config struct.
+    fn config_spec(&self) -> &'static ConfigSpec;
+
     /// Checks a channel config and returns it with defaults filled in.
     ///
     /// # Errors
     /// Every broken rule, each naming its field as `config.<path>`.
-    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>>;
+    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
+        self.config_spec().validate(config)
+    }
 
     /// Config fields holding credentials: masked on every read.
     fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
+        self.config_spec().secrets
     }
 
     /// Whether an activity of this direction and type, in a conversation on a channel of
