@@ -4,10 +4,10 @@
 //! `utoipa::ToSchema`: field names, `///` docs, types, defaults (`#[serde(default =
 //! ..)]` and the same function as `#[schema(default = ..)]`), bounds (`minimum`,
 //! `maximum`), choices (enums), secrets (`format = Password`) and form labels (a
-//! field doc's first paragraph, when the doc has two). [`ConfigSpec`] reads that schema
-//! once per channel type;
-//! validation, masking, the admin form and the OpenAPI document all follow from it, so
-//! adding a setting is one edit to one struct.
+//! field doc's first paragraph, when the doc has two). [`ConfigSpec`] reads that
+//! schema once per channel type; validation, masking, the admin form and the OpenAPI
+//! document all follow from it, so adding a setting is one edit to one struct. Field
+//! docs are shown in the admin form as they are: plain sentences, no markup.
 //!
 //! Validation collects every problem, each naming its field as `config.<path>`: the
 //! schema's rules (required, unknown, bounds, choices, value types) and the field types'
@@ -293,6 +293,8 @@ impl ConfigSpec {
                 break;
             };
             let value = object.get(f.name);
+            // A string that a string field refused failed the field type's own check,
+            // whose message says why; otherwise the schema says what was expected.
             let message = match (path.len(), f.kind) {
                 (1, FieldType::String)
                     if value.is_some_and(Value::is_string) && f.choices.is_empty() =>

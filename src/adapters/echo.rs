@@ -20,7 +20,7 @@ pub const ECHO_SENDER: &str = "echo-bot";
 pub struct EchoConfig {
     /// Reply prefix
     ///
-    /// Put before the echoed text, e.g. `echo: `.
+    /// Put before the echoed text, e.g. "echo: ".
     #[serde(default)]
     #[schema(default = "")]
     pub prefix: String,

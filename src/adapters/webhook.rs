@@ -35,7 +35,7 @@ pub struct WebhookConfig {
     pub method: WebhookMethod,
     /// Extra headers
     ///
-    /// Extra HTTP headers of outbound requests; `webhook-*` headers are Converger's own
+    /// Extra HTTP headers of outbound requests; webhook-* headers are Converger's own
     /// and are not overridden.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

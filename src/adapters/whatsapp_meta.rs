@@ -521,6 +521,7 @@ fn describe_error(error: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::tests::{json_tree, keys};
     use crate::adapters::whatsapp::tests::fixture;
     use proptest::prelude::*;
 
@@ -837,45 +838,38 @@ mod tests {
             Just(json!("failed")),
             Just(json!("106540352242922")),
         ];
-        leaf.prop_recursive(6, 64, 6, |inner| {
-            let key = prop_oneof![
-                Just("object"),
-                Just("entry"),
-                Just("changes"),
-                Just("field"),
-                Just("value"),
-                Just("metadata"),
-                Just("phone_number_id"),
-                Just("contacts"),
-                Just("profile"),
-                Just("name"),
-                Just("wa_id"),
-                Just("messages"),
-                Just("statuses"),
-                Just("errors"),
-                Just("from"),
-                Just("id"),
-                Just("type"),
-                Just("text"),
-                Just("body"),
-                Just("status"),
-                Just("timestamp"),
-                Just("context"),
-                Just("code"),
-                Just("title"),
-                Just("error_data"),
-                Just("details"),
-                Just("image"),
-                Just("interactive"),
-                Just("button_reply"),
-            ]
-            .prop_map(str::to_owned);
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map(key, inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        let key = keys(&[
+            "object",
+            "entry",
+            "changes",
+            "field",
+            "value",
+            "metadata",
+            "phone_number_id",
+            "contacts",
+            "profile",
+            "name",
+            "wa_id",
+            "messages",
+            "statuses",
+            "errors",
+            "from",
+            "id",
+            "type",
+            "text",
+            "body",
+            "status",
+            "timestamp",
+            "context",
+            "code",
+            "title",
+            "error_data",
+            "details",
+            "image",
+            "interactive",
+            "button_reply",
+        ]);
+        json_tree(leaf, key, 6, 64)
     }
 
     proptest! {

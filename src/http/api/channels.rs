@@ -29,7 +29,7 @@ pub struct ChannelIn {
     pub kind: ChannelType,
     /// Settings of the channel type; see the adapter documentation.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::adapters::config_schema)]
     pub config: Value,
 }
 
@@ -51,7 +51,7 @@ pub struct ChannelOut {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: ChannelType,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::adapters::config_schema)]
     pub config: Value,
     pub status: ChannelStatus,
     /// Channel token (`x-channel-token`): creates conversations on this channel and
