@@ -38,6 +38,7 @@ pub struct WebhookConfig {
     /// Extra HTTP headers of outbound requests; webhook-* headers are Converger's own
     /// and are not overridden.
     #[serde(default)]
+    #[schema(default = json!({}))]
     pub headers: BTreeMap<String, String>,
     /// Timeout (ms)
     ///
