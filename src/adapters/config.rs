@@ -1,177 +1,406 @@
-//! Reading channel configs field by field, masking their secrets, and merging patches.
+//! Channel configs: one typed struct per channel type, and what is derived from it.
+//!
+//! Each adapter declares its settings once, as a `serde` struct that also derives
+//! `utoipa::ToSchema`: field names, `///` docs, types, defaults (`#[serde(default =
+//! ..)]` and the same function as `#[schema(default = ..)]`), bounds (`minimum`,
+//! `maximum`), choices (enums), secrets (`format = Password`) and form labels (a
+//! field doc's first paragraph, when the doc has two). [`ConfigSpec`] reads that
+//! schema once per channel type; validation, masking, the admin form and the OpenAPI
+//! document all follow from it, so adding a setting is one edit to one struct. Field
+//! docs are shown in the admin form as they are: plain sentences, no markup.
+//!
+//! Validation collects every problem, each naming its field as `config.<path>`: the
+//! schema's rules (required, unknown, bounds, choices, value types) and the field types'
+//! own checks (a URL's scheme, a phone number id's digits) from deserializing with
+//! `serde_path_to_error`. What passes is stored as the struct serializes, defaults
+//! filled in. This module knows no channel type and does no I/O.
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{KnownFormat, Object, Schema, SchemaFormat, SchemaType, Type};
 
 use crate::domain::FieldError;
 
 /// What a secret config value reads as.
 pub const MASK: &str = "********";
 
-/// Walks a config object, collecting every problem and rejecting unknown keys, so a
-/// typo in a field name is an error rather than a silently ignored setting.
-pub(super) struct ConfigReader<'a> {
-    object: Option<&'a Map<String, Value>>,
-    known: Vec<&'static str>,
-    errors: Vec<FieldError>,
-    out: Map<String, Value>,
+/// A channel type's typed config: validated, stored and read back as this struct.
+pub trait ChannelConfig: Serialize + DeserializeOwned + ToSchema + 'static {}
+
+impl<T: Serialize + DeserializeOwned + ToSchema + 'static> ChannelConfig for T {}
+
+/// The JSON type of a config field, as its schema says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Integer,
+    Boolean,
+    /// An object of string values (e.g. extra HTTP headers).
+    StringMap,
 }
 
-impl<'a> ConfigReader<'a> {
-    pub(super) fn new(config: &'a Value) -> Self {
-        let mut errors = Vec::new();
-        let object = match config {
-            Value::Object(map) => Some(map),
-            Value::Null => None,
-            _ => {
-                errors.push(FieldError::new("config", "must be an object"));
-                None
+/// One field of a channel type's config, read from the config struct's schema.
+#[derive(Debug, Clone)]
+pub struct FieldSpec {
+    /// The JSON key.
+    pub name: &'static str,
+    /// The form label: the doc's first paragraph when it has more, else the key.
+    pub label: &'static str,
+    /// The field's `///` doc, without the label.
+    pub description: &'static str,
+    pub required: bool,
+    /// The value an absent field takes.
+    pub default: Option<Value>,
+    /// A credential: masked on every read, never written back into a form.
+    pub secret: bool,
+    pub kind: FieldType,
+    /// The allowed values of a string field with a fixed set; empty otherwise.
+    pub choices: &'static [&'static str],
+    /// Inclusive bounds of an integer field.
+    pub minimum: Option<u64>,
+    pub maximum: Option<u64>,
+}
+
+impl FieldSpec {
+    /// What a wrongly typed value of this field is told.
+    fn type_message(&self, value: Option<&Value>) -> String {
+        match self.kind {
+            FieldType::Boolean => "must be true or false".into(),
+            FieldType::StringMap => "must be an object of strings".into(),
+            FieldType::Integer => match (self.minimum, self.maximum) {
+                (Some(min), Some(max)) => format!("must be a whole number from {min} to {max}"),
+                (Some(min), None) => format!("must be a whole number of at least {min}"),
+                (None, Some(max)) => format!("must be a whole number up to {max}"),
+                (None, None) => "must be a whole number".into(),
+            },
+            FieldType::String
+                if value.is_some_and(Value::is_string) && !self.choices.is_empty() =>
+            {
+                format!("must be one of: {}", self.choices.join(", "))
             }
+            FieldType::String => "must be a string".into(),
+        }
+    }
+
+    /// Whether an integer value is within the schema's bounds.
+    fn in_bounds(&self, value: &Value) -> bool {
+        value.as_u64().is_some_and(|n| {
+            self.minimum.is_none_or(|min| n >= min) && self.maximum.is_none_or(|max| n <= max)
+        })
+    }
+}
+
+type Roundtrip = fn(Value) -> Result<Value, serde_path_to_error::Error<serde_json::Error>>;
+
+/// A channel type's settings, as its config struct declares them. Built once per
+/// channel type into a static (`ChannelAdapter::config_spec`); its strings are leaked
+/// there, so they live as long as the program, like the struct they describe.
+pub struct ConfigSpec {
+    /// In declaration order.
+    pub fields: Vec<FieldSpec>,
+    /// The names of the fields holding credentials.
+    pub secrets: &'static [&'static str],
+    /// The struct's schema, for the OpenAPI document; properties flattened.
+    schema: RefOr<Schema>,
+    /// Deserializes into the struct and serializes it back.
+    roundtrip: Roundtrip,
+}
+
+fn leak(s: impl Into<String>) -> &'static str {
+    Box::leak(s.into().into_boxed_str())
+}
+
+fn first_type(schema_type: &SchemaType) -> Option<Type> {
+    match schema_type {
+        SchemaType::Type(t) => Some(t.clone()),
+        SchemaType::Array(types) => types.iter().find(|t| **t != Type::Null).cloned(),
+        SchemaType::AnyValue => None,
+    }
+}
+
+fn as_u64(n: &utoipa::Number) -> Option<u64> {
+    match n {
+        utoipa::Number::Int(i) => u64::try_from(*i).ok(),
+        utoipa::Number::UInt(u) => u64::try_from(*u).ok(),
+        utoipa::Number::Float(f) => (*f >= 0.0).then_some(*f as u64),
+    }
+}
+
+/// A property as one object: utoipa writes a field of a type with its own schema as
+/// `allOf: [type's schema, {description, default}]`; this merges the two.
+fn flatten(property: &RefOr<Schema>) -> Option<Object> {
+    match property {
+        RefOr::T(Schema::Object(object)) => Some(object.clone()),
+        RefOr::T(Schema::AllOf(all)) => {
+            let mut parts = all.items.iter().filter_map(flatten);
+            let mut base = parts.next()?;
+            for overlay in parts {
+                base.description = overlay.description.or(base.description);
+                base.default = overlay.default.or(base.default);
+            }
+            Some(base)
+        }
+        _ => None,
+    }
+}
+
+fn field_spec(name: &str, property: &Object, required: bool) -> FieldSpec {
+    let kind = match first_type(&property.schema_type) {
+        Some(Type::Integer | Type::Number) => FieldType::Integer,
+        Some(Type::Boolean) => FieldType::Boolean,
+        Some(Type::Object) => FieldType::StringMap,
+        _ => FieldType::String,
+    };
+    let choices: Vec<&'static str> = property
+        .enum_values
+        .iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(leak)
+        .collect();
+    let doc = property.description.as_deref().unwrap_or_default();
+    let (label, description) = doc.split_once("\n\n").unwrap_or((name, doc));
+    FieldSpec {
+        name: leak(name),
+        label: leak(label.trim()),
+        description: leak(description.trim().replace('\n', " ")),
+        required,
+        default: property.default.clone(),
+        secret: matches!(
+            property.format,
+            Some(SchemaFormat::KnownFormat(KnownFormat::Password))
+        ),
+        kind,
+        choices: Vec::leak(choices),
+        minimum: property.minimum.as_ref().and_then(as_u64),
+        maximum: property.maximum.as_ref().and_then(as_u64),
+    }
+}
+
+fn roundtrip<T: ChannelConfig>(
+    value: Value,
+) -> Result<Value, serde_path_to_error::Error<serde_json::Error>> {
+    let typed: T = serde_path_to_error::deserialize(value)?;
+    // A struct of strings, numbers, booleans and string maps always serializes.
+    Ok(serde_json::to_value(typed).unwrap_or(Value::Null))
+}
+
+impl ConfigSpec {
+    /// Reads the schema of a config struct.
+    ///
+    /// # Panics
+    /// When the struct's schema is not an object of plain properties: a programming
+    /// error, caught by every adapter's tests.
+    pub fn of<T: ChannelConfig>() -> Self {
+        let RefOr::T(Schema::Object(mut object)) = T::schema() else {
+            panic!("the config of a channel type must be a struct");
         };
+        let mut fields = Vec::new();
+        for (name, property) in object.properties.iter_mut() {
+            let Some(flat) = flatten(property) else {
+                panic!("config field {name} must have an inline schema");
+            };
+            fields.push(field_spec(name, &flat, object.required.contains(name)));
+            *property = RefOr::T(Schema::Object(flat));
+        }
+        let schema = RefOr::T(Schema::Object(object));
+        let secrets = fields.iter().filter(|f| f.secret).map(|f| f.name).collect();
         Self {
-            object,
-            known: Vec::new(),
-            errors,
-            out: Map::new(),
+            secrets: Vec::leak(secrets),
+            fields,
+            schema,
+            roundtrip: roundtrip::<T>,
         }
     }
 
-    fn raw(&mut self, name: &'static str) -> Option<&'a Value> {
-        self.known.push(name);
-        self.object
-            .and_then(|o| o.get(name))
-            .filter(|v| !v.is_null())
+    /// The config struct's schema.
+    pub fn schema(&self) -> RefOr<Schema> {
+        self.schema.clone()
     }
 
-    fn error(&mut self, name: &str, message: impl Into<String>) {
-        self.errors
-            .push(FieldError::new(format!("config.{name}"), message));
+    fn field(&self, name: &str) -> Option<(usize, &FieldSpec)> {
+        self.fields.iter().enumerate().find(|(_, f)| f.name == name)
     }
 
-    /// A string field; `required` ones must be present and non-blank.
-    pub(super) fn string(&mut self, name: &'static str, required: bool) -> Option<String> {
-        match self.raw(name) {
-            Some(Value::String(s)) if !s.trim().is_empty() => {
-                self.out.insert(name.into(), Value::String(s.clone()));
-                Some(s.clone())
-            }
-            Some(Value::String(_)) | None if required => {
-                self.error(name, "is required");
-                None
-            }
-            Some(Value::String(_)) | None => None,
-            Some(_) => {
-                self.error(name, "must be a string");
-                None
-            }
-        }
-    }
-
-    /// A string field with a default.
-    pub(super) fn string_or(&mut self, name: &'static str, default: &str) -> String {
-        let value = self
-            .string(name, false)
-            .unwrap_or_else(|| default.to_owned());
-        self.out.insert(name.into(), Value::String(value.clone()));
-        value
-    }
-
-    /// An absolute http(s) URL.
-    pub(super) fn url(&mut self, name: &'static str, required: bool, default: Option<&str>) {
-        let value = match self.string(name, required && default.is_none()) {
-            Some(v) => v,
-            None => match default {
-                Some(d) => {
-                    self.out.insert(name.into(), Value::String(d.into()));
-                    return;
-                }
-                None => return,
-            },
+    /// Checks a config and returns it as stored: defaults filled in. `null` counts as
+    /// `{}`; a null value, or a blank string for a string field, as an absent field.
+    ///
+    /// # Errors
+    /// Every broken rule, in field order, unknown fields last, each naming its field as
+    /// `config.<path>`.
+    pub fn validate(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
+        let mut object = match config {
+            Value::Object(map) => map.clone(),
+            Value::Null => Map::new(),
+            _ => return Err(vec![FieldError::new("config", "must be an object")]),
         };
-        match url::Url::parse(&value) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            _ => self.error(name, "must be an absolute http:// or https:// URL"),
+        object.retain(|name, value| match (self.field(name), &*value) {
+            (_, Value::Null) => false,
+            (Some((_, f)), Value::String(s)) if f.kind == FieldType::String => !s.trim().is_empty(),
+            _ => true,
+        });
+        // (field index, error): unknown fields sort after every known one.
+        let mut errors: Vec<(usize, FieldError)> = Vec::new();
+        let error =
+            |name: &str, message: String| FieldError::new(format!("config.{name}"), message);
+        let mut unknown: Vec<String> = object
+            .keys()
+            .filter(|k| self.field(k).is_none())
+            .cloned()
+            .collect();
+        unknown.sort();
+        for name in unknown {
+            object.remove(&name);
+            errors.push((
+                usize::MAX,
+                error(&name, "is not a setting of this channel type".into()),
+            ));
         }
-    }
-
-    /// A boolean field with a default.
-    pub(super) fn boolean(&mut self, name: &'static str, default: bool) -> bool {
-        let value = match self.raw(name) {
-            None => default,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                self.error(name, "must be true or false");
-                default
-            }
-        };
-        self.out.insert(name.into(), Value::Bool(value));
-        value
-    }
-
-    /// An integer field within bounds, with a default.
-    pub(super) fn integer(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> u64 {
-        let value = match self.raw(name) {
-            None => default,
-            Some(v) => match v.as_u64() {
-                Some(n) if (min..=max).contains(&n) => n,
-                _ => {
-                    self.error(name, format!("must be a whole number from {min} to {max}"));
-                    default
+        for (i, f) in self.fields.iter().enumerate() {
+            match object.get(f.name) {
+                None if f.required => errors.push((i, error(f.name, "is required".into()))),
+                Some(value) if f.kind == FieldType::Integer && !f.in_bounds(value) => {
+                    errors.push((i, error(f.name, f.type_message(Some(value)))));
+                    object.remove(f.name);
                 }
-            },
-        };
-        self.out.insert(name.into(), Value::from(value));
-        value
-    }
-
-    /// One of a fixed set of strings, with a default.
-    pub(super) fn one_of(&mut self, name: &'static str, allowed: &[&str], default: &str) -> String {
-        let value = self.string_or(name, default);
-        if !allowed.contains(&value.as_str()) {
-            self.error(name, format!("must be one of: {}", allowed.join(", ")));
-        }
-        value
-    }
-
-    /// An object of string values (e.g. extra HTTP headers).
-    pub(super) fn string_map(&mut self, name: &'static str) {
-        match self.raw(name) {
-            None => {
-                self.out.insert(name.into(), Value::Object(Map::new()));
+                _ => {}
             }
-            Some(Value::Object(map)) => {
-                for (k, v) in map {
-                    if !v.is_string() {
-                        self.error(&format!("{name}.{k}"), "must be a string");
-                    }
-                }
-                self.out.insert(name.into(), Value::Object(map.clone()));
-            }
-            Some(_) => self.error(name, "must be an object of strings"),
         }
-    }
-
-    /// Adds an error found by a caller's own check.
-    pub(super) fn invalid(&mut self, name: &str, message: impl Into<String>) {
-        self.error(name, message);
-    }
-
-    /// The normalised config, or every problem found.
-    pub(super) fn finish(mut self) -> Result<Value, Vec<FieldError>> {
-        if let Some(object) = self.object {
-            let mut unknown: Vec<&String> = object
-                .keys()
-                .filter(|k| !self.known.contains(&k.as_str()))
+        // Each failed attempt names one bad value; it is taken out and the rest tried
+        // again. An error without a path (a missing field) means every value present
+        // has passed.
+        loop {
+            let e = match (self.roundtrip)(Value::Object(object.clone())) {
+                Ok(normalised) if errors.is_empty() => return Ok(normalised),
+                Ok(_) => break,
+                Err(e) => e,
+            };
+            let path: Vec<String> = e
+                .path()
+                .iter()
+                .map(|segment| match segment {
+                    serde_path_to_error::Segment::Map { key } => key.clone(),
+                    other => other.to_string(),
+                })
                 .collect();
-            unknown.sort();
-            for key in unknown {
-                self.error(key, "is not a setting of this channel type");
+            let Some((i, f)) = path.first().and_then(|name| self.field(name)) else {
+                if errors.is_empty() {
+                    errors.push((usize::MAX, FieldError::new("config", e.inner().to_string())));
+                }
+                break;
+            };
+            let value = object.get(f.name);
+            // A string that a string field refused failed the field type's own check,
+            // whose message says why; otherwise the schema says what was expected.
+            let message = match (path.len(), f.kind) {
+                (1, FieldType::String)
+                    if value.is_some_and(Value::is_string) && f.choices.is_empty() =>
+                {
+                    e.inner().to_string()
+                }
+                (1, _) => f.type_message(value),
+                (_, FieldType::StringMap) => "must be a string".into(),
+                _ => e.inner().to_string(),
+            };
+            errors.push((i, error(&path.join("."), message)));
+            let removed_nested = path.len() == 2
+                && object
+                    .get_mut(f.name)
+                    .and_then(Value::as_object_mut)
+                    .and_then(|map| map.remove(&path[1]))
+                    .is_some();
+            if !removed_nested && object.remove(f.name).is_none() {
+                break;
             }
         }
-        if self.errors.is_empty() {
-            Ok(Value::Object(self.out))
-        } else {
-            Err(self.errors)
+        errors.sort_by_key(|(i, _)| *i);
+        Err(errors.into_iter().map(|(_, e)| e).collect())
+    }
+}
+
+/// Reads a stored config into its struct: validated at write, so this fails only for a
+/// row changed behind Converger's back.
+///
+/// # Errors
+/// The first field that does not read, with its path.
+pub fn stored<T: ChannelConfig>(config: &Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        format!(
+            "the channel's stored config is unreadable at {}: {}",
+            e.path(),
+            e.inner()
+        )
+    })
+}
+
+/// Declares a string setting whose deserialization checks it, kept as written: the
+/// field's own rule runs with the other fields' checks, and the type says it holds.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $format:expr, $message:literal, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The value as written.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let value = String::deserialize(d)?;
+                let check: fn(&str) -> bool = $check;
+                if check(&value) {
+                    Ok(Self(value))
+                } else {
+                    Err(serde::de::Error::custom($message))
+                }
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .format($format)
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+pub(super) use checked_string;
+
+checked_string! {
+    /// An absolute `http://` or `https://` URL.
+    HttpUrl,
+    Some(SchemaFormat::Custom("uri".to_owned())),
+    "must be an absolute http:// or https:// URL",
+    |s| url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+impl HttpUrl {
+    /// The URL without trailing slashes, to append paths to.
+    pub fn base(&self) -> &str {
+        self.0.trim_end_matches('/')
     }
 }
 
@@ -259,5 +488,19 @@ mod tests {
             merge_config_patch(&current, &patch),
             json!({"access_token": "EAAG", "headers": {"a": "1", "b": "3"}})
         );
+    }
+
+    #[test]
+    fn urls_must_be_absolute_http() {
+        for ok in ["https://x.example/h", "http://127.0.0.1:8080"] {
+            assert!(serde_json::from_value::<HttpUrl>(json!(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["ftp://x", "graph", "https://", ""] {
+            assert!(
+                serde_json::from_value::<HttpUrl>(json!(bad)).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(HttpUrl::from("https://x/").base(), "https://x");
     }
 }

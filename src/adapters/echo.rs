@@ -1,13 +1,30 @@
 //! `echo`: answers every inbound message with a bot reply of the same text.
 
-use serde_json::{Value, json};
+use std::sync::LazyLock;
 
-use super::config::ConfigReader;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::config::{ConfigSpec, stored};
 use super::{AdapterError, ChannelAdapter, Delivered, Outbound};
-use crate::domain::{ActivityType, ChannelType, Direction, FieldError, NewActivity};
+use crate::domain::{ActivityType, ChannelType, Direction, NewActivity};
 
 /// Sender of echo replies.
 pub const ECHO_SENDER: &str = "echo-bot";
+
+/// Settings of an `echo` channel.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(title = "echo")]
+pub struct EchoConfig {
+    /// Reply prefix
+    ///
+    /// Put before the echoed text, e.g. "echo: ".
+    #[serde(default)]
+    #[schema(default = "")]
+    pub prefix: String,
+}
 
 /// Adapter of `echo` channels.
 pub struct EchoAdapter;
@@ -18,11 +35,9 @@ impl ChannelAdapter for EchoAdapter {
         ChannelType::Echo
     }
 
-    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
-        let mut r = ConfigReader::new(config);
-        // Put before the echoed text, e.g. "echo: ".
-        r.string_or("prefix", "");
-        r.finish()
+    fn config_spec(&self) -> &'static ConfigSpec {
+        static SPEC: LazyLock<ConfigSpec> = LazyLock::new(ConfigSpec::of::<EchoConfig>);
+        &SPEC
     }
 
     fn delivers(&self, direction: Direction, kind: ActivityType) -> bool {
@@ -37,8 +52,11 @@ impl ChannelAdapter for EchoAdapter {
             // Never answer a bot: that is how echo loops start.
             return Ok(Delivered::default());
         }
-        let prefix = out.channel.config["prefix"].as_str().unwrap_or("");
-        let text = activity.text.as_deref().map(|t| format!("{prefix}{t}"));
+        let config: EchoConfig = stored(&out.channel.config).map_err(AdapterError::permanent)?;
+        let text = activity
+            .text
+            .as_deref()
+            .map(|t| format!("{}{t}", config.prefix));
         Ok(Delivered {
             external_id: None,
             reply: Some(NewActivity {

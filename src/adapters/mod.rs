@@ -1,8 +1,9 @@
 //! Channel adapters: everything Converger knows about one kind of channel.
 //!
-//! Stage 4 of the flow. An adapter validates its channel's config, says which
-//! activities it delivers, and (with the delivery engine) speaks the external wire
-//! format. Adapters know external formats, not the store: they never read or write
+//! Stage 4 of the flow. An adapter declares its channel's config as one typed struct
+//! (see `config`: validation, secrets, the admin form and the OpenAPI schema follow
+//! from it), says which activities it delivers, and (with the delivery engine) speaks
+//! the external wire format. Adapters know external formats, not the store: they never read or write
 //! rows themselves.
 
 mod config;
@@ -27,7 +28,9 @@ use crate::domain::{
     NewActivity,
 };
 
-pub use config::{MASK, mask_config, merge_config_patch};
+pub use config::{
+    ConfigSpec, FieldSpec, FieldType, HttpUrl, MASK, mask_config, merge_config_patch,
+};
 pub use inbound::{InboundBatch, InboundError, InboundMessage, StatusUpdate};
 pub use whatsapp::ProviderStatus;
 
@@ -92,15 +95,20 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     /// The channel type this adapter serves.
     fn channel_type(&self) -> ChannelType;
 
+    /// The settings of this channel type, read from its config struct.
+    fn config_spec(&self) -> &'static ConfigSpec;
+
     /// Checks a channel config and returns it with defaults filled in.
     ///
     /// # Errors
     /// Every broken rule, each naming its field as `config.<path>`.
-    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>>;
+    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
+        self.config_spec().validate(config)
+    }
 
     /// Config fields holding credentials: masked on every read.
     fn secret_fields(&self) -> &'static [&'static str] {
-        &[]
+        self.config_spec().secrets
     }
 
     /// Whether an activity of this direction and type, in a conversation on a channel of
@@ -174,6 +182,20 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     }
 }
 
+/// The schema of a channel's `config`: one of the channel types' config structs, each
+/// titled with its type, for the OpenAPI document.
+pub fn config_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let adapters = Adapters::new();
+    let mut one_of = utoipa::openapi::schema::OneOfBuilder::new().description(Some(
+        "Settings of the channel's type: the schema titled with the type applies. \
+         Secret fields (format password) read as ********.",
+    ));
+    for &kind in ChannelType::ALL {
+        one_of = one_of.item(adapters.get(kind).config_spec().schema());
+    }
+    one_of.into()
+}
+
 /// Every adapter, by channel type. Built once and shared.
 #[derive(Clone)]
 pub struct Adapters {
@@ -217,6 +239,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Arbitrary JSON from `leaf` values, nested up to `depth` in arrays and in objects
+    /// whose keys come from `key`: payloads shaped like what a parser looks for.
+    pub(super) fn json_tree(
+        leaf: impl Strategy<Value = Value> + 'static,
+        key: impl Strategy<Value = String> + Clone + 'static,
+        depth: u32,
+        size: u32,
+    ) -> impl Strategy<Value = Value> {
+        leaf.prop_recursive(depth, size, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Keys of `keys`, as owned strings.
+    pub(super) fn keys(keys: &'static [&'static str]) -> impl Strategy<Value = String> + Clone {
+        prop::sample::select(keys).prop_map(str::to_owned)
+    }
+
     /// Arbitrary JSON, biased towards objects with the keys adapters know.
     fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
@@ -227,27 +271,23 @@ mod tests {
             Just(Value::String("https://x.example/h".into())),
             Just(Value::String("12345".into())),
         ];
-        leaf.prop_recursive(3, 24, 6, |inner| {
-            let key = prop_oneof![
-                Just("url".to_owned()),
-                Just("method".to_owned()),
-                Just("headers".to_owned()),
-                Just("timeout_ms".to_owned()),
-                Just("phone_number_id".to_owned()),
-                Just("access_token".to_owned()),
-                Just("verify_token".to_owned()),
-                Just("api_version".to_owned()),
-                Just("base_url".to_owned()),
-                Just("api_key".to_owned()),
-                Just("sender".to_owned()),
-                "[a-z_]{1,8}",
-            ];
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map(key, inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        let key = prop_oneof![
+            keys(&[
+                "url",
+                "method",
+                "headers",
+                "timeout_ms",
+                "phone_number_id",
+                "access_token",
+                "verify_token",
+                "api_version",
+                "base_url",
+                "api_key",
+                "sender",
+            ]),
+            "[a-z_]{1,8}",
+        ];
+        json_tree(leaf, key, 3, 24)
     }
 
     proptest! {
@@ -308,5 +348,89 @@ mod tests {
                     .delivers(Direction::Outbound, ActivityType::Typing)
             );
         }
+    }
+
+    /// The smallest valid config of each channel type.
+    fn minimal(kind: ChannelType) -> Value {
+        match kind {
+            ChannelType::Webhook => serde_json::json!({"url": "https://x.example/h"}),
+            ChannelType::WhatsappMeta => {
+                serde_json::json!({"phone_number_id": "1", "access_token": "t", "verify_token": "v"})
+            }
+            ChannelType::WhatsappInfobip => {
+                serde_json::json!({"base_url": "https://x.api.infobip.com", "api_key": "k", "sender": "1"})
+            }
+            ChannelType::Echo | ChannelType::Websocket => serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn schema_defaults_are_the_stored_defaults() {
+        let adapters = Adapters::new();
+        for &kind in ChannelType::ALL {
+            let adapter = adapters.get(kind);
+            let stored = adapter.validate_config(&minimal(kind)).unwrap();
+            for field in &adapter.config_spec().fields {
+                if let Some(default) = &field.default {
+                    assert_eq!(&stored[field.name], default, "{kind}.{}", field.name);
+                } else if !field.required {
+                    assert!(stored.get(field.name).is_none(), "{kind}.{}", field.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_are_the_password_fields() {
+        let a = Adapters::new();
+        assert_eq!(
+            a.get(ChannelType::WhatsappMeta).secret_fields(),
+            ["access_token", "verify_token", "app_secret"]
+        );
+        assert_eq!(
+            a.get(ChannelType::WhatsappInfobip).secret_fields(),
+            ["api_key"]
+        );
+        for kind in [
+            ChannelType::Webhook,
+            ChannelType::Echo,
+            ChannelType::Websocket,
+        ] {
+            assert!(a.get(kind).secret_fields().is_empty(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn the_openapi_config_schema_has_every_type_flattened() {
+        let schema = serde_json::to_value(config_schema()).unwrap();
+        let titles: Vec<&str> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["title"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            titles,
+            [
+                "echo",
+                "webhook",
+                "websocket",
+                "whatsapp_meta",
+                "whatsapp_infobip"
+            ]
+        );
+        let webhook = &schema["oneOf"][1];
+        assert_eq!(webhook["additionalProperties"], false);
+        assert_eq!(webhook["required"], serde_json::json!(["url"]));
+        assert_eq!(webhook["properties"]["url"]["format"], "uri");
+        assert_eq!(
+            webhook["properties"]["method"]["enum"],
+            serde_json::json!(["POST", "PUT", "PATCH"])
+        );
+        assert!(!schema.to_string().contains("allOf"));
+        assert_eq!(
+            schema["oneOf"][3]["properties"]["access_token"]["format"],
+            "password"
+        );
     }
 }

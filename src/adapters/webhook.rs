@@ -1,23 +1,89 @@
 //! `webhook`: generic HTTP. Inbound messages arrive signed at the channel's inbound
 //! URL; outbound activities are sent as Standard Webhooks to the configured `url`.
 
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
-use super::config::ConfigReader;
+use super::config::{ConfigSpec, HttpUrl, stored};
 use super::signing::{standard_webhooks_signature, verify_converger_signature};
 use super::{
     AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, InboundMessage, Outbound,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, Direction, FieldError};
+use crate::domain::{ActivityType, Channel, ChannelType, Direction};
+
+/// Settings of a `webhook` channel.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(title = "webhook")]
+pub struct WebhookConfig {
+    /// URL
+    ///
+    /// Where outbound activities are sent.
+    #[schema(inline)]
+    pub url: HttpUrl,
+    /// Method
+    ///
+    /// The HTTP method of outbound requests.
+    #[serde(default)]
+    #[schema(inline, default = WebhookMethod::default)]
+    pub method: WebhookMethod,
+    /// Extra headers
+    ///
+    /// Extra HTTP headers of outbound requests; webhook-* headers are Converger's own
+    /// and are not overridden.
+    #[serde(default)]
+    #[schema(default = json!({}))]
+    pub headers: BTreeMap<String, String>,
+    /// Timeout (ms)
+    ///
+    /// How long one outbound request may take, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    #[schema(default = default_timeout_ms, minimum = 100, maximum = 60_000)]
+    pub timeout_ms: u64,
+    /// Require signed inbound requests
+    ///
+    /// Inbound requests without a signature are refused unless this is false.
+    #[serde(default = "default_require_signature")]
+    #[schema(default = default_require_signature)]
+    pub require_signature: bool,
+}
+
+fn default_timeout_ms() -> u64 {
+    15_000
+}
+
+fn default_require_signature() -> bool {
+    true
+}
+
+/// The HTTP method of a webhook channel's outbound requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WebhookMethod {
+    #[default]
+    Post,
+    Put,
+    Patch,
+}
+
+impl From<WebhookMethod> for reqwest::Method {
+    fn from(method: WebhookMethod) -> Self {
+        match method {
+            WebhookMethod::Post => reqwest::Method::POST,
+            WebhookMethod::Put => reqwest::Method::PUT,
+            WebhookMethod::Patch => reqwest::Method::PATCH,
+        }
+    }
+}
 
 /// Adapter of `webhook` channels.
 pub struct WebhookAdapter;
-
-/// Longest request timeout a channel may configure, in milliseconds.
-const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// Most messages in one inbound batch.
 pub const MAX_INBOUND_BATCH: usize = 100;
@@ -34,15 +100,9 @@ impl ChannelAdapter for WebhookAdapter {
         ChannelType::Webhook
     }
 
-    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
-        let mut r = ConfigReader::new(config);
-        r.url("url", true, None);
-        r.one_of("method", &["POST", "PUT", "PATCH"], "POST");
-        r.string_map("headers");
-        r.integer("timeout_ms", 15_000, 100, MAX_TIMEOUT_MS);
-        // Inbound requests without a signature are refused unless this is false.
-        r.boolean("require_signature", true);
-        r.finish()
+    fn config_spec(&self) -> &'static ConfigSpec {
+        static SPEC: LazyLock<ConfigSpec> = LazyLock::new(ConfigSpec::of::<WebhookConfig>);
+        &SPEC
     }
 
     fn delivers(&self, direction: Direction, kind: ActivityType) -> bool {
@@ -50,31 +110,21 @@ impl ChannelAdapter for WebhookAdapter {
     }
 
     async fn deliver(&self, out: &Outbound<'_>) -> Result<Delivered, AdapterError> {
-        let config = &out.channel.config;
-        let url = config["url"]
-            .as_str()
-            .ok_or_else(|| AdapterError::permanent("channel config has no url"))?;
-        let method = match config["method"].as_str() {
-            Some("PUT") => reqwest::Method::PUT,
-            Some("PATCH") => reqwest::Method::PATCH,
-            _ => reqwest::Method::POST,
-        };
-        let timeout = Duration::from_millis(config["timeout_ms"].as_u64().unwrap_or(15_000))
-            .min(out.max_timeout);
+        let config: WebhookConfig = stored(&out.channel.config).map_err(AdapterError::permanent)?;
+        let timeout = Duration::from_millis(config.timeout_ms).min(out.max_timeout);
         let body = serde_json::to_vec(&payload(out))
             .map_err(|e| AdapterError::permanent(format!("cannot encode the activity: {e}")))?;
         let msg_id = out.delivery_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
         let signature = standard_webhooks_signature(&out.channel.secret, &msg_id, timestamp, &body);
 
-        let mut request = out.http.request(method, url).timeout(timeout);
-        if let Some(headers) = config["headers"].as_object() {
-            for (name, value) in headers {
-                if let Some(value) = value.as_str()
-                    && !name.to_ascii_lowercase().starts_with("webhook-")
-                {
-                    request = request.header(name.as_str(), value);
-                }
+        let mut request = out
+            .http
+            .request(config.method.into(), config.url.as_str())
+            .timeout(timeout);
+        for (name, value) in &config.headers {
+            if !name.to_ascii_lowercase().starts_with("webhook-") {
+                request = request.header(name.as_str(), value.as_str());
             }
         }
         let response = request
@@ -104,7 +154,7 @@ impl ChannelAdapter for WebhookAdapter {
                 verify_converger_signature(&channel.secret, value, body, now)
                     .map_err(|e| InboundError::Unauthorized(e.to_string()))
             }
-            None if channel.config["require_signature"].as_bool() == Some(false) => Ok(()),
+            None if !require_signature(channel)? => Ok(()),
             None => Err(InboundError::Unauthorized(format!(
                 "the {SIGNATURE_HEADER} header is required"
             ))),
@@ -114,6 +164,12 @@ impl ChannelAdapter for WebhookAdapter {
     fn parse_inbound(&self, _channel: &Channel, body: &[u8]) -> Result<InboundBatch, InboundError> {
         parse_generic(body)
     }
+}
+
+/// Whether a channel refuses unsigned inbound requests.
+fn require_signature(channel: &Channel) -> Result<bool, InboundError> {
+    let config: WebhookConfig = stored(&channel.config).map_err(InboundError::Unauthorized)?;
+    Ok(config.require_signature)
 }
 
 /// The webhook body: the activity JSON, plus the conversation and channel it belongs to.

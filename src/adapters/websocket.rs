@@ -1,11 +1,20 @@
 //! `websocket`: real-time clients only. Nothing is delivered externally: PubSub carries
 //! every activity to the conversation's sockets.
 
-use serde_json::Value;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::ChannelAdapter;
-use super::config::ConfigReader;
-use crate::domain::{ActivityType, ChannelType, Direction, FieldError};
+use super::config::ConfigSpec;
+use crate::domain::{ActivityType, ChannelType, Direction};
+
+/// Settings of a `websocket` channel: none.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(title = "websocket")]
+pub struct WebsocketConfig {}
 
 /// Adapter of `websocket` channels.
 pub struct WebsocketAdapter;
@@ -16,8 +25,9 @@ impl ChannelAdapter for WebsocketAdapter {
         ChannelType::Websocket
     }
 
-    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
-        ConfigReader::new(config).finish()
+    fn config_spec(&self) -> &'static ConfigSpec {
+        static SPEC: LazyLock<ConfigSpec> = LazyLock::new(ConfigSpec::of::<WebsocketConfig>);
+        &SPEC
     }
 
     fn delivers(&self, _direction: Direction, _kind: ActivityType) -> bool {

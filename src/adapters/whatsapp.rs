@@ -4,13 +4,42 @@
 //!
 //! Pure functions, no I/O: the adapters speak each provider's wire format around them.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value, json};
 
+use super::webhook::{retry_after, transport_error};
 use super::{AdapterError, InboundMessage, Outbound};
 use crate::domain::ActivityType;
 
 /// WhatsApp's limit on a text message body, in characters.
 pub const MAX_TEXT_CHARS: usize = 4096;
+
+/// Request timeout of one send, below the worker's lease.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sends one message to a provider: `request` is the provider's URL with its
+/// credentials, `body` the provider's JSON. Returns the answer's status, `Retry-After`
+/// and body, which each provider reads its own way.
+///
+/// # Errors
+/// Retryable for transport failures and timeouts.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    body: &Value,
+    max_timeout: Duration,
+) -> Result<(u16, Option<Duration>, String), AdapterError> {
+    let response = request
+        .timeout(REQUEST_TIMEOUT.min(max_timeout))
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e))?;
+    let status = response.status().as_u16();
+    let after = retry_after(response.headers());
+    let text = response.text().await.unwrap_or_default();
+    Ok((status, after, text))
+}
 
 /// The recipient of an outbound message: the conversation's external id (the user's
 /// phone number or `wa_id`), else the activity's `metadata.recipient_phone` or
@@ -223,8 +252,14 @@ pub fn excerpt(text: &str, chars: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A provider payload sample from `tests/fixtures`.
+    pub(in crate::adapters) fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
 
     #[test]
     fn provider_times() {

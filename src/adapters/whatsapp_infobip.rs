@@ -13,24 +13,44 @@
 //! requests, so this adapter is lenient: only a body that is not JSON is refused. The
 //! API key never appears in errors or logs.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
-use super::config::ConfigReader;
-use super::webhook::{retry_after, transport_error};
+use super::config::{ConfigSpec, HttpUrl, stored};
 use super::whatsapp::{self, Incoming, ProviderStatus, excerpt, str_field};
 use super::{
     AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, Outbound, StatusUpdate,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, Direction, FieldError};
+use crate::domain::{ActivityType, Channel, ChannelType, Direction};
+
+/// Settings of a `whatsapp_infobip` channel.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(title = "whatsapp_infobip")]
+pub struct WhatsappInfobipConfig {
+    /// Base URL
+    ///
+    /// Your account's base URL, e.g. https://xyz.api.infobip.com
+    #[schema(inline)]
+    pub base_url: HttpUrl,
+    /// API key
+    ///
+    /// Sent as the Authorization: App header of every request.
+    #[schema(format = Password)]
+    pub api_key: String,
+    /// Sender number
+    ///
+    /// The registered WhatsApp sender number.
+    pub sender: String,
+}
 
 /// Adapter of `whatsapp_infobip` channels.
 pub struct WhatsappInfobipAdapter;
-
-/// Request timeout of one send, below the worker's lease.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[async_trait::async_trait]
 impl ChannelAdapter for WhatsappInfobipAdapter {
@@ -38,18 +58,9 @@ impl ChannelAdapter for WhatsappInfobipAdapter {
         ChannelType::WhatsappInfobip
     }
 
-    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
-        let mut r = ConfigReader::new(config);
-        // The account's personal base URL, e.g. https://xyz123.api.infobip.com.
-        r.url("base_url", true, None);
-        r.string("api_key", true);
-        // The registered WhatsApp sender number.
-        r.string("sender", true);
-        r.finish()
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &["api_key"]
+    fn config_spec(&self) -> &'static ConfigSpec {
+        static SPEC: LazyLock<ConfigSpec> = LazyLock::new(ConfigSpec::of::<WhatsappInfobipConfig>);
+        &SPEC
     }
 
     fn delivers(&self, direction: Direction, kind: ActivityType) -> bool {
@@ -57,33 +68,21 @@ impl ChannelAdapter for WhatsappInfobipAdapter {
     }
 
     async fn deliver(&self, out: &Outbound<'_>) -> Result<Delivered, AdapterError> {
-        let config = &out.channel.config;
+        let config: WhatsappInfobipConfig =
+            stored(&out.channel.config).map_err(AdapterError::permanent)?;
         let to = whatsapp::recipient(out)?;
         let text = whatsapp::text(out)?;
-        let (Some(base), Some(api_key), Some(sender)) = (
-            config["base_url"].as_str(),
-            config["api_key"].as_str(),
-            config["sender"].as_str(),
-        ) else {
-            return Err(AdapterError::permanent(
-                "the channel config lacks base_url, api_key or sender",
-            ));
-        };
-        let url = format!("{}/whatsapp/1/message/text", base.trim_end_matches('/'));
-        let body = send_body(sender, &to, &text, &out.delivery_id.to_string());
-        let response = out
+        let url = format!("{}/whatsapp/1/message/text", config.base_url.base());
+        let body = send_body(&config.sender, &to, &text, &out.delivery_id.to_string());
+        let request = out
             .http
             .post(url)
-            .timeout(REQUEST_TIMEOUT.min(out.max_timeout))
-            .header(reqwest::header::AUTHORIZATION, format!("App {api_key}"))
-            .header(reqwest::header::ACCEPT, "application/json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = response.status().as_u16();
-        let after = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("App {}", config.api_key),
+            )
+            .header(reqwest::header::ACCEPT, "application/json");
+        let (status, after, text) = whatsapp::send(request, &body, out.max_timeout).await?;
         classify(status, after, &text)
     }
 
@@ -98,7 +97,9 @@ impl ChannelAdapter for WhatsappInfobipAdapter {
     }
 
     fn parse_inbound(&self, channel: &Channel, body: &[u8]) -> Result<InboundBatch, InboundError> {
-        parse_webhook(channel.config["sender"].as_str(), body)
+        let config: WhatsappInfobipConfig =
+            stored(&channel.config).map_err(InboundError::Malformed)?;
+        parse_webhook(Some(&config.sender), body)
     }
 
     fn lenient_inbound(&self) -> bool {
@@ -350,12 +351,9 @@ fn parse_report(result: &Value) -> Option<StatusUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::tests::{json_tree, keys};
+    use crate::adapters::whatsapp::tests::fixture;
     use proptest::prelude::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     #[test]
     fn send_body_is_the_documented_one() {
@@ -500,43 +498,36 @@ mod tests {
             Just(json!("DELIVERED")),
             Just(json!("REJECTED")),
         ];
-        leaf.prop_recursive(5, 48, 6, |inner| {
-            let key = prop_oneof![
-                Just("results"),
-                Just("from"),
-                Just("to"),
-                Just("messageId"),
-                Just("message"),
-                Just("type"),
-                Just("text"),
-                Just("caption"),
-                Just("contact"),
-                Just("name"),
-                Just("status"),
-                Just("groupName"),
-                Just("groupId"),
-                Just("error"),
-                Just("permanent"),
-                Just("seenAt"),
-                Just("doneAt"),
-                Just("context"),
-                Just("id"),
-                Just("description"),
-                Just("requestError"),
-                Just("serviceException"),
-                Just("validationErrors"),
-                Just("errorCode"),
-                Just("violations"),
-                Just("property"),
-                Just("violation"),
-            ]
-            .prop_map(str::to_owned);
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map(key, inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        let key = keys(&[
+            "results",
+            "from",
+            "to",
+            "messageId",
+            "message",
+            "type",
+            "text",
+            "caption",
+            "contact",
+            "name",
+            "status",
+            "groupName",
+            "groupId",
+            "error",
+            "permanent",
+            "seenAt",
+            "doneAt",
+            "context",
+            "id",
+            "description",
+            "requestError",
+            "serviceException",
+            "validationErrors",
+            "errorCode",
+            "violations",
+            "property",
+            "violation",
+        ]);
+        json_tree(leaf, key, 5, 48)
     }
 
     proptest! {

@@ -14,29 +14,112 @@
 //! refused (400). The access token never appears in errors or logs.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::SchemaFormat;
 
-use super::config::ConfigReader;
+use super::config::{ConfigSpec, HttpUrl, checked_string, stored};
 use super::signing::verify_hub_signature;
-use super::webhook::{retry_after, transport_error};
 use super::whatsapp::{self, Incoming, ProviderStatus, excerpt, str_field};
 use super::{
     AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, Outbound, StatusUpdate,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, Direction, FieldError};
+use crate::domain::{ActivityType, Channel, ChannelType, Direction};
+
+/// Settings of a `whatsapp_meta` channel.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(title = "whatsapp_meta")]
+pub struct WhatsappMetaConfig {
+    /// Phone number ID
+    ///
+    /// The numeric id Meta shows for the number.
+    #[schema(inline)]
+    pub phone_number_id: PhoneNumberId,
+    /// Access token
+    ///
+    /// Sent as the bearer token of every Graph API request.
+    #[schema(format = Password)]
+    pub access_token: String,
+    /// Verify token
+    ///
+    /// Meta sends it back during webhook verification.
+    #[schema(format = Password)]
+    pub verify_token: String,
+    /// App secret
+    ///
+    /// Verifies X-Hub-Signature-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Password)]
+    pub app_secret: Option<String>,
+    /// API version
+    ///
+    /// The Graph API version sent to.
+    #[serde(default = "default_api_version")]
+    #[schema(inline, default = default_api_version)]
+    pub api_version: ApiVersion,
+    /// API base URL
+    ///
+    /// Where the Graph API is.
+    #[serde(default = "default_api_base_url")]
+    #[schema(inline, default = default_api_base_url)]
+    pub api_base_url: HttpUrl,
+    /// Accept unsigned notifications (no app secret)
+    ///
+    /// Without an app secret, unsigned inbound notifications are refused unless this is true.
+    #[serde(default)]
+    #[schema(default = false)]
+    pub allow_unsigned_inbound: bool,
+}
+
+fn default_api_version() -> ApiVersion {
+    ApiVersion::from("v18.0")
+}
+
+fn default_api_base_url() -> HttpUrl {
+    HttpUrl::from("https://graph.facebook.com")
+}
+
+checked_string! {
+    /// The id Meta shows for a phone number: digits only.
+    PhoneNumberId,
+    None::<SchemaFormat>,
+    "must be the numeric id Meta shows for the number",
+    |s| s.chars().all(|c| c.is_ascii_digit())
+}
+
+checked_string! {
+    /// A Graph API version such as `v18.0`.
+    ApiVersion,
+    None::<SchemaFormat>,
+    "must look like v18.0",
+    |s| {
+        s.strip_prefix('v')
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(major, minor)| {
+                !major.is_empty()
+                    && !minor.is_empty()
+                    && major.chars().chain(minor.chars()).all(|c| c.is_ascii_digit())
+            })
+    }
+}
 
 /// Adapter of `whatsapp_meta` channels.
 pub struct WhatsappMetaAdapter;
 
+/// Reads a channel's stored config, for the inbound side.
+fn inbound_config(channel: &Channel) -> Result<WhatsappMetaConfig, InboundError> {
+    stored(&channel.config).map_err(InboundError::Unauthorized)
+}
+
 /// The signature header of Meta's notifications.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
-
-/// Request timeout of one send, below the worker's lease.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Graph error codes worth retrying with backoff: transient errors (§2.3).
 const TRANSIENT_CODES: &[i64] = &[1, 2, 131000, 131016, 133004, 131057];
@@ -51,42 +134,9 @@ impl ChannelAdapter for WhatsappMetaAdapter {
         ChannelType::WhatsappMeta
     }
 
-    fn validate_config(&self, config: &Value) -> Result<Value, Vec<FieldError>> {
-        let mut r = ConfigReader::new(config);
-        if let Some(id) = r.string("phone_number_id", true)
-            && !id.chars().all(|c| c.is_ascii_digit())
-        {
-            r.invalid(
-                "phone_number_id",
-                "must be the numeric id Meta shows for the number",
-            );
-        }
-        r.string("access_token", true);
-        r.string("verify_token", true);
-        r.string("app_secret", false);
-        let version = r.string_or("api_version", "v18.0");
-        let valid_version = version
-            .strip_prefix('v')
-            .and_then(|v| v.split_once('.'))
-            .is_some_and(|(major, minor)| {
-                !major.is_empty()
-                    && !minor.is_empty()
-                    && major
-                        .chars()
-                        .chain(minor.chars())
-                        .all(|c| c.is_ascii_digit())
-            });
-        if !valid_version {
-            r.invalid("api_version", "must look like v18.0");
-        }
-        r.url("api_base_url", false, Some("https://graph.facebook.com"));
-        // Without an app secret, unsigned inbound notifications are refused unless this is true.
-        r.boolean("allow_unsigned_inbound", false);
-        r.finish()
-    }
-
-    fn secret_fields(&self) -> &'static [&'static str] {
-        &["access_token", "verify_token", "app_secret"]
+    fn config_spec(&self) -> &'static ConfigSpec {
+        static SPEC: LazyLock<ConfigSpec> = LazyLock::new(ConfigSpec::of::<WhatsappMetaConfig>);
+        &SPEC
     }
 
     fn delivers(&self, direction: Direction, kind: ActivityType) -> bool {
@@ -94,36 +144,19 @@ impl ChannelAdapter for WhatsappMetaAdapter {
     }
 
     async fn deliver(&self, out: &Outbound<'_>) -> Result<Delivered, AdapterError> {
-        let config = &out.channel.config;
+        let config: WhatsappMetaConfig =
+            stored(&out.channel.config).map_err(AdapterError::permanent)?;
         let to = whatsapp::recipient(out)?;
         let text = whatsapp::text(out)?;
-        let (Some(base), Some(version), Some(phone_number_id), Some(token)) = (
-            config["api_base_url"].as_str(),
-            config["api_version"].as_str(),
-            config["phone_number_id"].as_str(),
-            config["access_token"].as_str(),
-        ) else {
-            return Err(AdapterError::permanent(
-                "the channel config lacks api_base_url, api_version, phone_number_id or access_token",
-            ));
-        };
         let url = format!(
-            "{}/{version}/{phone_number_id}/messages",
-            base.trim_end_matches('/')
+            "{}/{}/{}/messages",
+            config.api_base_url.base(),
+            config.api_version.as_str(),
+            config.phone_number_id.as_str()
         );
         let body = send_body(&to, &text, &out.delivery_id.to_string());
-        let response = out
-            .http
-            .post(url)
-            .timeout(REQUEST_TIMEOUT.min(out.max_timeout))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = response.status().as_u16();
-        let after = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+        let request = out.http.post(url).bearer_auth(&config.access_token);
+        let (status, after, text) = whatsapp::send(request, &body, out.max_timeout).await?;
         classify(status, after, &text)
     }
 
@@ -134,9 +167,8 @@ impl ChannelAdapter for WhatsappMetaAdapter {
         body: &[u8],
         _now: i64,
     ) -> Result<(), InboundError> {
-        let app_secret = channel.config["app_secret"]
-            .as_str()
-            .filter(|s| !s.is_empty());
+        let config = inbound_config(channel)?;
+        let app_secret = config.app_secret.as_deref().filter(|s| !s.is_empty());
         let header = headers.get(SIGNATURE_HEADER);
         match (app_secret, header) {
             (Some(secret), Some(value)) => {
@@ -149,7 +181,7 @@ impl ChannelAdapter for WhatsappMetaAdapter {
             (Some(_), None) => Err(InboundError::Unauthorized(format!(
                 "the {SIGNATURE_HEADER} header is required"
             ))),
-            (None, _) if channel.config["allow_unsigned_inbound"].as_bool() == Some(true) => Ok(()),
+            (None, _) if config.allow_unsigned_inbound => Ok(()),
             (None, _) => Err(InboundError::Unauthorized(
                 "the channel has no app_secret to verify notifications with, and \
                  allow_unsigned_inbound is false"
@@ -159,7 +191,9 @@ impl ChannelAdapter for WhatsappMetaAdapter {
     }
 
     fn parse_inbound(&self, channel: &Channel, body: &[u8]) -> Result<InboundBatch, InboundError> {
-        parse_notification(channel.config["phone_number_id"].as_str(), body)
+        let config: WhatsappMetaConfig =
+            stored(&channel.config).map_err(InboundError::Malformed)?;
+        parse_notification(Some(config.phone_number_id.as_str()), body)
     }
 
     fn lenient_inbound(&self) -> bool {
@@ -177,7 +211,9 @@ impl ChannelAdapter for WhatsappMetaAdapter {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        let expected = channel.config["verify_token"].as_str().unwrap_or_default();
+        let config: WhatsappMetaConfig =
+            stored(&channel.config).map_err(InboundError::Forbidden)?;
+        let expected = config.verify_token.as_str();
         let token_ok = param("hub.verify_token").is_some_and(|given| {
             !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
         });
@@ -485,14 +521,11 @@ fn describe_error(error: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::tests::{json_tree, keys};
+    use crate::adapters::whatsapp::tests::fixture;
     use proptest::prelude::*;
 
     const PHONE: Option<&str> = Some("106540352242922");
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     fn graph_error(code: i64) -> String {
         json!({"error": {"message": format!("(#{code}) Title"), "type": "OAuthException", "code": code,
@@ -805,45 +838,38 @@ mod tests {
             Just(json!("failed")),
             Just(json!("106540352242922")),
         ];
-        leaf.prop_recursive(6, 64, 6, |inner| {
-            let key = prop_oneof![
-                Just("object"),
-                Just("entry"),
-                Just("changes"),
-                Just("field"),
-                Just("value"),
-                Just("metadata"),
-                Just("phone_number_id"),
-                Just("contacts"),
-                Just("profile"),
-                Just("name"),
-                Just("wa_id"),
-                Just("messages"),
-                Just("statuses"),
-                Just("errors"),
-                Just("from"),
-                Just("id"),
-                Just("type"),
-                Just("text"),
-                Just("body"),
-                Just("status"),
-                Just("timestamp"),
-                Just("context"),
-                Just("code"),
-                Just("title"),
-                Just("error_data"),
-                Just("details"),
-                Just("image"),
-                Just("interactive"),
-                Just("button_reply"),
-            ]
-            .prop_map(str::to_owned);
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::btree_map(key, inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        let key = keys(&[
+            "object",
+            "entry",
+            "changes",
+            "field",
+            "value",
+            "metadata",
+            "phone_number_id",
+            "contacts",
+            "profile",
+            "name",
+            "wa_id",
+            "messages",
+            "statuses",
+            "errors",
+            "from",
+            "id",
+            "type",
+            "text",
+            "body",
+            "status",
+            "timestamp",
+            "context",
+            "code",
+            "title",
+            "error_data",
+            "details",
+            "image",
+            "interactive",
+            "button_reply",
+        ]);
+        json_tree(leaf, key, 6, 64)
     }
 
     proptest! {

@@ -1,13 +1,18 @@
 //! HTML forms: a CSRF-checked form extractor, and the channel config fields of each
 //! channel type (the form follows the selected type).
+//!
+//! The config fields are read from each adapter's config schema (name, label, doc,
+//! required, default, secret); nothing here re-declares an adapter's settings.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use super::guard::AdminContext;
+use crate::adapters::{Adapters, FieldSpec, FieldType};
 use crate::domain::ChannelType;
 use crate::http::error::ApiError;
 use crate::http::extract::read_body;
@@ -66,132 +71,67 @@ pub enum FieldKind {
     Lines,
 }
 
-/// One config field of a channel type's form.
+/// One config field of a channel type's form, read from the adapter's config schema.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigField {
     pub name: &'static str,
     pub label: &'static str,
     pub kind: FieldKind,
     pub required: bool,
+    /// The field's doc, with how to fill it in and its default.
     pub help: &'static str,
 }
 
-const fn field(
-    name: &'static str,
-    label: &'static str,
-    kind: FieldKind,
-    required: bool,
-    help: &'static str,
-) -> ConfigField {
-    ConfigField {
-        name,
-        label,
-        kind,
-        required,
-        help,
+impl ConfigField {
+    fn of(spec: &'static FieldSpec) -> Self {
+        let kind = match spec.kind {
+            _ if spec.secret => FieldKind::Secret,
+            FieldType::Boolean => FieldKind::Checkbox,
+            FieldType::Integer => FieldKind::Number,
+            FieldType::StringMap => FieldKind::Lines,
+            FieldType::String if !spec.choices.is_empty() => FieldKind::Choice(spec.choices),
+            FieldType::String => FieldKind::Text,
+        };
+        let mut help = spec.description.trim_end_matches('.').to_owned();
+        if kind == FieldKind::Lines {
+            help.push_str(". One Name: value per line");
+        }
+        let default = match &spec.default {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(default) =
+            default.filter(|_| matches!(kind, FieldKind::Text | FieldKind::Number))
+        {
+            help.push_str(&format!(". Default {default}"));
+        }
+        Self {
+            name: spec.name,
+            label: spec.label,
+            kind,
+            required: spec.required,
+            // Built once per process (below); the form lives as long as the program.
+            help: Box::leak(help.into_boxed_str()),
+        }
     }
 }
 
-use FieldKind::{Checkbox, Choice, Lines, Number, Secret, Text};
-
-const WEBHOOK: &[ConfigField] = &[
-    field(
-        "url",
-        "URL",
-        Text,
-        true,
-        "Where outbound activities are sent",
-    ),
-    field(
-        "method",
-        "Method",
-        Choice(&["POST", "PUT", "PATCH"]),
-        false,
-        "",
-    ),
-    field(
-        "headers",
-        "Extra headers",
-        Lines,
-        false,
-        "One Name: value per line",
-    ),
-    field("timeout_ms", "Timeout (ms)", Number, false, "Default 15000"),
-    field(
-        "require_signature",
-        "Require signed inbound requests",
-        Checkbox,
-        false,
-        "",
-    ),
-];
-const ECHO: &[ConfigField] = &[field(
-    "prefix",
-    "Reply prefix",
-    Text,
-    false,
-    "Put before the echoed text",
-)];
-const WHATSAPP_META: &[ConfigField] = &[
-    field(
-        "phone_number_id",
-        "Phone number ID",
-        Text,
-        true,
-        "The numeric id Meta shows for the number",
-    ),
-    field("access_token", "Access token", Secret, true, ""),
-    field(
-        "verify_token",
-        "Verify token",
-        Secret,
-        true,
-        "Meta sends it back during webhook verification",
-    ),
-    field(
-        "app_secret",
-        "App secret",
-        Secret,
-        false,
-        "Verifies X-Hub-Signature-256",
-    ),
-    field("api_version", "API version", Text, false, "Default v18.0"),
-    field(
-        "api_base_url",
-        "API base URL",
-        Text,
-        false,
-        "Default https://graph.facebook.com",
-    ),
-    field(
-        "allow_unsigned_inbound",
-        "Accept unsigned notifications (no app secret)",
-        Checkbox,
-        false,
-        "",
-    ),
-];
-const WHATSAPP_INFOBIP: &[ConfigField] = &[
-    field(
-        "base_url",
-        "Base URL",
-        Text,
-        true,
-        "Your account's base URL, e.g. https://xyz.api.infobip.com",
-    ),
-    field("api_key", "API key", Secret, true, ""),
-    field("sender", "Sender number", Text, true, ""),
-];
+/// The form fields of each channel type, in the order its config struct declares them.
+static FIELDS: LazyLock<HashMap<ChannelType, Vec<ConfigField>>> = LazyLock::new(|| {
+    let adapters = Adapters::new();
+    ChannelType::ALL
+        .iter()
+        .map(|&kind| {
+            let spec = adapters.get(kind).config_spec();
+            (kind, spec.fields.iter().map(ConfigField::of).collect())
+        })
+        .collect()
+});
 
 /// The form fields of each channel type, matching its adapter's config.
 pub fn config_fields(kind: ChannelType) -> &'static [ConfigField] {
-    match kind {
-        ChannelType::Webhook => WEBHOOK,
-        ChannelType::Echo => ECHO,
-        ChannelType::Websocket => &[],
-        ChannelType::WhatsappMeta => WHATSAPP_META,
-        ChannelType::WhatsappInfobip => WHATSAPP_INFOBIP,
-    }
+    FIELDS.get(&kind).map_or(&[], Vec::as_slice)
 }
 
 /// The form input name of a config field of a type (unique across types, so one
@@ -234,7 +174,6 @@ pub fn config_from_form(kind: ChannelType, form: &CsrfForm) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::Adapters;
 
     fn form(pairs: &[(&str, &str)]) -> CsrfForm {
         CsrfForm(
@@ -286,5 +225,63 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn fields_follow_the_config_structs() {
+        use FieldKind::{Checkbox, Choice, Lines, Number, Secret, Text};
+        let summary = |kind| -> Vec<(&str, &str, FieldKind, bool)> {
+            config_fields(kind)
+                .iter()
+                .map(|f| (f.name, f.label, f.kind, f.required))
+                .collect()
+        };
+        assert_eq!(
+            summary(ChannelType::Webhook),
+            [
+                ("url", "URL", Text, true),
+                ("method", "Method", Choice(&["POST", "PUT", "PATCH"]), false),
+                ("headers", "Extra headers", Lines, false),
+                ("timeout_ms", "Timeout (ms)", Number, false),
+                (
+                    "require_signature",
+                    "Require signed inbound requests",
+                    Checkbox,
+                    false
+                ),
+            ]
+        );
+        assert_eq!(
+            summary(ChannelType::Echo),
+            [("prefix", "Reply prefix", Text, false)]
+        );
+        assert_eq!(summary(ChannelType::Websocket), []);
+        assert_eq!(
+            summary(ChannelType::WhatsappMeta),
+            [
+                ("phone_number_id", "Phone number ID", Text, true),
+                ("access_token", "Access token", Secret, true),
+                ("verify_token", "Verify token", Secret, true),
+                ("app_secret", "App secret", Secret, false),
+                ("api_version", "API version", Text, false),
+                ("api_base_url", "API base URL", Text, false),
+                (
+                    "allow_unsigned_inbound",
+                    "Accept unsigned notifications (no app secret)",
+                    Checkbox,
+                    false
+                ),
+            ]
+        );
+        assert_eq!(
+            summary(ChannelType::WhatsappInfobip),
+            [
+                ("base_url", "Base URL", Text, true),
+                ("api_key", "API key", Secret, true),
+                ("sender", "Sender number", Text, true),
+            ]
+        );
+        let timeout = &config_fields(ChannelType::Webhook)[3];
+        assert!(timeout.help.ends_with("Default 15000"), "{}", timeout.help);
     }
 }

@@ -52,7 +52,8 @@ pub struct Channel {
     /// Standard Webhooks secret (`whsec_...`): signs outbound webhooks, verifies inbound
     /// ones and binds channel tokens (rotating it revokes them).
     pub secret: String,
-    /// Adapter-specific settings, validated by the adapter.
+    /// Settings of the channel's type: what the type's config struct serializes to once
+    /// validated (defaults filled in). Kept as JSON here; adapters read it back typed.
     #[sqlx(json)]
     pub config: Value,
     #[sqlx(try_from = "String")]

@@ -24,7 +24,7 @@ pub struct ChannelIn {
     pub kind: ChannelType,
     /// Settings of the channel type; see the adapter documentation.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::adapters::config_schema)]
     pub config: Value,
 }
 

@@ -36,7 +36,7 @@ pub struct ChannelOut {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: ChannelType,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::adapters::config_schema)]
     pub config: Value,
     pub status: ChannelStatus,
     /// Channel token (`x-channel-token`): creates conversations on this channel and
