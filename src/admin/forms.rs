@@ -80,6 +80,8 @@ pub struct ConfigField {
     pub required: bool,
     /// The field's doc, with how to fill it in and its default.
     pub help: &'static str,
+    /// A checkbox whose schema default is `true` starts ticked on a new form.
+    pub checked_by_default: bool,
 }
 
 impl ConfigField {
@@ -106,7 +108,9 @@ impl ConfigField {
         {
             help.push_str(&format!(". Default {default}"));
         }
+        let checked_by_default = spec.default == Some(Value::Bool(true));
         Self {
+            checked_by_default,
             name: spec.name,
             label: spec.label,
             kind,

@@ -155,8 +155,7 @@ fn build_groups(
                 .iter()
                 .map(|def| {
                     let input = input_name(kind, def);
-                    let default_on =
-                        def.kind == FieldKind::Checkbox && def.name == "require_signature";
+                    let default_on = def.kind == FieldKind::Checkbox && def.checked_by_default;
                     let value = match form {
                         // Secrets are never written back into the page.
                         Some(_) if def.kind == FieldKind::Secret => String::new(),
