@@ -112,7 +112,13 @@ impl Store {
     /// Appends an activity and its delivery rows in one transaction: on SQLite through
     /// the group-committing writer task ([`super::appender`]), on PostgreSQL in a
     /// transaction of its own. Either way the answer comes after the commit.
-    pub async fn append_activity(&self, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
+    ///
+    /// Crate-private: `ingest` is the one write path (tests reach it through
+    /// `store::test_support`).
+    pub(crate) async fn append_activity(
+        &self,
+        append: &ActivityAppend,
+    ) -> StoreResult<AppendOutcome> {
         match self {
             Store::Sqlite { appender, .. } => appender.append(append.clone()).await,
             Store::Postgres(pool) => append_postgres(pool, append).await,

@@ -22,6 +22,9 @@ mod queue;
 mod routes;
 mod sqlite;
 mod tenants;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod test_support;
 
 use std::time::Duration;
 

@@ -101,7 +101,7 @@ pub(crate) async fn create_route_checked(
     }
     let route = state
         .store
-        .insert_route_acyclic(tenant_id, source, target, direction)
+        .insert_route(tenant_id, source, target, direction)
         .await?;
     tracing::info!(route_id = %route.id, tenant_id = %route.tenant_id, %direction, "route created");
     Ok(route)
