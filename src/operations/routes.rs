@@ -54,7 +54,7 @@ pub async fn create(
         return Err(OpError::Invalid(errors));
     }
     let route = store
-        .insert_route_acyclic(tenant_id, source, target, direction)
+        .insert_route(tenant_id, source, target, direction)
         .await?;
     tracing::info!(route_id = %route.id, %tenant_id, %direction, "route created");
     Ok(route)

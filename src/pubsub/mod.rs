@@ -11,6 +11,7 @@
 //! [`PgPubSub`] also carries events between the nodes sharing the database.
 
 mod local;
+mod notice;
 mod postgres;
 
 use std::sync::Arc;

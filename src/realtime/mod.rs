@@ -2,14 +2,18 @@
 //! protocols.md §1).
 //!
 //! Stage 1 of the flow, beside `http`. This module authenticates the upgrade request
-//! and hands the socket to a tracked [`session`]; [`frame`] is the wire format and
-//! [`channel`] the meaning of `conversation:<id>` topics. It never writes activities
-//! except through `ingest`, and refuses a connection (403, no socket) before upgrading
-//! rather than after.
+//! and hands the socket to a tracked [`session`]; [`frame`] is the wire format,
+//! [`channel`] the meaning of `conversation:<id>` topics and [`stream`] the replay and
+//! live events of one joined topic. It never writes activities except through
+//! `ingest`, and refuses a connection (403, no socket) before upgrading rather than
+//! after.
 
 mod channel;
+#[cfg(test)]
+mod fixture;
 pub mod frame;
 mod session;
+mod stream;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;

@@ -3,8 +3,8 @@
 //!
 //! It owns the socket and the set of joined topics and applies the protocol's
 //! bookkeeping (replies, refs, `phx_close`, limits). What a join or a push means is
-//! decided in `channel`; the wire format is `frame`'s. Nothing here touches the store
-//! directly.
+//! decided in `channel`, a joined topic's events come from its `stream`; the wire
+//! format is `frame`'s. Nothing here touches the store directly.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,8 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::SocketAuth;
-use super::channel::{self, Stream, StreamEnd};
+use super::channel;
 use super::frame::{Frame, Ref, Vsn};
+use super::stream::{Stream, StreamEnd};
 use crate::http::state::AppState;
 
 /// Close codes (RFC 6455 §7.4 and the IANA registry). None is 1000, which the JS client
@@ -400,7 +401,7 @@ mod footprint {
     fn idle_sessions_and_streams_stay_small() {
         let session = future_size(super::run);
         assert!(session <= 4096, "a session's future takes {session} bytes");
-        let stream = stream_future_size(super::super::channel::Stream::run);
+        let stream = stream_future_size(super::super::stream::Stream::run);
         assert!(stream <= 2048, "a stream's future takes {stream} bytes");
     }
 }

@@ -63,6 +63,34 @@ const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_i
      SELECT MIN(seq) FROM deliveries WHERE conversation_id = $5 AND channel_id = $4 \
      AND status = 'pending') IS NULL)";
 
+/// Takes the next `seq` of `$append`'s conversation on `$conn`, a connection or
+/// transaction of either backend: `Some(seq)`, or `None` when the conversation is
+/// missing or not active. `?` returns database errors from the enclosing function.
+macro_rules! bump_seq {
+    ($conn:expr, $append:expr, $now:expr) => {{
+        let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
+            .bind($append.tenant_id)
+            .bind($append.conversation_id)
+            .bind($now)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        bumped.map(|(seq,)| seq)
+    }};
+}
+
+/// The activity of `$append`'s conversation with idempotency key `$key`, if any, read
+/// on `$conn` as [`bump_seq!`] does.
+macro_rules! find_by_key {
+    ($conn:expr, $append:expr, $key:expr) => {{
+        let existing: Option<Activity> = sqlx::query_as(FIND_KEY)
+            .bind($append.conversation_id)
+            .bind($key)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        existing
+    }};
+}
+
 /// Inserts `$append`'s activity as number `$seq` and its delivery rows on `$conn`, a
 /// transaction of either backend; evaluates to the `Created` outcome. `?` returns
 /// database errors from the enclosing function.
@@ -112,7 +140,13 @@ impl Store {
     /// Appends an activity and its delivery rows in one transaction: on SQLite through
     /// the group-committing writer task ([`super::appender`]), on PostgreSQL in a
     /// transaction of its own. Either way the answer comes after the commit.
-    pub async fn append_activity(&self, append: &ActivityAppend) -> StoreResult<AppendOutcome> {
+    ///
+    /// Crate-private: `ingest` is the one write path (tests reach it through
+    /// `store::test_support`).
+    pub(crate) async fn append_activity(
+        &self,
+        append: &ActivityAppend,
+    ) -> StoreResult<AppendOutcome> {
         match self {
             Store::Sqlite { appender, .. } => appender.append(append.clone()).await,
             Store::Postgres(pool) => append_postgres(pool, append).await,
@@ -151,13 +185,7 @@ impl Store {
             COLUMNS,
             " FROM activities WHERE tenant_id = $1 AND id = $2"
         );
-        Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_one(pool)
-                .await
-        })?)
+        self.fetch_scoped(SQL, tenant_id, id).await
     }
 }
 
@@ -172,26 +200,15 @@ async fn append_postgres(pool: &PgPool, append: &ActivityAppend) -> StoreResult<
         return append_postgres_alone(pool, append, now).await;
     }
     let mut tx = pool.begin().await?;
-    let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
-        .bind(append.tenant_id)
-        .bind(append.conversation_id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((seq,)) = bumped else {
+    let Some(seq) = bump_seq!(tx, append, now) else {
         tx.rollback().await?;
         return Ok(AppendOutcome::NotActive);
     };
-    if let Some(key) = &append.activity.idempotency_key {
-        let existing: Option<Activity> = sqlx::query_as(FIND_KEY)
-            .bind(append.conversation_id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if let Some(existing) = existing {
-            tx.rollback().await?;
-            return Ok(AppendOutcome::Existing(existing));
-        }
+    if let Some(key) = &append.activity.idempotency_key
+        && let Some(existing) = find_by_key!(tx, append, key)
+    {
+        tx.rollback().await?;
+        return Ok(AppendOutcome::Existing(existing));
     }
     let created = insert_appended!(tx, append, seq, now);
     tx.commit().await?;
@@ -255,31 +272,20 @@ pub(super) async fn append_sqlite(
     const ACTIVE: &str =
         "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 AND status = 'active'";
     let now = Timestamp::now();
-    if let Some(key) = &append.activity.idempotency_key {
-        let existing: Option<Activity> = sqlx::query_as(FIND_KEY)
+    if let Some(key) = &append.activity.idempotency_key
+        && let Some(existing) = find_by_key!(conn, append, key)
+    {
+        let active: Option<(i64,)> = sqlx::query_as(ACTIVE)
+            .bind(append.tenant_id)
             .bind(append.conversation_id)
-            .bind(key)
             .fetch_optional(&mut *conn)
             .await?;
-        if let Some(existing) = existing {
-            let active: Option<(i64,)> = sqlx::query_as(ACTIVE)
-                .bind(append.tenant_id)
-                .bind(append.conversation_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-            return Ok(match active {
-                Some(_) => AppendOutcome::Existing(existing),
-                None => AppendOutcome::NotActive,
-            });
-        }
+        return Ok(match active {
+            Some(_) => AppendOutcome::Existing(existing),
+            None => AppendOutcome::NotActive,
+        });
     }
-    let bumped: Option<(i64,)> = sqlx::query_as(BUMP)
-        .bind(append.tenant_id)
-        .bind(append.conversation_id)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some((seq,)) = bumped else {
+    let Some(seq) = bump_seq!(conn, append, now) else {
         return Ok(AppendOutcome::NotActive);
     };
     Ok(insert_appended!(conn, append, seq, now))

@@ -68,13 +68,7 @@ impl Store {
             COLUMNS,
             " FROM channels WHERE tenant_id = $1 AND id = $2"
         );
-        Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_one(pool)
-                .await
-        })?)
+        self.fetch_scoped(SQL, tenant_id, id).await
     }
 
     /// A channel by id alone, for inbound webhooks, which are authenticated by the
@@ -82,10 +76,7 @@ impl Store {
     pub async fn get_channel_unscoped(&self, id: ChannelId) -> StoreResult<Channel> {
         const SQL: &str =
             const_format::concatcp!("SELECT ", COLUMNS, " FROM channels WHERE id = $1");
-        Ok(reader!(self, |pool| sqlx::query_as(SQL)
-            .bind(id)
-            .fetch_one(pool)
-            .await)?)
+        self.fetch_by_id(SQL, id).await
     }
 
     /// A page of a tenant's channels in id order.

@@ -76,23 +76,14 @@ impl Store {
             COLUMNS,
             " FROM conversations WHERE tenant_id = $1 AND id = $2"
         );
-        Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_one(pool)
-                .await
-        })?)
+        self.fetch_scoped(SQL, tenant_id, id).await
     }
 
     /// A conversation by id alone, for the operator's admin panel.
     pub async fn get_conversation_unscoped(&self, id: ConversationId) -> StoreResult<Conversation> {
         const SQL: &str =
             const_format::concatcp!("SELECT ", COLUMNS, " FROM conversations WHERE id = $1");
-        Ok(reader!(self, |pool| sqlx::query_as(SQL)
-            .bind(id)
-            .fetch_one(pool)
-            .await)?)
+        self.fetch_by_id(SQL, id).await
     }
 
     /// One conversation of a tenant with its channel's type and status.
@@ -105,13 +96,7 @@ impl Store {
              c.last_seq, c.inserted_at, c.updated_at, ch.type AS channel_type, ch.status AS channel_status \
              FROM conversations c JOIN channels ch ON ch.id = c.channel_id \
              WHERE c.tenant_id = $1 AND c.id = $2";
-        Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_one(pool)
-                .await
-        })?)
+        self.fetch_scoped(SQL, tenant_id, id).await
     }
 
     /// The active conversation on a channel with an external party, if any.

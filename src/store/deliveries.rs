@@ -54,13 +54,7 @@ impl Store {
             COLUMNS,
             " FROM deliveries WHERE tenant_id = $1 AND id = $2"
         );
-        Ok(reader!(self, |pool| {
-            sqlx::query_as(SQL)
-                .bind(tenant_id)
-                .bind(id)
-                .fetch_one(pool)
-                .await
-        })?)
+        self.fetch_scoped(SQL, tenant_id, id).await
     }
 
     /// A page of a tenant's deliveries, newest first, optionally of one status and one

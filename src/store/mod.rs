@@ -6,7 +6,9 @@
 //! tenant is indistinguishable from a missing one.
 //!
 //! Queries are written once, in SQL both dialects accept (`$N` placeholders,
-//! `RETURNING`, `ON CONFLICT`), and expanded for either pool by [`reader!`] and [`writer!`].
+//! `RETURNING`, `ON CONFLICT`), and expanded for either pool by [`reader!`] and [`writer!`];
+//! lookups of one row by tenant and id, or by id alone, go through
+//! `Store::fetch_scoped` and `Store::fetch_by_id` with each query's own SQL.
 
 mod activities;
 mod admin;
@@ -22,10 +24,17 @@ mod queue;
 mod routes;
 mod sqlite;
 mod tenants;
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub mod test_support;
 
 use std::time::Duration;
 
-use sqlx::{PgPool, SqlitePool};
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Encode, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Type};
+
+use crate::domain::TenantId;
 
 pub use activities::{ActivityAppend, AppendOutcome};
 pub use admin::{ChannelDeliveryStats, FailedDelivery};
@@ -132,6 +141,59 @@ macro_rules! writer {
     };
 }
 pub(crate) use {reader, writer};
+
+/// A row type both backends decode, for queries written once.
+pub(crate) trait Row:
+    Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>
+{
+}
+impl<T> Row for T where T: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>
+{}
+
+/// A value both backends bind, for queries written once.
+pub(crate) trait Param:
+    Send + for<'q> Encode<'q, Sqlite> + Type<Sqlite> + for<'q> Encode<'q, Postgres> + Type<Postgres>
+{
+}
+impl<T> Param for T where
+    T: Send
+        + for<'q> Encode<'q, Sqlite>
+        + Type<Sqlite>
+        + for<'q> Encode<'q, Postgres>
+        + Type<Postgres>
+{
+}
+
+/// Lookups by key shared by the tables' queries; each caller's SQL stays its own.
+impl Store {
+    /// The one row `sql` selects by a tenant (`$1`) and an id (`$2`): a row of another
+    /// tenant is `NotFound`, as a missing one.
+    pub(crate) async fn fetch_scoped<T: Row>(
+        &self,
+        sql: &'static str,
+        tenant_id: TenantId,
+        id: impl Param,
+    ) -> StoreResult<T> {
+        Ok(reader!(self, |pool| sqlx::query_as(sql)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_one(pool)
+            .await)?)
+    }
+
+    /// The one row `sql` selects by an id alone (`$1`), for the callers that are not
+    /// tenant-scoped (operators, channel-signed webhooks).
+    pub(crate) async fn fetch_by_id<T: Row>(
+        &self,
+        sql: &'static str,
+        id: impl Param,
+    ) -> StoreResult<T> {
+        Ok(reader!(self, |pool| sqlx::query_as(sql)
+            .bind(id)
+            .fetch_one(pool)
+            .await)?)
+    }
+}
 
 impl Store {
     /// Connects to the database a URL names (`sqlite://PATH` or `postgres://...`).

@@ -15,7 +15,7 @@ pub struct RouteTarget {
     pub target_type: ChannelType,
 }
 
-/// The name under which [`Store::insert_route_acyclic`] reports a route that would
+/// The name under which [`Store::insert_route`] reports a route that would
 /// close a cycle, as if it were a constraint of the schema (which cannot express it).
 const ROUTES_ACYCLIC: &str = "routes_acyclic";
 
@@ -23,43 +23,16 @@ const COLUMNS: &str =
     "id, tenant_id, source_channel_id, target_channel_id, direction, inserted_at, updated_at";
 
 impl Store {
-    /// Inserts a route as given, without the cycle check of
-    /// [`Store::insert_route_acyclic`] that the API applies; for tests and tools that set
-    /// up a route graph directly. The caller has checked both channels belong to the tenant.
-    pub async fn insert_route(
-        &self,
-        tenant_id: TenantId,
-        source: ChannelId,
-        target: ChannelId,
-        direction: RouteDirection,
-    ) -> StoreResult<Route> {
-        const SQL: &str = const_format::concatcp!(
-            "INSERT INTO routes (id, tenant_id, source_channel_id, target_channel_id, direction, inserted_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ",
-            COLUMNS
-        );
-        Ok(writer!(self, |pool| {
-            sqlx::query_as(SQL)
-                .bind(RouteId::new())
-                .bind(tenant_id)
-                .bind(source)
-                .bind(target)
-                .bind(direction.as_str())
-                .bind(Timestamp::now())
-                .fetch_one(pool)
-                .await
-        })?)
-    }
-
     /// Inserts a route unless it would close a directed cycle in the tenant's route
     /// graph (whatever the direction filters), which fails with
     /// `Conflict { constraint: "routes_acyclic" }`. The caller has checked both channels
-    /// belong to the tenant.
+    /// belong to the tenant. There is no insert without the check: a route graph with
+    /// a cycle is one the API could not have built.
     ///
     /// The check and the insert share one transaction that first touches the tenant's
     /// row: that takes the row lock (PostgreSQL) or the database write lock (SQLite),
     /// so two concurrent inserts cannot each pass the check and together close a cycle.
-    pub async fn insert_route_acyclic(
+    pub async fn insert_route(
         &self,
         tenant_id: TenantId,
         source: ChannelId,

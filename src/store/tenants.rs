@@ -54,10 +54,7 @@ impl Store {
     pub async fn get_tenant(&self, id: TenantId) -> StoreResult<Tenant> {
         const SQL: &str =
             const_format::concatcp!("SELECT ", COLUMNS, " FROM tenants WHERE id = $1");
-        Ok(reader!(self, |pool| sqlx::query_as(SQL)
-            .bind(id)
-            .fetch_one(pool)
-            .await)?)
+        self.fetch_by_id(SQL, id).await
     }
 
     /// Every tenant, oldest first.

@@ -349,10 +349,12 @@ async fn delivery_rows_follow_channels_and_routes(backend: Backend) {
     );
 
     // What arrives from a channel is not delivered back to it: a bot posting on its
-    // own webhook channel gets no delivery, and a route back to the websocket channel
-    // adds none either (websocket channels are served by PubSub).
+    // own webhook channel gets no delivery, and a route on to a websocket channel adds
+    // none either (websocket channels are served by PubSub). Another websocket channel
+    // than `ws`: a route back to `ws` would close a cycle, which routes refuse.
+    let ws_other: ChannelId = s(&app.websocket_channel().await, "id").parse().unwrap();
     app.store
-        .insert_route(app.tenant_id, bot_id, ws_id, RouteDirection::Any)
+        .insert_route(app.tenant_id, bot_id, ws_other, RouteDirection::Any)
         .await
         .unwrap();
     let bconv = app.create_conversation(s(&bot, "id"), None).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use converger::delivery::{DeliveryWaker, run_head_repair};
 use converger::domain::{ChannelId, ConversationId, Delivery, DeliveryId, Timestamp};
-use converger::store::{AppendOutcome, AttemptResult, Store};
+use converger::store::{AppendOutcome, AttemptResult, Store, test_support};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,11 @@ async fn append_to(
     targets: &[ChannelId],
 ) -> Vec<DeliveryId> {
     let append = app.append_of(conversation_id, "hello", None, targets.to_vec());
-    match store.append_activity(&append).await.expect("append") {
+    // Below ingest: these tests choose the delivery rows an append gets.
+    match test_support::append_activity(store, &append)
+        .await
+        .expect("append")
+    {
         AppendOutcome::Created { deliveries, .. } => deliveries.into_iter().map(|d| d.0).collect(),
         other => panic!("not created: {other:?}"),
     }
