@@ -16,7 +16,6 @@
 //! 4. The store is closed and `run` returns `Ok`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,22 +28,11 @@ use tokio_util::task::TaskTracker;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::access::SessionSigner;
-use crate::adapters::Adapters;
-use crate::auth::JwtKeys;
 use crate::config::Config;
 use crate::delivery::{DeliveryEngine, DeliverySettings};
 use crate::http::{self, state::AppState};
-use crate::ingest::{DeliveryWaker, Ingestor};
-use crate::pubsub::PubSub;
 use crate::store::{Store, StoreOptions};
 
-/// Events a slow subscriber may fall behind before it lags and resynchronises from
-/// the store. Each conversation with subscribers allocates this many slots (about 40
-/// bytes each) up front, and in one-to-one chat that is one conversation per socket;
-/// a stream task takes events off within microseconds, so a burst this long on one
-/// conversation is rare, and costs one query when it happens.
-const PUBSUB_CAPACITY: usize = 64;
 /// How often the pruner runs when a retention is configured.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// After the shutdown deadline: how long abandoned attempts get to give their leases
@@ -148,36 +136,7 @@ pub fn build_state(
     shutdown: CancellationToken,
 ) -> anyhow::Result<AppState> {
     let secret = jwt_secret(&config)?;
-    let jwt = JwtKeys::new(&secret);
-    let admin = SessionSigner::new(
-        config.admin_password.clone(),
-        &secret,
-        config.public_url.starts_with("https://"),
-    );
-    let adapters = Adapters::new();
-    let tasks = TaskTracker::new();
-    let pubsub = PubSub::for_store(&store, PUBSUB_CAPACITY, &shutdown, &tasks);
-    let waker = DeliveryWaker::default();
-    let ingest = Ingestor::new(
-        store.clone(),
-        adapters.clone(),
-        pubsub.clone(),
-        waker.clone(),
-    );
-    Ok(AppState {
-        limits: Arc::new(crate::http::limits::RateLimits::new(&config)),
-        admin: Arc::new(admin),
-        waker,
-        config: Arc::new(config),
-        store,
-        adapters,
-        pubsub,
-        ingest,
-        jwt,
-        draining,
-        shutdown,
-        tasks,
-    })
+    Ok(AppState::new(config, store, &secret, draining, shutdown))
 }
 
 /// Runs a node on an already-bound listener, over TLS when the config names a

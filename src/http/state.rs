@@ -1,4 +1,5 @@
-//! The one application state, built in `app.rs` and passed to every handler.
+//! The one application state, built once by the composition root (`app.rs`) and
+//! passed to every handler.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +17,13 @@ use crate::config::Config;
 use crate::ingest::{DeliveryWaker, Ingestor};
 use crate::pubsub::PubSub;
 use crate::store::Store;
+
+/// Events a slow subscriber may fall behind before it lags and resynchronises from
+/// the store. Each conversation with subscribers allocates this many slots (about 40
+/// bytes each) up front, and in one-to-one chat that is one conversation per socket;
+/// a stream task takes events off within microseconds, so a burst this long on one
+/// conversation is rare, and costs one query when it happens.
+const PUBSUB_CAPACITY: usize = 64;
 
 /// Cheap handles to everything a request may need. Never global: two servers (or two
 /// backends) can run in one process, as the tests do.
@@ -58,5 +66,48 @@ impl AppState {
             &request_parts.headers,
             &self.config.trusted_proxies,
         ))
+    }
+}
+
+impl AppState {
+    /// The state of a node over an open store, with its signing keys derived from
+    /// `secret`. On PostgreSQL this starts the PubSub's listener (stopped by
+    /// `shutdown`) and notifier on the state's task tracker.
+    pub fn new(
+        config: Config,
+        store: Store,
+        secret: &[u8],
+        draining: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let admin = SessionSigner::new(
+            config.admin_password.clone(),
+            secret,
+            config.public_url.starts_with("https://"),
+        );
+        let adapters = Adapters::new();
+        let tasks = TaskTracker::new();
+        let pubsub = PubSub::for_store(&store, PUBSUB_CAPACITY, &shutdown, &tasks);
+        let waker = DeliveryWaker::default();
+        let ingest = Ingestor::new(
+            store.clone(),
+            adapters.clone(),
+            pubsub.clone(),
+            waker.clone(),
+        );
+        Self {
+            limits: Arc::new(RateLimits::new(&config)),
+            admin: Arc::new(admin),
+            waker,
+            config: Arc::new(config),
+            store,
+            adapters,
+            pubsub,
+            ingest,
+            jwt: JwtKeys::new(secret),
+            draining,
+            shutdown,
+            tasks,
+        }
     }
 }

@@ -13,22 +13,24 @@ use crate::domain::ChannelType;
 use crate::http::state::AppState;
 use crate::ingest::Ingestor;
 use crate::pubsub::PubSub;
-use crate::store::{NewChannel, NewConversation};
+use crate::store::{NewChannel, NewConversation, Store, StoreOptions};
 
 /// A state over a fresh SQLite file whose PubSub buffers `capacity` events, and a
 /// socket's credentials for a new conversation.
 pub(super) async fn fixture(capacity: usize) -> (AppState, SocketAuth, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(format!("sqlite://{}", dir.path().join("t.db").display()));
-    config.jwt_secret = Some("x".repeat(40));
-    let store = crate::app::open_store(&config).await.unwrap();
-    let mut state = crate::app::build_state(
+    let config = Config::new(format!("sqlite://{}", dir.path().join("t.db").display()));
+    let store = Store::connect(&config.database_url, &StoreOptions::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut state = AppState::new(
         config,
         store.clone(),
+        b"realtime unit tests",
         CancellationToken::new(),
         CancellationToken::new(),
-    )
-    .unwrap();
+    );
     state.pubsub = PubSub::local(capacity);
     state.ingest = Ingestor::new(
         store.clone(),
