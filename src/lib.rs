@@ -36,6 +36,7 @@ pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod egress;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
