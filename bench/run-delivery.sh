@@ -64,8 +64,10 @@ build_all
 port_free "$PORT"
 port_free "$SINK_PORT"
 
+# The sink listens on loopback, which the egress policy closes by default.
 export RUST_LOG=warn CONVERGER_LISTEN="127.0.0.1:$PORT" \
-    CONVERGER_RATE_LIMIT_PER_IP=0 CONVERGER_RATE_LIMIT_PER_TENANT=0
+    CONVERGER_RATE_LIMIT_PER_IP=0 CONVERGER_RATE_LIMIT_PER_TENANT=0 \
+    CONVERGER_EGRESS_ALLOW="127.0.0.0/8"
 [[ -n "${DELIVERY_CONCURRENCY:-}" ]] && export CONVERGER_DELIVERY_CONCURRENCY="$DELIVERY_CONCURRENCY"
 COMMON=(--url "http://127.0.0.1:$PORT" --sink "127.0.0.1:$SINK_PORT" --threads 2)
 

@@ -233,6 +233,18 @@ pub struct Config {
     )]
     pub admin_password: Option<String>,
 
+    /// Networks outbound requests may reach although they are not public (loopback,
+    /// private, link-local, ...): comma-separated CIDRs. Unset: channel URLs and
+    /// provider base URLs must resolve to public addresses only.
+    #[arg(
+        long,
+        env = "CONVERGER_EGRESS_ALLOW",
+        default_value = "",
+        value_parser = parse_cidrs,
+        global = true
+    )]
+    pub egress_allow: std::vec::Vec<IpNet>,
+
     /// Proxies whose `X-Forwarded-For` (and, for `CONVERGER_FORCE_HTTPS`,
     /// `X-Forwarded-Proto`) is believed: comma-separated CIDRs. Unset: the TCP peer is
     /// the client.
@@ -505,6 +517,7 @@ impl std::fmt::Debug for Config {
                 "admin_password",
                 &self.admin_password.as_ref().map(|_| "***"),
             )
+            .field("egress_allow", &self.egress_allow)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
@@ -534,6 +547,7 @@ mod tests {
             parse_cidrs("127.0.0.1/32,::1/128").unwrap()
         );
         assert!(defaults.trusted_proxies.is_empty());
+        assert!(defaults.egress_allow.is_empty());
         // `Config::new` differs in the database and the listen address only.
         let new = Config::new("sqlite::memory:");
         assert_eq!(new.listen, SocketAddr::from(([127, 0, 0, 1], 0)));

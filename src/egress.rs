@@ -31,9 +31,12 @@ use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
-/// User agent of every outbound request. The admin guard refuses requests that carry
-/// it, so a delivery that is allowed to reach this node never acts on the admin API.
+/// User agent of every outbound request. The admin guard refuses requests whose user
+/// agent starts with [`USER_AGENT_PRODUCT`], so a delivery that the allow-list lets
+/// reach a node never acts on its admin panel.
 pub const USER_AGENT: &str = concat!("Converger/", env!("CARGO_PKG_VERSION"));
+/// The product part of [`USER_AGENT`], whatever the version.
+pub const USER_AGENT_PRODUCT: &str = "Converger/";
 
 /// Redirect hops followed at most.
 const MAX_REDIRECTS: usize = 5;

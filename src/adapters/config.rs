@@ -56,6 +56,8 @@ pub struct FieldSpec {
     pub default: Option<Value>,
     /// A credential: masked on every read, never written back into a form.
     pub secret: bool,
+    /// A destination URL ([`HttpUrl`]): checked against the egress policy.
+    pub url: bool,
     pub kind: FieldType,
     /// The allowed values of a string field with a fixed set; empty otherwise.
     pub choices: &'static [&'static str],
@@ -173,6 +175,7 @@ fn field_spec(name: &str, property: &Object, required: bool) -> FieldSpec {
             property.format,
             Some(SchemaFormat::KnownFormat(KnownFormat::Password))
         ),
+        url: matches!(&property.format, Some(SchemaFormat::Custom(f)) if f == "uri"),
         kind,
         choices: Vec::leak(choices),
         minimum: property.minimum.as_ref().and_then(as_u64),

@@ -27,6 +27,7 @@ use crate::domain::{
     Activity, ActivityType, Channel, ChannelType, Conversation, DeliveryId, Direction, FieldError,
     NewActivity,
 };
+use crate::egress::{EgressClient, EgressPolicy, EgressRefused};
 
 pub use config::{
     ConfigSpec, FieldSpec, FieldType, HttpUrl, MASK, mask_config, merge_config_patch,
@@ -42,8 +43,9 @@ pub struct Outbound<'a> {
     pub activity: &'a Activity,
     pub conversation: &'a Conversation,
     pub channel: &'a Channel,
-    /// Shared client: connection pools are reused across deliveries.
-    pub http: &'a reqwest::Client,
+    /// The node's one outbound client, under the egress policy; connection pools are
+    /// reused across deliveries.
+    pub http: &'a EgressClient,
     /// Upper bound for this attempt's request, below the worker's lease.
     pub max_timeout: Duration,
 }
@@ -200,6 +202,8 @@ pub fn config_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema
 #[derive(Clone)]
 pub struct Adapters {
     by_type: Arc<HashMap<ChannelType, Arc<dyn ChannelAdapter>>>,
+    /// Where channel URLs may point; checked when a config is validated.
+    egress: Arc<EgressPolicy>,
 }
 
 impl Default for Adapters {
@@ -209,8 +213,14 @@ impl Default for Adapters {
 }
 
 impl Adapters {
-    /// The registry with one adapter for each channel type.
+    /// The registry with one adapter for each channel type, under the default egress
+    /// policy (public destinations only).
     pub fn new() -> Self {
+        Self::with_egress(EgressPolicy::default())
+    }
+
+    /// The registry under an egress policy.
+    pub fn with_egress(egress: EgressPolicy) -> Self {
         let all: [Arc<dyn ChannelAdapter>; 5] = [
             Arc::new(echo::EchoAdapter),
             Arc::new(webhook::WebhookAdapter),
@@ -221,6 +231,7 @@ impl Adapters {
         let by_type = all.into_iter().map(|a| (a.channel_type(), a)).collect();
         Self {
             by_type: Arc::new(by_type),
+            egress: Arc::new(egress),
         }
     }
 
@@ -231,6 +242,51 @@ impl Adapters {
             .get(&kind)
             .map(|a| a.as_ref())
             .unwrap_or_else(|| unreachable!("no adapter registered for {kind}"))
+    }
+
+    /// The egress policy delivery clients are built with.
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.egress
+    }
+
+    /// Validates a config for a channel type: the adapter's rules, then the egress
+    /// policy for every URL field, so a channel cannot be pointed at an internal
+    /// address in the first place. Delivery checks again after resolution.
+    ///
+    /// # Errors
+    /// Every broken rule, each naming its field as `config.<path>`.
+    pub fn validate_config(
+        &self,
+        kind: ChannelType,
+        config: &Value,
+    ) -> Result<Value, Vec<FieldError>> {
+        let adapter = self.get(kind);
+        let valid = adapter.validate_config(config)?;
+        let errors: Vec<FieldError> = adapter
+            .config_spec()
+            .fields
+            .iter()
+            .filter(|field| field.url)
+            .filter_map(|field| {
+                let url = url::Url::parse(valid.get(field.name)?.as_str()?).ok()?;
+                let refused = self.egress.check_url(&url).err()?;
+                Some(FieldError::new(
+                    format!("config.{}", field.name),
+                    format!("refused by the egress policy: {}", refused.reason),
+                ))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(valid)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+impl From<EgressRefused> for AdapterError {
+    fn from(refused: EgressRefused) -> Self {
+        AdapterError::permanent(format!("egress_refused: {refused}"))
     }
 }
 

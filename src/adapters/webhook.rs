@@ -118,9 +118,11 @@ impl ChannelAdapter for WebhookAdapter {
         let timestamp = chrono::Utc::now().timestamp();
         let signature = standard_webhooks_signature(&out.channel.secret, &msg_id, timestamp, &body);
 
+        let url = url::Url::parse(config.url.as_str())
+            .map_err(|e| AdapterError::permanent(format!("bad URL: {e}")))?;
         let mut request = out
             .http
-            .request(config.method.into(), config.url.as_str())
+            .request(config.method.into(), &url)?
             .timeout(timeout);
         for (name, value) in &config.headers {
             if !name.to_ascii_lowercase().starts_with("webhook-") {
@@ -194,12 +196,15 @@ fn payload(out: &Outbound<'_>) -> Value {
 }
 
 pub(crate) fn transport_error(e: &reqwest::Error) -> AdapterError {
+    if let Some(refused) = crate::egress::refusal(e) {
+        return refused.clone().into();
+    }
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
         "connection failed"
     } else if e.is_redirect() {
-        return AdapterError::permanent("refused a redirect to another host");
+        return AdapterError::permanent("refused a redirect to another origin");
     } else {
         "request failed"
     };
@@ -239,8 +244,14 @@ async fn classify(response: reqwest::Response) -> Result<Delivered, AdapterError
         return Ok(Delivered::default());
     }
     let after = retry_after(response.headers());
-    let text = response.text().await.unwrap_or_default();
-    let excerpt: String = text.chars().take(ERROR_BODY_CHARS).collect();
+    // Only the excerpt is kept, so only about that much is read.
+    let body = crate::egress::read_capped(response, ERROR_BODY_CHARS * 4)
+        .await
+        .unwrap_or_default();
+    let excerpt: String = String::from_utf8_lossy(&body)
+        .chars()
+        .take(ERROR_BODY_CHARS)
+        .collect();
     let message = if excerpt.is_empty() {
         format!("HTTP {status}")
     } else {

@@ -24,6 +24,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 ///
 /// # Errors
 /// Retryable for transport failures and timeouts.
+/// How much of a provider's answer is read; the rest is never downloaded.
+const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
+
+/// A provider endpoint built from a validated base URL.
+///
+/// # Errors
+/// Permanent when the result is no URL (a config that predates validation).
+pub fn endpoint(url: String) -> Result<url::Url, AdapterError> {
+    url::Url::parse(&url).map_err(|e| AdapterError::permanent(format!("bad provider URL: {e}")))
+}
+
 pub async fn send(
     request: reqwest::RequestBuilder,
     body: &Value,
@@ -37,8 +48,10 @@ pub async fn send(
         .map_err(|e| transport_error(&e))?;
     let status = response.status().as_u16();
     let after = retry_after(response.headers());
-    let text = response.text().await.unwrap_or_default();
-    Ok((status, after, text))
+    let body = crate::egress::read_capped(response, RESPONSE_BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    Ok((status, after, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The recipient of an outbound message: the conversation's external id (the user's

@@ -72,11 +72,14 @@ impl ChannelAdapter for WhatsappInfobipAdapter {
             stored(&out.channel.config).map_err(AdapterError::permanent)?;
         let to = whatsapp::recipient(out)?;
         let text = whatsapp::text(out)?;
-        let url = format!("{}/whatsapp/1/message/text", config.base_url.base());
+        let url = whatsapp::endpoint(format!(
+            "{}/whatsapp/1/message/text",
+            config.base_url.base()
+        ))?;
         let body = send_body(&config.sender, &to, &text, &out.delivery_id.to_string());
         let request = out
             .http
-            .post(url)
+            .request(reqwest::Method::POST, &url)?
             .header(
                 reqwest::header::AUTHORIZATION,
                 format!("App {}", config.api_key),

@@ -148,14 +148,17 @@ impl ChannelAdapter for WhatsappMetaAdapter {
             stored(&out.channel.config).map_err(AdapterError::permanent)?;
         let to = whatsapp::recipient(out)?;
         let text = whatsapp::text(out)?;
-        let url = format!(
+        let url = whatsapp::endpoint(format!(
             "{}/{}/{}/messages",
             config.api_base_url.base(),
             config.api_version.as_str(),
             config.phone_number_id.as_str()
-        );
+        ))?;
         let body = send_body(&to, &text, &out.delivery_id.to_string());
-        let request = out.http.post(url).bearer_auth(&config.access_token);
+        let request = out
+            .http
+            .request(reqwest::Method::POST, &url)?
+            .bearer_auth(&config.access_token);
         let (status, after, text) = whatsapp::send(request, &body, out.max_timeout).await?;
         classify(status, after, &text)
     }

@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use crate::access::{self, Session};
+use crate::egress;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 
@@ -80,6 +81,19 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             StatusCode::FORBIDDEN,
             "admin_forbidden",
             "the admin panel is not open to this address",
+        ));
+    }
+    // Deliveries (of any node) that an egress allow-list lets reach this panel.
+    let from_delivery = request.headers().get(header::USER_AGENT).is_some_and(|ua| {
+        ua.as_bytes()
+            .starts_with(egress::USER_AGENT_PRODUCT.as_bytes())
+    });
+    if from_delivery {
+        tracing::warn!(%ip, path = %request.uri().path(), "admin request from a delivery client refused");
+        return with_security_headers(refuse(
+            StatusCode::FORBIDDEN,
+            "admin_forbidden",
+            "the admin panel does not answer delivery requests",
         ));
     }
     // Browsers label cross-site requests; none is ever legitimate here.

@@ -21,6 +21,7 @@ use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
 use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
 use crate::domain::{Activity, Channel, ChannelStatus, Conversation, Delivery, Timestamp};
+use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
 use crate::store::{AttemptResult, Store, StoreError};
@@ -37,7 +38,7 @@ pub struct DeliveryEngine {
     adapters: Adapters,
     ingest: Ingestor,
     waker: DeliveryWaker,
-    http: reqwest::Client,
+    http: EgressClient,
     settings: Arc<DeliverySettings>,
 }
 
@@ -50,27 +51,10 @@ impl DeliveryEngine {
         waker: DeliveryWaker,
         settings: DeliverySettings,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("Converger/", env!("CARGO_PKG_VERSION")))
-            // Redirects are followed only on the same host: a receiver must not be
-            // able to bounce signed payloads elsewhere.
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let same_host = attempt
-                    .previous()
-                    .first()
-                    .is_some_and(|first| first.host_str() == attempt.url().host_str());
-                if attempt.previous().len() > 5 {
-                    attempt.error("too many redirects")
-                } else if same_host {
-                    attempt.follow()
-                } else {
-                    attempt.error("redirect to another host refused")
-                }
-            }))
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+        // The one outbound client of the node: the egress policy and same-origin
+        // redirects live there (src/egress.rs).
+        let http = EgressClient::new(adapters.egress().clone())
+            .unwrap_or_else(|e| panic!("the TLS backend of the delivery client failed: {e}"));
         Self {
             store,
             adapters,

@@ -14,6 +14,7 @@ use crate::access::{self, SessionSigner};
 use crate::adapters::Adapters;
 use crate::auth::JwtKeys;
 use crate::config::Config;
+use crate::egress::EgressPolicy;
 use crate::ingest::{DeliveryWaker, Ingestor};
 use crate::pubsub::PubSub;
 use crate::store::Store;
@@ -85,7 +86,7 @@ impl AppState {
             secret,
             config.public_url.starts_with("https://"),
         );
-        let adapters = Adapters::new();
+        let adapters = Adapters::with_egress(EgressPolicy::new(config.egress_allow.clone()));
         let tasks = TaskTracker::new();
         let pubsub = PubSub::for_store(&store, PUBSUB_CAPACITY, &shutdown, &tasks);
         let waker = DeliveryWaker::default();

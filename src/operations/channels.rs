@@ -64,8 +64,7 @@ pub fn validate(
     let mut errors = Vec::new();
     let name = check_name(&input.name).map_err(|e| errors.push(e)).ok();
     let config = adapters
-        .get(input.kind)
-        .validate_config(&input.config)
+        .validate_config(input.kind, &input.config)
         .map_err(|e| errors.extend(e))
         .ok();
     match (name, config) {

@@ -75,7 +75,7 @@ async fn deliveries_of(app: &TestApp, activity_id: &str) -> Vec<Value> {
 }
 
 /// Waits until the activity's single delivery leaves `pending`; returns it.
-async fn settled_delivery(app: &TestApp, activity_id: &str) -> Value {
+pub(crate) async fn settled_delivery(app: &TestApp, activity_id: &str) -> Value {
     eventually(WAIT, "the delivery to settle", || async {
         let list = deliveries_of(app, activity_id).await;
         assert_eq!(list.len(), 1);
@@ -84,7 +84,7 @@ async fn settled_delivery(app: &TestApp, activity_id: &str) -> Value {
     .await
 }
 
-async fn webhook_conversation(app: &TestApp, sink: &Sink, path: &str) -> (Value, Value) {
+pub(crate) async fn webhook_conversation(app: &TestApp, sink: &Sink, path: &str) -> (Value, Value) {
     let channel = app
         .create_channel(
             "webhook",
@@ -97,7 +97,7 @@ async fn webhook_conversation(app: &TestApp, sink: &Sink, path: &str) -> (Value,
     (channel, conv)
 }
 
-async fn post(app: &TestApp, conv: &Value, text: &str) -> Value {
+pub(crate) async fn post(app: &TestApp, conv: &Value, text: &str) -> Value {
     expect_data(
         app.post_activity(s(conv, "id"), json!({"text": text}))
             .await,

@@ -14,6 +14,7 @@ mod deliveries;
 mod delivery;
 mod deploy;
 mod durability;
+mod egress;
 mod errors;
 mod inbound;
 mod limits;

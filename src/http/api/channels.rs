@@ -186,8 +186,7 @@ async fn update_channel(
             Some(
                 state
                     .adapters
-                    .get(current.kind)
-                    .validate_config(&merged)
+                    .validate_config(current.kind, &merged)
                     .map_err(ApiError::validation)?,
             )
         }

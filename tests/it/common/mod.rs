@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// `postgres_tests` cfg) and again when they run.
 pub const PG_URL_VAR: &str = "CONVERGER_TEST_DATABASE_URL";
 
+/// Loopback networks, opened to outbound delivery where tests run local receivers.
+pub const LOOPBACK: &str = "127.0.0.0/8,::1/128";
+
 /// The JWT secret of every test server, so tests can mint tokens of their own.
 pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
 
@@ -201,6 +204,9 @@ impl TestApp {
         let mut config = Config::new(url.clone());
         config.jwt_secret = Some(JWT_SECRET.into());
         config.database_max_connections = 8;
+        // Sinks and fake providers listen on loopback, which the egress policy closes
+        // by default.
+        config.egress_allow = converger::access::parse_cidrs(LOOPBACK).unwrap();
         configure(&mut config);
         let store = converger::app::open_store(&config)
             .await

@@ -36,6 +36,7 @@ impl Node {
             .env("CONVERGER_JWT_SECRET", JWT_SECRET)
             .env("CONVERGER_DELIVERY_LEASE_SECS", "2")
             .env("CONVERGER_DELIVERY_CONCURRENCY", "16")
+            .env("CONVERGER_EGRESS_ALLOW", super::LOOPBACK)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(log)
