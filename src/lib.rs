@@ -4,11 +4,12 @@
 //!
 //! Modules in layers, low to high; a module imports only from its own layer or
 //! the ones below it (the echo adapter's call back into [`ingest`] is the one
-//! exception). In the order data flows through them (DESIGN.md §1):
+//! exception). In the order data flows through them:
 //!
 //! 0. [`domain`]: vocabulary (ids, entities, validation rules); no I/O. [`auth`]:
 //!    API keys, channel secrets and JWTs, pure. [`access`]: client addresses behind
 //!    trusted proxies, CIDR allow-lists, admin sessions and CSRF tokens, pure.
+//!    [`egress`]: where outbound HTTP may go, and the one client that obeys it.
 //! 1. [`config`] configures the node, [`telemetry`] sets up logging and request ids,
 //!    [`metrics`] counts what the others do. None of them imports an edge or the
 //!    write path.
@@ -19,7 +20,7 @@
 //!    activity and its delivery rows in one transaction, then publish and wake the
 //!    workers through its `DeliveryWaker`.
 //! 5. [`delivery`]: outbound delivery, listening to that waker.
-//! 6. `operations`: one function per admin operation, called by admin pages, admin
+//! 6. [`operations`]: one function per admin operation, called by admin pages, admin
 //!    API and CLI.
 //! 7. The edges, which decode, authenticate, then call [`ingest`] or read the
 //!    [`store`]: [`http`] (REST API, inbound webhooks, health and metrics),

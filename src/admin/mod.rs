@@ -1,9 +1,10 @@
 //! The operator's admin panel at `/admin` (DESIGN.md §4, §5): server-rendered pages
-//! and a JSON API under `/admin/api`, both behind [`guard::guard`].
+//! and a JSON API under `/admin/api`, both behind the guard (`guard.rs`).
 //!
 //! An edge like the REST API: it reads the store and changes tenants, channels,
-//! routes and conversations through the same store methods the API uses; activities
-//! are never written here, and delivery rows change only through `delivery::outcome`.
+//! routes, conversations and deliveries only through [`crate::operations`], the same
+//! functions the REST API and the CLI call, so every rule holds the same everywhere.
+//! Activities are never written here.
 
 mod api;
 mod forms;
