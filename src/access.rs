@@ -6,7 +6,7 @@
 //! middleware, no application state: this module imports neither `http` nor `admin`,
 //! and config parses its address lists with [`parse_cidrs`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
@@ -46,29 +46,73 @@ pub fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
     in_any(ip, trusted)
 }
 
-/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which
-/// case `X-Forwarded-For` is read from the right, skipping trusted proxies.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// Why a request's client address cannot be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownClient;
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy. Then
+/// `X-Forwarded-For` is walked from the right (the entry the nearest proxy added)
+/// past trusted proxies; the first untrusted entry is the client.
+///
+/// An entry that is not an address (`unknown`, `garbage`, an empty one) ends the
+/// walk: whoever wrote it is the client, and that client is unknown. It is never
+/// taken to be the proxy, which the allow-list may admit. When every entry is a
+/// trusted proxy the left-most is the client; without the header, the peer is.
+///
+/// # Errors
+/// [`UnknownClient`] when the entry that names the client does not parse.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Result<IpAddr, UnknownClient> {
     let peer = canonical(peer);
-    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
-    if !is_trusted(&peer) {
-        return peer;
+    if !is_trusted_proxy(peer, trusted) {
+        return Ok(peer);
     }
-    let forwarded: Vec<IpAddr> = headers
+    let mut entries = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().parse::<IpAddr>().map(canonical))
-        .collect::<Result<_, _>>()
-        .unwrap_or_default();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .copied()
-        .or_else(|| forwarded.first().copied())
-        .unwrap_or(peer)
+        .map(|v| v.to_str().ok())
+        .collect::<Vec<_>>();
+    if entries.is_empty() {
+        return Ok(peer);
+    }
+    // Header lines in order, each a comma-separated list; a line that is not text
+    // is one unreadable entry.
+    let mut left_most = None;
+    while let Some(line) = entries.pop() {
+        let Some(line) = line else {
+            return Err(UnknownClient);
+        };
+        for entry in line.rsplit(',') {
+            let ip = parse_forwarded_entry(entry).ok_or(UnknownClient)?;
+            if !is_trusted_proxy(ip, trusted) {
+                return Ok(ip);
+            }
+            left_most = Some(ip);
+        }
+    }
+    Ok(left_most.unwrap_or(peer))
+}
+
+/// One `X-Forwarded-For` entry: an address, optionally with a port (`1.2.3.4:80`,
+/// `[2001:db8::1]:443`) or in brackets (`[2001:db8::1]`), as proxies write them.
+fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })?;
+    Some(canonical(ip))
 }
 
 /// Parses a comma-separated CIDR list; bare addresses are single-host networks.
@@ -202,18 +246,130 @@ mod tests {
         let trusted = nets("10.0.0.0/8");
         let proxy: IpAddr = "10.1.2.3".parse().unwrap();
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
-        assert_eq!(client_ip(stranger, &xff("127.0.0.1"), &trusted), stranger);
+        assert_eq!(
+            client_ip(stranger, &xff("127.0.0.1"), &trusted),
+            Ok(stranger)
+        );
         assert_eq!(
             client_ip(proxy, &xff("198.51.100.7"), &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
+            Ok("198.51.100.7".parse::<IpAddr>().unwrap())
         );
         // A client cannot hide behind a spoofed left-most entry.
         assert_eq!(
             client_ip(proxy, &xff("127.0.0.1, 198.51.100.7, 10.9.9.9"), &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
+            Ok("198.51.100.7".parse::<IpAddr>().unwrap())
         );
-        assert_eq!(client_ip(proxy, &xff("garbage"), &trusted), proxy);
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), Ok(proxy));
+    }
+
+    #[test]
+    fn an_unparsable_entry_makes_the_client_unknown_never_the_proxy() {
+        let trusted = nets("127.0.0.1/32");
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let client = Ok("10.0.0.5".parse::<IpAddr>().unwrap());
+        // What nginx writes when a client sends its own header.
+        assert_eq!(
+            client_ip(proxy, &xff("garbage, 10.0.0.5"), &trusted),
+            client
+        );
+        assert_eq!(
+            client_ip(proxy, &xff("unknown, 10.0.0.5"), &trusted),
+            client
+        );
+        assert_eq!(client_ip(proxy, &xff(", 10.0.0.5"), &trusted), client);
+        assert_eq!(client_ip(proxy, &xff("10.0.0.5:4711"), &trusted), client);
+        assert_eq!(
+            client_ip(proxy, &xff("[2001:db8::1]"), &trusted),
+            Ok("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(proxy, &xff("[2001:db8::1]:443"), &trusted),
+            Ok("2001:db8::1".parse().unwrap())
+        );
+        for unknown in [
+            "garbage",
+            "unknown",
+            "",
+            " , ",
+            "10.0.0.5, nonsense",
+            "127.0.0.1, x, 127.0.0.1",
+        ] {
+            assert_eq!(
+                client_ip(proxy, &xff(unknown), &trusted),
+                Err(UnknownClient),
+                "{unknown:?}"
+            );
+        }
+        // Every entry a trusted proxy: the left-most is the client.
+        assert_eq!(
+            client_ip(proxy, &xff("127.0.0.1, 127.0.0.1"), &trusted),
+            Ok(proxy)
+        );
+        // Several header lines read as one list, the last line nearest.
+        let mut two = HeaderMap::new();
+        two.append("x-forwarded-for", "203.0.113.1".parse().unwrap());
+        two.append("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(proxy, &two, &trusted), Err(UnknownClient));
+    }
+
+    /// What the walk must find: the right-most entry that is not a trusted proxy,
+    /// unknown when an entry up to it does not parse.
+    fn model(
+        peer: IpAddr,
+        entries: &[Option<IpAddr>],
+        trusted: &[IpNet],
+    ) -> Result<IpAddr, UnknownClient> {
+        if !is_trusted_proxy(peer, trusted) || entries.is_empty() {
+            return Ok(peer);
+        }
+        for entry in entries.iter().rev() {
+            match entry {
+                None => return Err(UnknownClient),
+                Some(ip) if !is_trusted_proxy(*ip, trusted) => return Ok(*ip),
+                Some(_) => {}
+            }
+        }
+        Ok(entries[0].unwrap_or(peer))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn forwarded_for_walk_matches_the_model(
+            peer_trusted in proptest::bool::ANY,
+            entries in proptest::collection::vec(
+                proptest::option::weighted(0.85, 0u8..8),
+                1..6,
+            ),
+        ) {
+            // 10.0.0.0-3 are proxies, 10.0.0.4-7 are clients; None is junk.
+            let trusted = nets("10.0.0.0/30");
+            let addr = |n: u8| IpAddr::from([10, 0, 0, n]);
+            let peer = if peer_trusted { addr(1) } else { addr(6) };
+            let written: Vec<String> = entries
+                .iter()
+                .map(|e| e.map_or_else(|| "unknown".to_owned(), |n| addr(n).to_string()))
+                .collect();
+            let parsed: Vec<Option<IpAddr>> = entries.iter().map(|e| e.map(addr)).collect();
+            let got = client_ip(peer, &xff(&written.join(", ")), &trusted);
+            proptest::prop_assert_eq!(got, model(peer, &parsed, &trusted));
+        }
+
+        /// Any header at all: no panic, and a trusted proxy is the answer only when
+        /// the header names nothing else.
+        #[test]
+        fn arbitrary_forwarded_for_never_yields_the_proxy(header in "[ -~]{0,64}") {
+            let trusted = nets("127.0.0.1/32");
+            let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+            let Ok(value) = header.parse() else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-for", value);
+            if let Ok(ip) = client_ip(proxy, &headers, &trusted) {
+                let only_proxies = header
+                    .split(',')
+                    .all(|e| parse_forwarded_entry(e) == Some(proxy));
+                proptest::prop_assert!(ip != proxy || only_proxies, "{header:?} gave the proxy");
+            }
+        }
     }
 
     #[test]

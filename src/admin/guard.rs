@@ -74,7 +74,14 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             "the client address is unknown",
         );
     };
-    let ip = access::client_ip(peer, request.headers(), &state.config.trusted_proxies);
+    let Ok(ip) = access::client_ip(peer, request.headers(), &state.config.trusted_proxies) else {
+        tracing::warn!(%peer, path = %request.uri().path(), "admin request refused: unreadable X-Forwarded-For");
+        return with_security_headers(refuse(
+            StatusCode::FORBIDDEN,
+            "admin_forbidden",
+            "the client address is unknown",
+        ));
+    };
     if !access::is_allowed(ip, &state.config.admin_allowed_ips) {
         tracing::warn!(%ip, path = %request.uri().path(), "admin request refused by the IP allow-list");
         return with_security_headers(refuse(

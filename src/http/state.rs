@@ -55,18 +55,19 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The client address of a request: the TCP peer, or what a trusted proxy says.
+    /// The client address of a request, for rate limits: the TCP peer, or what a
+    /// trusted proxy says. Clients whose forwarded address cannot be read share the
+    /// proxy's address, so a junk `X-Forwarded-For` never escapes the limits.
     pub fn client_ip(&self, request_parts: &Parts) -> Option<IpAddr> {
         let peer = request_parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()?
             .0
             .ip();
-        Some(access::client_ip(
-            peer,
-            &request_parts.headers,
-            &self.config.trusted_proxies,
-        ))
+        Some(
+            access::client_ip(peer, &request_parts.headers, &self.config.trusted_proxies)
+                .unwrap_or(peer),
+        )
     }
 }
 

@@ -14,7 +14,54 @@ both_backends!(
     forms_need_the_csrf_token,
     admin_api_onboards_a_tenant,
     tenant_name_rule_is_the_same_for_cli_api_and_form,
+    junk_forwarded_for_behind_a_trusted_proxy_is_refused,
 );
+
+/// Behind a trusted proxy on loopback, with only loopback allowed: a forwarded
+/// entry that is not an address makes the client unknown, never the proxy.
+async fn junk_forwarded_for_behind_a_trusted_proxy_is_refused(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.admin_allowed_ips = converger::access::parse_cidrs("127.0.0.1/32").unwrap();
+        c.trusted_proxies = converger::access::parse_cidrs("127.0.0.1/32").unwrap();
+    })
+    .await;
+    for xff in [
+        "garbage, 10.0.0.5",
+        "unknown, 10.0.0.5",
+        ", 10.0.0.5",
+        "10.0.0.5:4711",
+        "[2001:db8::1]",
+        "garbage",
+        "unknown",
+        "127.0.0.1, nonsense",
+    ] {
+        let response = app
+            .anon(Method::POST, "/admin/api/tenants")
+            .header("x-forwarded-for", xff)
+            .json(&json!({"name": "sneaky"}))
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::FORBIDDEN, "admin_forbidden").await;
+    }
+    // Nothing was created; the proxy itself (no header) still gets in.
+    let tenants = expect_data(
+        app.anon(Method::GET, "/admin/api/tenants")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        tenants
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["name"] != "sneaky"),
+        "{tenants}"
+    );
+}
 
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
