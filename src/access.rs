@@ -6,7 +6,10 @@
 //! middleware, no application state: this module imports neither `http` nor `admin`,
 //! and config parses its address lists with [`parse_cidrs`].
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
@@ -113,6 +116,85 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
                 .map(IpAddr::V6)
         })?;
     Some(canonical(ip))
+}
+
+/// Wrong passwords allowed from one address per [`PASSWORD_WINDOW`].
+pub const PASSWORD_FAILURES: u32 = 10;
+/// The window over which wrong passwords are counted.
+pub const PASSWORD_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most; beyond it, expired windows are forgotten first.
+const PASSWORD_TRACKED: usize = 10_000;
+
+/// Counts wrong admin passwords per client address in fixed windows. Only failures
+/// count, so a script with the right password is never slowed down; once an
+/// address has used up its window, every password attempt from it is refused until
+/// the window ends, right or wrong, so guessing cannot go on.
+#[derive(Debug, Default)]
+pub struct PasswordAttempts {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl PasswordAttempts {
+    /// `Err(wait)` while `ip` may not try a password.
+    ///
+    /// # Errors
+    /// How long until the address may try again.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        match windows.get(&canonical(ip)) {
+            Some(&(start, failures)) if failures >= PASSWORD_FAILURES => {
+                let end = start + PASSWORD_WINDOW;
+                if now < end { Err(end - now) } else { Ok(()) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a wrong password from `ip`.
+    pub fn record_failure(&self, ip: IpAddr, now: Instant) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= PASSWORD_TRACKED {
+            windows.retain(|_, (start, _)| now < *start + PASSWORD_WINDOW);
+        }
+        let entry = windows.entry(canonical(ip)).or_insert((now, 0));
+        if now >= entry.0 + PASSWORD_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
+/// Whether a request's `Host` (or HTTP/2 `:authority`) names this node: the host of
+/// the public URL, or a loopback name when the node listens on loopback only. A
+/// page on another name (DNS rebinding: `rebind.attacker.example` resolving to
+/// 127.0.0.1) never gets an answer. Ports are not compared: proxies may change them.
+pub fn host_allowed(host: &str, public_host: Option<&str>, listens_on_loopback: bool) -> bool {
+    let name = host_name(host).to_ascii_lowercase();
+    if public_host.is_some_and(|p| p.eq_ignore_ascii_case(&name)) {
+        return true;
+    }
+    listens_on_loopback
+        && (name == "localhost"
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| canonical(ip).is_loopback()))
+}
+
+/// The name part of a `Host` value (`name:port`, `[v6]:port`, `name`).
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(v6, _)| v6)
+            .trim_start_matches('[');
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
 }
 
 /// Parses a comma-separated CIDR list; bare addresses are single-host networks.
@@ -370,6 +452,59 @@ mod tests {
                 proptest::prop_assert!(ip != proxy || only_proxies, "{header:?} gave the proxy");
             }
         }
+    }
+
+    #[test]
+    fn wrong_passwords_are_limited_per_address_and_window() {
+        let attempts = PasswordAttempts::default();
+        let (a, b): (IpAddr, IpAddr) = (
+            "198.51.100.1".parse().unwrap(),
+            "198.51.100.2".parse().unwrap(),
+        );
+        let t0 = Instant::now();
+        for _ in 0..PASSWORD_FAILURES {
+            assert_eq!(attempts.check(a, t0), Ok(()));
+            attempts.record_failure(a, t0);
+        }
+        let wait = attempts.check(a, t0 + Duration::from_secs(1)).unwrap_err();
+        assert_eq!(wait, PASSWORD_WINDOW - Duration::from_secs(1));
+        // The mapped form is the same client; another address is not held up.
+        assert!(
+            attempts
+                .check("::ffff:198.51.100.1".parse().unwrap(), t0)
+                .is_err()
+        );
+        assert_eq!(attempts.check(b, t0), Ok(()));
+        // A new window starts afresh.
+        let later = t0 + PASSWORD_WINDOW;
+        assert_eq!(attempts.check(a, later), Ok(()));
+        attempts.record_failure(a, later);
+        assert_eq!(attempts.check(a, later), Ok(()));
+    }
+
+    #[test]
+    fn only_this_nodes_names_are_answered() {
+        let public = Some("hub.example.com");
+        assert!(host_allowed("hub.example.com", public, false));
+        assert!(host_allowed("HUB.example.com:8443", public, false));
+        assert!(!host_allowed("rebind.attacker.example", public, true));
+        assert!(!host_allowed("rebind.attacker.example:4000", public, true));
+        assert!(!host_allowed(
+            "hub.example.com.attacker.example",
+            public,
+            true
+        ));
+        assert!(!host_allowed("localhost:4000", public, false));
+        for loopback in [
+            "localhost:4000",
+            "127.0.0.1:4000",
+            "127.0.0.1",
+            "[::1]:4000",
+            "[::1]",
+        ] {
+            assert!(host_allowed(loopback, public, true), "{loopback}");
+        }
+        assert!(!host_allowed("", public, true));
     }
 
     #[test]

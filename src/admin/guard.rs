@@ -5,7 +5,8 @@
 //!
 //! A refused request gets 403 before any handler runs, so it touches nothing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -30,6 +31,9 @@ pub struct AdminContext {
     pub csrf: String,
     /// Whether a password protects the panel (then the logout link is shown).
     pub password_required: bool,
+    /// The client's address, as the allow-list saw it (wrong passwords count per
+    /// address).
+    pub client: IpAddr,
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -90,6 +94,26 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             "the admin panel is not open to this address",
         ));
     }
+    // DNS rebinding: a page on another name that resolves here must get no answer.
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let public_host = url::Url::parse(&state.config.public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let listen = state.config.listen.ip();
+    let loopback_reaches = listen.is_loopback() || listen.is_unspecified();
+    if !access::host_allowed(host, public_host.as_deref(), loopback_reaches) {
+        tracing::warn!(%ip, host, "admin request refused: Host is not this node's public name");
+        return with_security_headers(refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "admin_host_refused",
+            "the admin panel answers only on the host of CONVERGER_PUBLIC_URL",
+        ));
+    }
     // Deliveries (of any node) that an egress allow-list lets reach this panel.
     let from_delivery = request.headers().get(header::USER_AGENT).is_some_and(|ua| {
         ua.as_bytes()
@@ -123,12 +147,28 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     let now = chrono::Utc::now().timestamp();
     let path = request.uri().path().to_owned();
     let is_api = path.starts_with("/admin/api");
-    let bearer_ok = request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|p| signer.password_matches(p.trim()));
+        .map(str::trim);
+    let tries_password =
+        bearer.is_some() || (*request.method() == Method::POST && path == "/admin/login");
+    if tries_password && let Err(wait) = state.limits.admin_passwords.check(ip, Instant::now()) {
+        tracing::warn!(%ip, "admin password attempt refused: too many wrong passwords");
+        return with_security_headers(
+            ApiError::rate_limited(wait, "admin password attempts").into_response(),
+        );
+    }
+    let bearer_ok = bearer.is_some_and(|p| signer.password_matches(p));
+    if bearer.is_some() && !bearer_ok {
+        tracing::warn!(%ip, "admin bearer password refused");
+        state
+            .limits
+            .admin_passwords
+            .record_failure(ip, Instant::now());
+    }
     let existing = cookie_value(request.headers(), COOKIE).and_then(|v| signer.decode(v, now));
     let fresh = existing.is_none();
     let session = existing.unwrap_or_else(|| signer.new_session(false, now));
@@ -178,6 +218,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         session: session.clone(),
         csrf,
         password_required,
+        client: ip,
     });
     let mut response = next.run(request).await;
     if fresh && !response.headers().contains_key(header::SET_COOKIE) {

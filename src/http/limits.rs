@@ -15,6 +15,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
+use crate::access::PasswordAttempts;
 use crate::config::Config;
 use crate::domain::{ChannelId, TenantId};
 
@@ -24,6 +25,8 @@ pub struct RateLimits {
     per_tenant: Option<DefaultKeyedRateLimiter<TenantId>>,
     inbound: Option<DefaultKeyedRateLimiter<ChannelId>>,
     tokens: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Wrong admin passwords per client address (always on).
+    pub admin_passwords: PasswordAttempts,
     clock: DefaultClock,
 }
 
@@ -43,6 +46,7 @@ impl RateLimits {
             inbound: per_second(config.rate_limit_inbound_per_channel).map(RateLimiter::keyed),
             tokens: NonZeroU32::new(config.rate_limit_tokens_per_minute)
                 .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            admin_passwords: PasswordAttempts::default(),
             clock: DefaultClock::default(),
         }
     }

@@ -2,7 +2,7 @@
 //! login, CSRF; the admin JSON API for scripts; and the rules the panel, the admin API
 //! and the CLI share.
 
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{COOKIE, HOST, LOCATION, RETRY_AFTER, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -15,7 +15,81 @@ both_backends!(
     admin_api_onboards_a_tenant,
     tenant_name_rule_is_the_same_for_cli_api_and_form,
     junk_forwarded_for_behind_a_trusted_proxy_is_refused,
+    other_host_names_get_no_answer,
+    wrong_passwords_are_limited_per_address,
 );
+
+/// DNS rebinding: a page on an attacker's name that resolves to this node sends
+/// that name as `Host`; the panel does not answer it.
+async fn other_host_names_get_no_answer(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    for host in [
+        "rebind.attacker.example",
+        "rebind.attacker.example:4000",
+        "localhost.attacker.example",
+    ] {
+        let response = app
+            .anon(Method::POST, "/admin/api/tenants")
+            .header(HOST, host)
+            .json(&json!({"name": "rebound"}))
+            .send()
+            .await
+            .unwrap();
+        expect_error(
+            response,
+            StatusCode::MISDIRECTED_REQUEST,
+            "admin_host_refused",
+        )
+        .await;
+    }
+    let tenants = expect_data(
+        app.anon(Method::GET, "/admin/api/tenants")
+            .header(HOST, "localhost:4000")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        tenants
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["name"] != "rebound"),
+        "{tenants}"
+    );
+}
+
+/// Ten wrong passwords from one address within a minute, then every password
+/// attempt from it is refused with 429 (the right one too); other addresses are not
+/// held up.
+async fn wrong_passwords_are_limited_per_address(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.admin_password = Some("correct horse".into());
+        c.admin_allowed_ips =
+            converger::access::parse_cidrs("127.0.0.1/32,203.0.113.0/24").unwrap();
+        c.trusted_proxies = converger::access::parse_cidrs("127.0.0.1/32").unwrap();
+    })
+    .await;
+    let attempt = |client: &'static str, password: &'static str| {
+        app.anon(Method::GET, "/admin/api/tenants")
+            .header("x-forwarded-for", client)
+            .bearer_auth(password)
+            .send()
+    };
+    for _ in 0..converger::access::PASSWORD_FAILURES {
+        let response = attempt("203.0.113.1", "guess").await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    for password in ["guess", "correct horse"] {
+        let response = attempt("203.0.113.1", password).await.unwrap();
+        assert!(response.headers().contains_key(RETRY_AFTER));
+        expect_error(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    }
+    let response = attempt("203.0.113.2", "correct horse").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
 
 /// Behind a trusted proxy on loopback, with only loopback allowed: a forwarded
 /// entry that is not an address makes the client unknown, never the proxy.

@@ -45,7 +45,11 @@ pub async fn login(
             .insert(header::SET_COOKIE, state.admin.set_cookie(&session));
         return response;
     }
-    tracing::warn!("admin login failed");
+    tracing::warn!(client = %ctx.client, "admin login failed");
+    state
+        .limits
+        .admin_passwords
+        .record_failure(ctx.client, std::time::Instant::now());
     LoginPage {
         chrome: Chrome::new(&ctx, "login", None),
         failed: true,
