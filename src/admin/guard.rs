@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
+use subtle::ConstantTimeEq;
+
 use crate::access::{self, Session};
 use crate::egress;
 use crate::http::error::ApiError;
@@ -214,6 +216,29 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         }
     }
     let csrf = signer.csrf_token(&session);
+    // A body-less POST from a sibling site (`Sec-Fetch-Site: same-site`) passes the
+    // content-type rule and carries the session cookie: browser requests that change
+    // something through the JSON API prove they come from the panel with the
+    // session's CSRF token (`x-csrf-token`), or authenticate with `Authorization`.
+    // Clients that are not browsers send no `Sec-Fetch-Site` and carry no ambient
+    // credentials to abuse.
+    let from_other_page = request
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| !matches!(v.as_bytes(), b"same-origin" | b"none"));
+    if is_api && unsafe_method && from_other_page {
+        let token_ok = request
+            .headers()
+            .get("x-csrf-token")
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(csrf.as_bytes())));
+        if !token_ok && !request.headers().contains_key(header::AUTHORIZATION) {
+            return with_security_headers(refuse(
+                StatusCode::FORBIDDEN,
+                "csrf_rejected",
+                "send the session's CSRF token in x-csrf-token, or an Authorization header",
+            ));
+        }
+    }
     request.extensions_mut().insert(AdminContext {
         session: session.clone(),
         csrf,

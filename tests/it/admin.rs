@@ -17,7 +17,60 @@ both_backends!(
     junk_forwarded_for_behind_a_trusted_proxy_is_refused,
     other_host_names_get_no_answer,
     wrong_passwords_are_limited_per_address,
+    same_site_json_posts_need_the_csrf_token,
 );
+
+/// A sibling site's page can send a body-less POST with the operator's cookie; the
+/// JSON API acts on it only with the session's CSRF token.
+async fn same_site_json_posts_need_the_csrf_token(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let http = no_redirects();
+    let page = http
+        .get(format!("{}/admin/tenants", app.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&page);
+    let csrf = csrf_in(&page.text().await.unwrap());
+    let (victim, victim_key) = app.create_tenant("victim").await;
+    let rotate = format!("{}/admin/api/tenants/{victim}/rotate_key", app.base);
+    let forged = http
+        .post(&rotate)
+        .header(COOKIE, &cookie)
+        .header("sec-fetch-site", "same-site")
+        .send()
+        .await
+        .unwrap();
+    expect_error(forged, StatusCode::FORBIDDEN, "csrf_rejected").await;
+    let wrong = http
+        .post(&rotate)
+        .header(COOKIE, &cookie)
+        .header("sec-fetch-site", "same-site")
+        .header("x-csrf-token", "not-the-token")
+        .send()
+        .await
+        .unwrap();
+    expect_error(wrong, StatusCode::FORBIDDEN, "csrf_rejected").await;
+    // The key was not rotated.
+    let still = app
+        .with_key(&victim_key, Method::GET, "/api/v1/channels")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), StatusCode::OK);
+    // With the token it works, as it does for clients that are not browsers.
+    let proven = http
+        .post(&rotate)
+        .header(COOKIE, &cookie)
+        .header("sec-fetch-site", "same-site")
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proven.status(), StatusCode::OK, "{:?}", proven.text().await);
+    let script = http.post(&rotate).send().await.unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+}
 
 /// DNS rebinding: a page on an attacker's name that resolves to this node sends
 /// that name as `Host`; the panel does not answer it.
