@@ -10,18 +10,15 @@
 //! the same rule as for `X-Forwarded-For`) says in `X-Forwarded-Proto`, and `http` for
 //! every other peer: a forged header neither skips the redirect nor earns HSTS.
 //!
-//! Where the redirect goes: to `CONVERGER_PUBLIC_URL`'s origin when it is https, and
-//! then no request header is read at all. Otherwise to the host the request named
-//! (its URI's authority, else `Host`), port dropped since the plain-HTTP port is not
-//! the HTTPS one. Reflecting that host is no open redirect: browsers send the host of
-//! the URL they were given, so a link cannot send anyone elsewhere, and a client that
-//! forges `Host` only redirects itself (caches key on the host too). `X-Forwarded-Host`
-//! is never read, and a host with user info (`a@b`) gets 400 rather than a redirect.
+//! Where the redirect goes: to `CONVERGER_PUBLIC_URL` only, never to a host the
+//! request names (`Host`, an absolute URI, `X-Forwarded-Host`), so no request can turn
+//! the redirect towards another site. An https public URL gives its origin; an http
+//! one its host over https, port dropped since the plain-HTTP port is not the HTTPS
+//! one.
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::uri::Authority;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -82,7 +79,7 @@ fn forwarded_proto(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// 308 (method and body kept, so API clients repeat a POST) to the https URL of the
-/// request, or 400 when no host can be trusted for it.
+/// request on the public host, or 400 when the public URL names no host.
 fn redirect(config: &Config, request: &Request) -> Response {
     let path = request
         .uri()
@@ -90,7 +87,7 @@ fn redirect(config: &Config, request: &Request) -> Response {
         .map(|p| p.as_str())
         .filter(|p| p.starts_with('/'))
         .unwrap_or("/");
-    let location = https_origin(config, request)
+    let location = https_origin(config)
         .and_then(|origin| HeaderValue::from_str(&format!("{origin}{path}")).ok());
     match location {
         Some(location) => (
@@ -102,30 +99,15 @@ fn redirect(config: &Config, request: &Request) -> Response {
     }
 }
 
-/// `https://host[:port]` to redirect to: the public URL's origin when it is https,
-/// else the request's own host without its port.
-fn https_origin(config: &Config, request: &Request) -> Option<String> {
-    if let Ok(public) = url::Url::parse(&config.public_url)
-        && public.scheme() == "https"
-    {
+/// `https://host[:port]` to redirect to, from `CONVERGER_PUBLIC_URL` alone: its origin
+/// when it is https, else its host over https (the plain-HTTP port is not the HTTPS
+/// one). Nothing the request says is used, so no request can redirect elsewhere.
+fn https_origin(config: &Config) -> Option<String> {
+    let public = url::Url::parse(&config.public_url).ok()?;
+    if public.scheme() == "https" {
         return Some(public.origin().ascii_serialization());
     }
-    let authority = match request.uri().authority() {
-        Some(authority) => authority.clone(),
-        None => request
-            .headers()
-            .get(header::HOST)?
-            .to_str()
-            .ok()?
-            .parse::<Authority>()
-            .ok()?,
-    };
-    // Checked before `host()`, which expects a host after any `@`.
-    if authority.as_str().contains('@') {
-        return None;
-    }
-    let host = authority.host();
-    (!host.is_empty()).then(|| format!("https://{host}"))
+    public.host_str().map(|host| format!("https://{host}"))
 }
 
 #[cfg(test)]
@@ -168,31 +150,32 @@ mod tests {
     }
 
     #[test]
-    fn otherwise_redirects_to_the_request_host_without_its_port() {
-        let config = Config::new("sqlite://x.db");
+    fn an_http_public_url_redirects_to_its_host_whatever_the_request_says() {
+        let mut config = Config::new("sqlite://x.db");
+        config.public_url = "http://hub.example.com:8080".into();
+        for host in [
+            Some("hub.example.com:8080"),
+            Some("evil.example"),
+            Some("user@evil.example"),
+            Some("a b"),
+            None,
+        ] {
+            assert_eq!(
+                location(&config, &request("/a?b=c", host)).as_deref(),
+                Some("https://hub.example.com/a?b=c"),
+                "{host:?}"
+            );
+        }
+        // An absolute request URI names no destination either.
         assert_eq!(
-            location(&config, &request("/a?b=c", Some("hub.example.com:8080"))).as_deref(),
-            Some("https://hub.example.com/a?b=c")
-        );
-        assert_eq!(
-            location(&config, &request("/", Some("[2001:db8::1]:80"))).as_deref(),
-            Some("https://[2001:db8::1]/")
-        );
-        // An absolute request URI names the host itself.
-        assert_eq!(
-            location(&config, &request("http://hub.example.com/x", Some("other"))).as_deref(),
+            location(&config, &request("http://evil.example/x", None)).as_deref(),
             Some("https://hub.example.com/x")
         );
-        for bad in [
-            None,
-            Some("user@evil.example"),
-            Some(":80"),
-            Some("a b"),
-            Some("@"),
-        ] {
-            let response = redirect(&config, &request("/x", bad));
-            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad:?}");
-        }
+        config.public_url = "http://[2001:db8::1]:80".into();
+        assert_eq!(
+            location(&config, &request("/", Some("evil.example"))).as_deref(),
+            Some("https://[2001:db8::1]/")
+        );
     }
 
     #[test]

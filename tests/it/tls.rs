@@ -144,17 +144,19 @@ async fn force_https_redirects_what_a_trusted_proxy_forwards_over_http() {
     let app = TestApp::start_with(Backend::Sqlite, |c| {
         c.force_https = true;
         c.trusted_proxies = converger::access::parse_cidrs("127.0.0.1/32").unwrap();
+        c.public_url = "http://hub.example.com:8080".into();
     })
     .await;
     let client = no_redirects();
     let url = |path: &str| format!("{}{path}", app.base);
 
-    // Forwarded http: 308 (a POST is repeated as a POST) to the host the request
-    // named, without its plain-HTTP port, path and query kept.
+    // Forwarded http: 308 (a POST is repeated as a POST) to the public URL's host,
+    // without its plain-HTTP port, path and query kept; never to the host the
+    // request names.
     let resp = client
         .post(url("/api/v1/channels?x=1&y=%20"))
         .header("x-forwarded-proto", "http")
-        .header(HOST, "hub.example.com:8080")
+        .header(HOST, "evil.example:8080")
         .header("x-api-key", &app.api_key)
         .json(&json!({"name": "n", "type": "websocket", "config": {}}))
         .send()
