@@ -141,23 +141,29 @@ impl JwtKeys {
             .unwrap_or_default()
     }
 
-    /// Issues a channel token; it lives until the channel secret is rotated.
+    /// The channel's token; it lives until the channel secret is rotated. It is the
+    /// same on every read (and every node) for one secret: its claims are derived
+    /// from the channel, its creation time and the secret's fingerprint, so reads do
+    /// not mint a new never-expiring credential each time.
     pub fn issue_channel_token(
         &self,
         tenant: TenantId,
         channel: ChannelId,
+        created_at: i64,
         secret: &str,
     ) -> String {
+        let sfp = secret_fingerprint(secret);
+        let jti = Sha256::digest(format!("converger-channel-token-id:{channel}:{sfp}").as_bytes());
         self.sign(&Claims {
             typ: TokenType::Channel,
             tenant,
             channel,
             conversation: None,
             sub: None,
-            sfp: Some(secret_fingerprint(secret)),
-            iat: chrono::Utc::now().timestamp(),
+            jti: URL_SAFE_NO_PAD.encode(&jti[..16]),
+            sfp: Some(sfp),
+            iat: created_at,
             exp: None,
-            jti: uuid::Uuid::now_v7().to_string(),
         })
     }
 
@@ -281,7 +287,16 @@ mod tests {
             Err(TokenError::WrongType)
         );
 
-        let channel = keys.issue_channel_token(t, ch, "whsec_x");
+        let channel = keys.issue_channel_token(t, ch, 1_700_000_000, "whsec_x");
+        // Stable for one secret; another secret gives another token.
+        assert_eq!(
+            keys.issue_channel_token(t, ch, 1_700_000_000, "whsec_x"),
+            channel
+        );
+        assert_ne!(
+            keys.issue_channel_token(t, ch, 1_700_000_000, "whsec_y"),
+            channel
+        );
         assert_eq!(
             keys.verify_channel_token(&channel)
                 .unwrap()

@@ -198,6 +198,18 @@ async fn secret_rotation_revokes_channel_tokens(backend: Backend) {
         StatusCode::CREATED,
     )
     .await;
+    // Reads return the same token for one secret, not a new credential each time.
+    for _ in 0..2 {
+        let read = expect_data(
+            app.req(Method::GET, &format!("/api/v1/channels/{id}"))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(s(&read, "token"), old_token);
+    }
 
     let rotated = expect_data(
         app.req(
@@ -211,6 +223,7 @@ async fn secret_rotation_revokes_channel_tokens(backend: Backend) {
     )
     .await;
     assert_ne!(rotated["secret"], ch["secret"]);
+    assert_ne!(s(&rotated, "token"), old_token);
     expect_error(
         with_token(&old_token).send().await.unwrap(),
         StatusCode::UNAUTHORIZED,

@@ -79,9 +79,12 @@ impl AppState {
     pub(crate) fn channel_out(&self, channel: Channel) -> ChannelOut {
         let adapter = self.adapters.get(channel.kind);
         ChannelOut {
-            token: self
-                .jwt
-                .issue_channel_token(channel.tenant_id, channel.id, &channel.secret),
+            token: self.jwt.issue_channel_token(
+                channel.tenant_id,
+                channel.id,
+                channel.inserted_at.0.timestamp(),
+                &channel.secret,
+            ),
             inbound_url: format!(
                 "{}/api/v1/channels/{}/inbound",
                 self.config.public_base(),
