@@ -233,11 +233,17 @@ pub struct SessionSigner {
 }
 
 impl SessionSigner {
-    /// A signer with a key derived from `secret`.
+    /// A signer with a key derived from `secret` and the admin password, so that
+    /// changing the password (on every node) ends every session signed before.
     pub fn new(password: Option<String>, secret: &[u8], secure_cookies: bool) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(b"converger-admin-session:");
+        // Length-prefixed, so no secret/password pair collides with another.
+        hasher.update((secret.len() as u64).to_be_bytes());
         hasher.update(secret);
+        if let Some(password) = &password {
+            hasher.update(Sha256::digest(password.as_bytes()));
+        }
         Self {
             password,
             key: hasher.finalize().into(),
@@ -452,6 +458,17 @@ mod tests {
                 proptest::prop_assert!(ip != proxy || only_proxies, "{header:?} gave the proxy");
             }
         }
+    }
+
+    #[test]
+    fn a_new_password_ends_every_session() {
+        let before = SessionSigner::new(Some("old password".into()), b"secret", false);
+        let after = SessionSigner::new(Some("new password".into()), b"secret", false);
+        let cookie = before.encode(&before.new_session(true, 1000));
+        assert!(before.decode(&cookie, 1001).is_some());
+        assert_eq!(after.decode(&cookie, 1001), None);
+        let unset = SessionSigner::new(None, b"secret", false);
+        assert_eq!(unset.decode(&cookie, 1001), None);
     }
 
     #[test]

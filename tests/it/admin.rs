@@ -18,7 +18,57 @@ both_backends!(
     other_host_names_get_no_answer,
     wrong_passwords_are_limited_per_address,
     same_site_json_posts_need_the_csrf_token,
+    a_new_admin_password_ends_old_sessions,
 );
+
+/// A node restarted with another admin password does not take the sessions of the
+/// old one.
+async fn a_new_admin_password_ends_old_sessions(backend: Backend) {
+    let (_db, url) = crate::common::TestDb::create(backend).await;
+    let http = no_redirects();
+    let start = |password: &'static str| {
+        crate::common::node::Node::start_with(
+            &url,
+            &[("CONVERGER_ADMIN_PASSWORD", password)],
+            std::process::Stdio::null(),
+        )
+    };
+    let mut first = start("first password");
+    first.ready(&http).await;
+    let login = http
+        .get(format!("{}/admin/login", first.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&login);
+    let csrf = csrf_in(&login.text().await.unwrap());
+    let right = http
+        .post(format!("{}/admin/login", first.base))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("password", "first password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    let session = cookie_of(&right);
+    let dashboard = |base: String| {
+        let (http, session) = (&http, &session);
+        async move {
+            http.get(format!("{base}/admin"))
+                .header(COOKIE, session)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(dashboard(first.base.clone()).await, StatusCode::OK);
+    first.kill();
+
+    let second = start("second password");
+    second.ready(&http).await;
+    assert_eq!(dashboard(second.base.clone()).await, StatusCode::SEE_OTHER);
+}
 
 /// A sibling site's page can send a body-less POST with the operator's cookie; the
 /// JSON API acts on it only with the session's CSRF token.
