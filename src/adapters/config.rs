@@ -426,6 +426,12 @@ fn is_sensitive_header(name: &str) -> bool {
 pub fn mask_config(config: &Value, secret_fields: &[&str]) -> Value {
     let mut masked = config.clone();
     if let Value::Object(map) = &mut masked {
+        // A password in a URL's user info (`https://user:pw@host`) is a credential too.
+        for value in map.values_mut() {
+            if let Some(url) = value.as_str().and_then(mask_url_password) {
+                *value = Value::String(url);
+            }
+        }
         for field in secret_fields {
             if let Some(v) = map.get_mut(*field)
                 && !v.is_null()
@@ -444,6 +450,14 @@ pub fn mask_config(config: &Value, secret_fields: &[&str]) -> Value {
     masked
 }
 
+/// `url` with the password of its user info masked, if it has one.
+fn mask_url_password(url: &str) -> Option<String> {
+    let mut parsed = url::Url::parse(url).ok()?;
+    parsed.password()?;
+    parsed.set_password(Some(MASK)).ok()?;
+    Some(parsed.to_string())
+}
+
 /// Applies a JSON merge patch (RFC 7396) to a config. A masked value sent back, as a
 /// client does when it edits what it read, keeps the stored value.
 pub fn merge_config_patch(current: &Value, patch: &Value) -> Value {
@@ -456,6 +470,13 @@ pub fn merge_config_patch(current: &Value, patch: &Value) -> Value {
                         merged.remove(key);
                     }
                     Value::String(s) if s == MASK => {}
+                    // A URL read back with its password masked keeps the stored one.
+                    Value::String(s)
+                        if current_map
+                            .get(key)
+                            .and_then(Value::as_str)
+                            .and_then(mask_url_password)
+                            .is_some_and(|masked| masked == *s) => {}
                     _ => {
                         let base = current_map.get(key).unwrap_or(&Value::Null);
                         merged.insert(key.clone(), merge_config_patch(base, value));
@@ -472,6 +493,26 @@ pub fn merge_config_patch(current: &Value, patch: &Value) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn url_passwords_are_masked_and_kept_when_sent_back() {
+        let config =
+            json!({"url": "https://bot:s3cret@hooks.example.com/in?x=1", "method": "POST"});
+        let masked = mask_config(&config, &[]);
+        assert_eq!(
+            masked["url"],
+            format!("https://bot:{MASK}@hooks.example.com/in?x=1")
+        );
+        assert!(!masked.to_string().contains("s3cret"));
+        assert_eq!(masked["method"], "POST");
+        // Editing what was read keeps the stored password; a new URL replaces it.
+        assert_eq!(merge_config_patch(&config, &masked), config);
+        let new = json!({"url": "https://bot:other@hooks.example.com/in"});
+        assert_eq!(merge_config_patch(&config, &new)["url"], new["url"]);
+        // URLs without a password are shown as they are.
+        let plain = json!({"url": "https://user@hooks.example.com/"});
+        assert_eq!(mask_config(&plain, &[]), plain);
+    }
 
     #[test]
     fn masks_secrets_and_credential_headers() {

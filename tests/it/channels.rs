@@ -11,7 +11,61 @@ both_backends!(
     secrets_are_masked_and_survive_patches,
     secret_rotation_revokes_channel_tokens,
     list_filters_and_paginates,
+    url_passwords_are_never_shown,
 );
+
+/// A webhook URL's user-info password is masked in API reads and admin pages, and
+/// survives a patch that sends the masked URL back.
+async fn url_passwords_are_never_shown(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let url = "https://bot:s3cret-pw@hooks.example.com/in";
+    let created = app.create_channel("webhook", json!({"url": url})).await;
+    let id = s(&created, "id");
+    assert!(!created.to_string().contains("s3cret-pw"), "{created}");
+    let read = expect_data(
+        app.req(Method::GET, &format!("/api/v1/channels/{id}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(!read.to_string().contains("s3cret-pw"), "{read}");
+    assert!(
+        s(&read["config"], "url").starts_with("https://bot:"),
+        "{read}"
+    );
+    for page in [
+        format!("/admin/channels/{id}"),
+        "/admin/channels".to_owned(),
+    ] {
+        let html = app
+            .anon(Method::GET, &page)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!html.contains("s3cret-pw"), "{page}");
+    }
+    // Sending back what was read keeps the stored password.
+    expect_data(
+        app.req(Method::PATCH, &format!("/api/v1/channels/{id}"))
+            .json(&json!({"config": {"url": read["config"]["url"]}}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    let stored = app
+        .store
+        .get_channel(app.tenant_id, id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.config["url"], url);
+}
 
 async fn create_returns_token_secret_and_defaults(backend: Backend) {
     let app = TestApp::start(backend).await;
