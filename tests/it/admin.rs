@@ -145,23 +145,11 @@ async fn other_host_names_get_no_answer(backend: Backend) {
         )
         .await;
     }
-    let tenants = expect_data(
-        app.anon(Method::GET, "/admin/api/tenants")
-            .header(HOST, "localhost:4000")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert!(
-        tenants
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["name"] != "rebound"),
-        "{tenants}"
-    );
+    // A loopback name is answered, and nothing was created.
+    let listed = app
+        .anon(Method::GET, "/admin/api/tenants")
+        .header(HOST, "localhost:4000");
+    assert_no_tenant_named(listed, "rebound").await;
 }
 
 /// Ten wrong passwords from one address within a minute, then every password
@@ -222,22 +210,7 @@ async fn junk_forwarded_for_behind_a_trusted_proxy_is_refused(backend: Backend) 
         expect_error(response, StatusCode::FORBIDDEN, "admin_forbidden").await;
     }
     // Nothing was created; the proxy itself (no header) still gets in.
-    let tenants = expect_data(
-        app.anon(Method::GET, "/admin/api/tenants")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert!(
-        tenants
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["name"] != "sneaky"),
-        "{tenants}"
-    );
+    assert_no_tenant_named(app.anon(Method::GET, "/admin/api/tenants"), "sneaky").await;
 }
 
 fn no_redirects() -> reqwest::Client {
@@ -347,6 +320,19 @@ async fn allow_list_and_forwarded_for(backend: Backend) {
             .unwrap()
             .status(),
         StatusCode::FORBIDDEN
+    );
+}
+
+/// Lists tenants through the admin API and asserts none has `name`.
+async fn assert_no_tenant_named(list: reqwest::RequestBuilder, name: &str) {
+    let tenants = expect_data(list.send().await.unwrap(), StatusCode::OK).await;
+    assert!(
+        tenants
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["name"] != name),
+        "{tenants}"
     );
 }
 

@@ -35,7 +35,14 @@ const INTERNAL: &[&str] = &[
     "http://[fd00::1]/",
 ];
 
-fn assert_refused_field(error: &Value, field: &str, url: &str) {
+/// A 422 whose field error for `field` names the egress policy.
+async fn assert_refused(response: reqwest::Response, field: &str, url: &str) {
+    let error = expect_error(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
     let fields = &error["details"]["fields"];
     assert!(
         fields.as_array().is_some_and(|f| f.iter().any(
@@ -69,13 +76,7 @@ async fn internal_destinations_are_refused_when_a_channel_is_written(backend: Ba
                 .send()
                 .await
                 .unwrap();
-            let error = expect_error(
-                response,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_failed",
-            )
-            .await;
-            assert_refused_field(&error, field, url);
+            assert_refused(response, field, url).await;
         }
     }
     // Nothing was written.
@@ -102,13 +103,7 @@ async fn internal_destinations_are_refused_when_a_channel_is_written(backend: Ba
         .send()
         .await
         .unwrap();
-    let error = expect_error(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    assert_refused_field(&error, "config.url", "patch");
+    assert_refused(response, "config.url", "patch").await;
     let read = expect_data(
         app.req(
             Method::GET,
