@@ -32,7 +32,7 @@ use crate::adapters::{InboundBatch, InboundError, InboundMessage};
 use crate::delivery::{StatusApplied, apply_provider_status};
 use crate::domain::{
     ActivityId, Channel, ChannelId, ChannelStatus, ConversationId, ConversationStatus, Direction,
-    FieldError, NewActivity, TenantStatus,
+    FieldError, NewActivity, TenantStatus, check_no_nul,
 };
 use crate::ingest::IngestRequest;
 use crate::store::{NewConversation, StoreError};
@@ -101,6 +101,18 @@ fn new_activity(message: &InboundMessage) -> NewActivity {
         metadata: message.metadata.clone(),
         idempotency_key: message.provider_id.clone(),
     }
+}
+
+/// Every rule a message breaks: those of its activity, and no U+0000 in what its
+/// conversation would be opened with (`external_id`, `contact_name`). Checked for the
+/// whole request before the first write, so a refused message opens no conversation.
+fn check_message(message: &InboundMessage) -> Vec<FieldError> {
+    let mut errors = new_activity(message).validate();
+    errors.extend(check_no_nul("external_id", &message.external_id).err());
+    if let Some(name) = &message.contact_name {
+        errors.extend(check_no_nul("contact_name", name).err());
+    }
+    errors
 }
 
 /// The conversation a message belongs to: the one it names, else the sender's active
@@ -255,8 +267,7 @@ async fn check_messages(
     let mut errors = Vec::new();
     for (i, message) in batch.messages.iter().enumerate() {
         errors.extend(
-            new_activity(message)
-                .validate()
+            check_message(message)
                 .into_iter()
                 .map(|e| FieldError::new(format!("messages[{i}].{}", e.field), e.message)),
         );
@@ -289,7 +300,7 @@ async fn check_messages(
 /// Providers: messages that can never be stored are logged and left out.
 fn drop_invalid(channel: &Channel, batch: &mut InboundBatch) {
     batch.messages.retain(|message| {
-        let errors = new_activity(message).validate();
+        let errors = check_message(message);
         if !errors.is_empty() {
             let reason = errors
                 .iter()
