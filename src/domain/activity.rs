@@ -217,7 +217,13 @@ mod tests {
         let fields: Vec<_> = a.validate().into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
-            ["sender", "text", "idempotency_key", "attachments[0].url", "metadata.foo"]
+            [
+                "sender",
+                "text",
+                "idempotency_key",
+                "attachments[0].url",
+                "metadata.foo"
+            ]
         );
     }
 

@@ -73,7 +73,10 @@ mod tests {
 
     #[test]
     fn a_nul_in_json_is_named_by_its_path() {
-        assert_eq!(check_json_no_nul("metadata", &json!({"a": [1, "x"]})), Ok(()));
+        assert_eq!(
+            check_json_no_nul("metadata", &json!({"a": [1, "x"]})),
+            Ok(())
+        );
         let path = |v: Value| check_json_no_nul("metadata", &v).unwrap_err().field;
         assert_eq!(path(json!({"foo": "a\0"})), "metadata.foo");
         assert_eq!(path(json!({"a": [1, {"b": "\0"}]})), "metadata.a[1].b");
@@ -117,7 +120,10 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            (clean_text(), prop::collection::vec((clean_text(), clean_json()), 0..3))
+            (
+                clean_text(),
+                prop::collection::vec((clean_text(), clean_json()), 0..3)
+            )
                 .prop_map(|(k, siblings)| Step::Key(k, siblings)),
             (
                 prop::collection::vec(clean_json(), 0..3),
@@ -146,11 +152,8 @@ mod tests {
         for step in steps.iter().rev() {
             value = match step {
                 Step::Key(k, siblings) => {
-                    let mut map: serde_json::Map<String, Value> = siblings
-                        .iter()
-                        .filter(|(s, _)| s != k)
-                        .cloned()
-                        .collect();
+                    let mut map: serde_json::Map<String, Value> =
+                        siblings.iter().filter(|(s, _)| s != k).cloned().collect();
                     map.insert(k.clone(), value);
                     Value::Object(map)
                 }
