@@ -183,6 +183,7 @@ async fn receive_inbound(
     for reason in &batch.skipped {
         tracing::warn!(channel_id = %channel.id, %reason, "inbound item skipped");
     }
+    drop_unmatchable_statuses(&channel, &mut batch);
     if lenient {
         drop_invalid(&channel, &mut batch);
     } else {
@@ -310,6 +311,23 @@ fn drop_invalid(channel: &Channel, batch: &mut InboundBatch) {
             tracing::warn!(channel_id = %channel.id, provider_id = ?message.provider_id, %reason, "inbound message skipped");
         }
         errors.is_empty()
+    });
+}
+
+/// Status reports holding U+0000 (in the message id, timestamp or error) can never be
+/// matched or stored: logged and left out, whatever the channel type.
+fn drop_unmatchable_statuses(channel: &Channel, batch: &mut InboundBatch) {
+    batch.statuses.retain(|update| {
+        let texts = [
+            Some(update.provider_id.as_str()),
+            update.timestamp.as_deref(),
+            update.error.as_deref(),
+        ];
+        let clean = texts.into_iter().flatten().all(|t| !t.contains('\0'));
+        if !clean {
+            tracing::warn!(channel_id = %channel.id, "status report holding U+0000 skipped");
+        }
+        clean
     });
 }
 

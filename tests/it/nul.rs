@@ -291,4 +291,29 @@ async fn whatsapp_meta_inbound_with_nul_opens_no_conversation(backend: Backend) 
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["activity_ids"], json!([]));
     assert!(list(&app, "/api/v1/conversations").await.is_empty());
+
+    // A status report that names no message Converger could have sent is skipped too.
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{
+        "field": "messages",
+        "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "statuses": [{"id": "wamid.\u{0}", "status": "delivered", "timestamp": "1749416383",
+                "recipient_id": "16505551234"}]
+        }}]}]})
+    .to_string();
+    let resp = app
+        .anon(
+            Method::POST,
+            &format!("/api/v1/channels/{}/inbound", s(&channel, "id")),
+        )
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", hub_signature(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
 }
