@@ -2,7 +2,10 @@
 
 use serde_json::Value;
 
-use super::{ActivityId, ConversationId, FieldError, TenantId, Timestamp, string_enum};
+use super::{
+    ActivityId, ConversationId, FieldError, TenantId, Timestamp, check_json_no_nul, check_no_nul,
+    string_enum,
+};
 
 /// Longest `text`, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
@@ -121,6 +124,18 @@ impl NewActivity {
                 format!("must be 1 to {MAX_ID_CHARS} characters"),
             ));
         }
+        let texts = [
+            ("sender", Some(self.sender.as_str())),
+            ("text", self.text.as_deref()),
+            ("idempotency_key", self.idempotency_key.as_deref()),
+        ];
+        for (field, text) in texts {
+            if let Some(text) = text {
+                errors.extend(check_no_nul(field, text).err());
+            }
+        }
+        errors.extend(check_json_no_nul("attachments", &self.attachments).err());
+        errors.extend(check_json_no_nul("metadata", &self.metadata).err());
         let has_text = self.text.as_deref().is_some_and(|t| !t.trim().is_empty());
         let has_attachments = self.attachments.as_array().is_some_and(|a| !a.is_empty());
         if self.kind == ActivityType::Message && !has_text && !has_attachments {
@@ -190,6 +205,26 @@ mod tests {
         a.metadata = json!([]);
         let fields: Vec<_> = a.validate().into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["sender", "text", "attachments[0]", "metadata"]);
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_on_its_field() {
+        let mut a = message("he\0llo");
+        a.sender = "us\0er".into();
+        a.attachments = json!([{"url": "u\0"}]);
+        a.metadata = json!({"foo": "\0"});
+        a.idempotency_key = Some("k\0".into());
+        let fields: Vec<_> = a.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "sender",
+                "text",
+                "idempotency_key",
+                "attachments[0].url",
+                "metadata.foo"
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod conversation;
 mod delivery;
 mod ids;
 mod tenant;
+mod text;
 mod time;
 
 pub use activity::{
@@ -20,6 +21,7 @@ pub use conversation::{Conversation, ConversationStatus};
 pub use delivery::{Delivery, DeliveryStatus};
 pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, RouteId, TenantId};
 pub use tenant::{MAX_TENANT_NAME_CHARS, Tenant, TenantStatus, check_tenant_name};
+pub use text::{check_json_no_nul, check_no_nul};
 pub use time::Timestamp;
 
 /// A rule broken by user input, named by the field it concerns.

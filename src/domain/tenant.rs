@@ -1,6 +1,6 @@
 //! Tenants: the unit of isolation. Every other row belongs to exactly one.
 
-use super::{FieldError, TenantId, Timestamp, string_enum};
+use super::{FieldError, TenantId, Timestamp, check_no_nul, string_enum};
 
 string_enum! {
     /// Whether a tenant's credentials are accepted.
@@ -24,13 +24,15 @@ pub struct Tenant {
 pub const MAX_TENANT_NAME_CHARS: usize = 200;
 
 /// The one rule for a tenant name, wherever it is entered (CLI, admin API, admin
-/// form): trimmed, 1 to [`MAX_TENANT_NAME_CHARS`] characters. Returns the trimmed name.
+/// form): trimmed, 1 to [`MAX_TENANT_NAME_CHARS`] characters, no U+0000. Returns the
+/// trimmed name.
 ///
 /// # Errors
 ///
-/// A [`FieldError`] on `name` when the trimmed name is empty or too long.
+/// A [`FieldError`] on `name` when the trimmed name is empty, too long or holds a NUL.
 pub fn check_tenant_name(name: &str) -> Result<&str, FieldError> {
     let name = name.trim();
+    check_no_nul("name", name)?;
     if name.is_empty() || name.chars().count() > MAX_TENANT_NAME_CHARS {
         return Err(FieldError::new(
             "name",
@@ -54,5 +56,6 @@ mod tests {
             assert_eq!(err.field, "name");
             assert_eq!(err.message, "must be 1 to 200 characters");
         }
+        assert_eq!(check_tenant_name("Ac\0me").unwrap_err().field, "name");
     }
 }

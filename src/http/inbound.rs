@@ -32,7 +32,7 @@ use crate::adapters::{InboundBatch, InboundError, InboundMessage};
 use crate::delivery::{StatusApplied, apply_provider_status};
 use crate::domain::{
     ActivityId, Channel, ChannelId, ChannelStatus, ConversationId, ConversationStatus, Direction,
-    FieldError, NewActivity, TenantStatus,
+    FieldError, NewActivity, TenantStatus, check_no_nul,
 };
 use crate::ingest::IngestRequest;
 use crate::store::{NewConversation, StoreError};
@@ -103,6 +103,18 @@ fn new_activity(message: &InboundMessage) -> NewActivity {
     }
 }
 
+/// Every rule a message breaks: those of its activity, and no U+0000 in what its
+/// conversation would be opened with (`external_id`, `contact_name`). Checked for the
+/// whole request before the first write, so a refused message opens no conversation.
+fn check_message(message: &InboundMessage) -> Vec<FieldError> {
+    let mut errors = new_activity(message).validate();
+    errors.extend(check_no_nul("external_id", &message.external_id).err());
+    if let Some(name) = &message.contact_name {
+        errors.extend(check_no_nul("contact_name", name).err());
+    }
+    errors
+}
+
 /// The conversation a message belongs to: the one it names, else the sender's active
 /// conversation on this channel, else a new one.
 async fn resolve_conversation(
@@ -171,6 +183,7 @@ async fn receive_inbound(
     for reason in &batch.skipped {
         tracing::warn!(channel_id = %channel.id, %reason, "inbound item skipped");
     }
+    drop_unmatchable_statuses(&channel, &mut batch);
     if lenient {
         drop_invalid(&channel, &mut batch);
     } else {
@@ -255,8 +268,7 @@ async fn check_messages(
     let mut errors = Vec::new();
     for (i, message) in batch.messages.iter().enumerate() {
         errors.extend(
-            new_activity(message)
-                .validate()
+            check_message(message)
                 .into_iter()
                 .map(|e| FieldError::new(format!("messages[{i}].{}", e.field), e.message)),
         );
@@ -289,7 +301,7 @@ async fn check_messages(
 /// Providers: messages that can never be stored are logged and left out.
 fn drop_invalid(channel: &Channel, batch: &mut InboundBatch) {
     batch.messages.retain(|message| {
-        let errors = new_activity(message).validate();
+        let errors = check_message(message);
         if !errors.is_empty() {
             let reason = errors
                 .iter()
@@ -299,6 +311,23 @@ fn drop_invalid(channel: &Channel, batch: &mut InboundBatch) {
             tracing::warn!(channel_id = %channel.id, provider_id = ?message.provider_id, %reason, "inbound message skipped");
         }
         errors.is_empty()
+    });
+}
+
+/// Status reports holding U+0000 (in the message id, timestamp or error) can never be
+/// matched or stored: logged and left out, whatever the channel type.
+fn drop_unmatchable_statuses(channel: &Channel, batch: &mut InboundBatch) {
+    batch.statuses.retain(|update| {
+        let texts = [
+            Some(update.provider_id.as_str()),
+            update.timestamp.as_deref(),
+            update.error.as_deref(),
+        ];
+        let clean = texts.into_iter().flatten().all(|t| !t.contains('\0'));
+        if !clean {
+            tracing::warn!(channel_id = %channel.id, "status report holding U+0000 skipped");
+        }
+        clean
     });
 }
 

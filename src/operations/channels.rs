@@ -9,7 +9,10 @@ use utoipa::ToSchema;
 use super::{OpError, OpResult, not_found_as};
 use crate::adapters::Adapters;
 use crate::auth;
-use crate::domain::{Channel, ChannelId, ChannelStatus, ChannelType, FieldError, TenantId};
+use crate::domain::{
+    Channel, ChannelId, ChannelStatus, ChannelType, FieldError, TenantId, check_json_no_nul,
+    check_no_nul,
+};
 use crate::store::{ChannelUpdate, NewChannel, Store};
 
 /// Longest channel name, in characters.
@@ -35,13 +38,14 @@ pub struct ChannelWithSecret {
     pub secret: String,
 }
 
-/// The channel name rule: trimmed, 1 to [`MAX_NAME_CHARS`] characters.
+/// The channel name rule: trimmed, 1 to [`MAX_NAME_CHARS`] characters, no U+0000.
 ///
 /// # Errors
 ///
 /// A [`FieldError`] on `name`.
 pub fn check_name(name: &str) -> Result<String, FieldError> {
     let name = name.trim();
+    check_no_nul("name", name)?;
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(FieldError::new(
             "name",
@@ -49,6 +53,22 @@ pub fn check_name(name: &str) -> Result<String, FieldError> {
         ));
     }
     Ok(name.to_owned())
+}
+
+/// Checks a channel's config (whole, after any patch is merged): no U+0000 in any
+/// string or key, then the rules of its type's adapter. Returns the config as the
+/// adapter normalised it.
+///
+/// # Errors
+///
+/// The broken rules, on `config.*`.
+pub fn check_config(
+    adapters: &Adapters,
+    kind: ChannelType,
+    config: &Value,
+) -> Result<Value, Vec<FieldError>> {
+    check_json_no_nul("config", config).map_err(|e| vec![e])?;
+    adapters.validate_config(kind, config)
 }
 
 /// Checks a new channel's name and config; every broken rule is listed. Returns the
@@ -63,8 +83,7 @@ pub fn validate(
 ) -> Result<(String, Value), Vec<FieldError>> {
     let mut errors = Vec::new();
     let name = check_name(&input.name).map_err(|e| errors.push(e)).ok();
-    let config = adapters
-        .validate_config(input.kind, &input.config)
+    let config = check_config(adapters, input.kind, &input.config)
         .map_err(|e| errors.extend(e))
         .ok();
     match (name, config) {
@@ -172,5 +191,9 @@ mod tests {
         assert_eq!(fields, ["name", "config.url"], "{errors:?}");
         assert_eq!(check_name(&"x".repeat(201)).unwrap_err().field, "name");
         assert_eq!(check_name("  Bot ").unwrap(), "Bot");
+        assert_eq!(check_name("B\0t").unwrap_err().field, "name");
+        let config = serde_json::json!({"url": "https://example.com", "headers": {"X": "a\0"}});
+        let errors = check_config(&Adapters::new(), ChannelType::Webhook, &config).unwrap_err();
+        assert_eq!(errors[0].field, "config.headers.X");
     }
 }

@@ -18,6 +18,7 @@ mod egress;
 mod errors;
 mod inbound;
 mod limits;
+mod nul;
 mod observability;
 mod ops;
 mod queue;

@@ -187,9 +187,7 @@ async fn update_channel(
         Some(patch) => {
             let merged = merge_config_patch(&current.config, patch);
             Some(
-                state
-                    .adapters
-                    .validate_config(current.kind, &merged)
+                channels::check_config(&state.adapters, current.kind, &merged)
                     .map_err(ApiError::validation)?,
             )
         }

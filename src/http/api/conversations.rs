@@ -10,7 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{Data, Page, page_limit};
 use crate::domain::{
     ChannelId, ChannelStatus, Conversation, ConversationId, ConversationStatus, FieldError,
-    MAX_METADATA_BYTES,
+    MAX_METADATA_BYTES, check_json_no_nul, check_no_nul,
 };
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, Caller, TenantAuth};
@@ -69,7 +69,11 @@ fn check_conversation_input(body: &ConversationIn) -> Vec<FieldError> {
             format!("must be 1 to {MAX_EXTERNAL_ID_CHARS} characters"),
         ));
     }
+    if let Some(external_id) = &body.external_id {
+        errors.extend(check_no_nul("external_id", external_id).err());
+    }
     if let Some(metadata) = &body.metadata {
+        errors.extend(check_json_no_nul("metadata", metadata).err());
         if !metadata.is_object() {
             errors.push(FieldError::new("metadata", "must be an object"));
         } else if serde_json::to_vec(metadata).map_or(0, |v| v.len()) > MAX_METADATA_BYTES {

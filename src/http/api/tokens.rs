@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::auth::CLIENT_TOKEN_TTL_SECS;
-use crate::domain::{ConversationId, ConversationStatus};
+use crate::domain::{ConversationId, ConversationStatus, check_no_nul};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, Caller, ClientIp};
 use crate::http::state::AppState;
@@ -58,6 +58,7 @@ async fn create_token(
             &format!("must be 1 to {MAX_USER_ID_CHARS} characters"),
         ));
     }
+    check_no_nul("user_id", user_id).map_err(|e| ApiError::validation(vec![e]))?;
     let conversation = state
         .visible_conversation(&caller, body.conversation_id)
         .await?;
