@@ -212,6 +212,8 @@ describe("admin panel in headless Chromium", () => {
       CONVERGER_PUBLIC_URL: S.base,
       CONVERGER_JWT_SECRET: "browser-test-secret-0123456789-abcdefghijklmnop",
       CONVERGER_DELIVERY_BACKOFF_SCALE: "0.001",
+      // The test's receiver listens on loopback, which deliveries may not reach by default.
+      CONVERGER_EGRESS_ALLOW: "127.0.0.0/8",
       RUST_LOG: "warn",
       NO_PROXY: "127.0.0.1,localhost",
       no_proxy: "127.0.0.1,localhost",
