@@ -3,7 +3,7 @@
 //! origin, and a delivery that is let through to loopback never acts on the admin API.
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::sink::{Reply, Sink};
 use crate::common::{Backend, TestApp, both_backends, expect_data, expect_error, s};
