@@ -306,6 +306,30 @@ pub fn refusal<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a EgressRefuse
     None
 }
 
+/// Request headers a channel config may not set: they steer proxies and receivers
+/// (where the request goes, who sent it, how it is framed), not the receiver's API.
+pub fn is_reserved_header(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    const RESERVED: &[&str] = &[
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "expect",
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "user-agent",
+    ];
+    RESERVED.contains(&name.as_str())
+        || name.starts_with("proxy-")
+        || name.starts_with("x-forwarded-")
+}
+
 /// Reads at most `limit` bytes of a response body; the rest is never read.
 ///
 /// # Errors
@@ -403,6 +427,26 @@ mod tests {
         // `localhost` is opened only when both loopback families are.
         let v4_only = EgressPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
         assert!(v4_only.check_url(&url("http://localhost/")).is_err());
+    }
+
+    #[test]
+    fn routing_and_framing_headers_are_reserved() {
+        for reserved in [
+            "Host",
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "Forwarded",
+            "Connection",
+            "Transfer-Encoding",
+            "Proxy-Authorization",
+            "X-Real-IP",
+            "User-Agent",
+        ] {
+            assert!(is_reserved_header(reserved), "{reserved}");
+        }
+        for free in ["Authorization", "X-Team", "X-Api-Key", "Accept"] {
+            assert!(!is_reserved_header(free), "{free}");
+        }
     }
 
     #[test]

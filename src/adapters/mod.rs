@@ -262,7 +262,7 @@ impl Adapters {
     ) -> Result<Value, Vec<FieldError>> {
         let adapter = self.get(kind);
         let valid = adapter.validate_config(config)?;
-        let errors: Vec<FieldError> = adapter
+        let mut errors: Vec<FieldError> = adapter
             .config_spec()
             .fields
             .iter()
@@ -276,6 +276,20 @@ impl Adapters {
                 ))
             })
             .collect();
+        // Extra request headers may not be ones that steer routing or framing, nor
+        // names HTTP cannot carry.
+        if let Some(Value::Object(headers)) = valid.get("headers") {
+            for name in headers.keys() {
+                let message = if crate::egress::is_reserved_header(name) {
+                    "is set by Converger and cannot be configured"
+                } else if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    "is not a valid HTTP header name"
+                } else {
+                    continue;
+                };
+                errors.push(FieldError::new(format!("config.headers.{name}"), message));
+            }
+        }
         if errors.is_empty() {
             Ok(valid)
         } else {

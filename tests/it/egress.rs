@@ -90,6 +90,34 @@ async fn internal_destinations_are_refused_when_a_channel_is_written(backend: Ba
     .await;
     assert_eq!(list, json!([]));
 
+    // Headers that steer routing or framing are not the tenant's to set.
+    for header in [
+        "Host",
+        "X-Forwarded-For",
+        "Forwarded",
+        "Connection",
+        "Transfer-Encoding",
+    ] {
+        let response = app
+            .req(Method::POST, "/api/v1/channels")
+            .json(&json!({"name": "n", "type": "webhook", "config": {
+                "url": "https://hooks.example.com/in", "headers": {header: "127.0.0.1"}}}))
+            .send()
+            .await
+            .unwrap();
+        let error = expect_error(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(
+            error["details"]["fields"][0]["field"],
+            format!("config.headers.{header}"),
+            "{error}"
+        );
+    }
+
     // A public destination is accepted, and cannot be changed into an internal one.
     let channel = app
         .create_channel("webhook", json!({"url": "https://hooks.example.com/in"}))
