@@ -169,6 +169,13 @@ pub trait ChannelAdapter: Send + Sync + 'static {
         false
     }
 
+    /// The request header that carries the inbound signature, if this type signs
+    /// inbound requests. A verified signature identifies its request: messages
+    /// without a provider id are keyed by it, so a replayed request creates nothing.
+    fn inbound_signature_header(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Answers a `GET` on the inbound URL: `Ok(Some(body))` to answer with that text
     /// (Meta's `hub.challenge`), `Ok(None)` for the plain reachability answer.
     ///

@@ -166,6 +166,10 @@ impl ChannelAdapter for WebhookAdapter {
     fn parse_inbound(&self, _channel: &Channel, body: &[u8]) -> Result<InboundBatch, InboundError> {
         parse_generic(body)
     }
+
+    fn inbound_signature_header(&self) -> Option<&'static str> {
+        Some(SIGNATURE_HEADER)
+    }
 }
 
 /// Whether a channel refuses unsigned inbound requests.

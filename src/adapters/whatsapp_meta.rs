@@ -199,6 +199,10 @@ impl ChannelAdapter for WhatsappMetaAdapter {
         parse_notification(Some(config.phone_number_id.as_str()), body)
     }
 
+    fn inbound_signature_header(&self) -> Option<&'static str> {
+        Some(SIGNATURE_HEADER)
+    }
+
     fn lenient_inbound(&self) -> bool {
         true
     }

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -88,6 +89,22 @@ fn inbound_error(channel: &Channel, err: InboundError) -> ApiError {
             "not_found",
             format!("{} channels take no inbound webhooks", channel.kind),
         ),
+    }
+}
+
+/// Keys what a signed request carries without a provider id by the request's
+/// signature: the same signed request again (a replay, or a sender's retry) then
+/// finds the activities it created instead of creating them twice.
+fn key_unidentified(batch: &mut InboundBatch, signature: Option<&str>) {
+    let Some(signature) = signature else {
+        return;
+    };
+    let digest = Sha256::digest(signature.as_bytes());
+    let request = hex::encode(&digest[..16]);
+    for (i, message) in batch.messages.iter_mut().enumerate() {
+        if message.provider_id.is_none() {
+            message.provider_id = Some(format!("signed:{request}:{i}"));
+        }
     }
 }
 
@@ -179,6 +196,11 @@ async fn receive_inbound(
     let mut batch = adapter
         .parse_inbound(&channel, &body)
         .map_err(|e| inbound_error(&channel, e))?;
+    let signature = adapter
+        .inbound_signature_header()
+        .and_then(|name| headers.get(name))
+        .and_then(|v| v.to_str().ok());
+    key_unidentified(&mut batch, signature);
     let lenient = adapter.lenient_inbound();
     for reason in &batch.skipped {
         tracing::warn!(channel_id = %channel.id, %reason, "inbound item skipped");

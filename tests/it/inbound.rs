@@ -19,7 +19,61 @@ both_backends!(
     bad_payloads_write_nothing,
     unknown_inactive_and_unsupported_channels,
     inbound_messages_are_routed_to_the_bot_not_back,
+    replayed_signed_requests_create_nothing,
 );
+
+/// Messages without an id, in a signed request: the same request again (a replay
+/// inside the timestamp tolerance, or any time for `sha256=`) creates nothing and
+/// answers with the activities it created the first time.
+async fn replayed_signed_requests_create_nothing(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ch = app
+        .create_channel(
+            "webhook",
+            json!({"url": "https://hooks.example.com/unused"}),
+        )
+        .await;
+    let batch = json!({"messages": [
+        {"text": "pay 100", "from": "+4915100001"},
+        {"text": "pay 100", "from": "+4915100001"},
+    ]});
+    let t0 = chrono::Utc::now().timestamp() - 10;
+    let timestamped = signed_at(&ch, &batch, t0);
+    let first = accepted(send(&app, &ch, &batch, timestamped.clone()).await).await;
+    assert_eq!(first.len(), 2);
+    assert_ne!(
+        first[0], first[1],
+        "two messages of one request are two activities"
+    );
+    let replay = accepted(send(&app, &ch, &batch, timestamped).await).await;
+    assert_eq!(replay, first);
+
+    let single = json!({"text": "transfer", "from": "+4915100002"});
+    let header = sha256_header(s(&ch, "secret"), single.to_string().as_bytes());
+    let once = accepted(send(&app, &ch, &single, Some(header.clone())).await).await;
+    let again = accepted(send(&app, &ch, &single, Some(header)).await).await;
+    assert_eq!(again, once);
+
+    // A new signed request with the same content is a new message.
+    let later = accepted(send(&app, &ch, &batch, signed_at(&ch, &batch, t0 - 1)).await).await;
+    assert_ne!(later, first);
+
+    let convs = conversations(&app).await;
+    let mut total = 0;
+    for conv in &convs {
+        total += app.activities(s(conv, "id")).await.len();
+    }
+    assert_eq!(total, 5, "2 + 1 + 2 activities, none from the replays");
+}
+
+/// A signature timestamped `at` (Unix seconds).
+fn signed_at(channel: &Value, body: &Value, at: i64) -> Option<String> {
+    Some(converger_signature(
+        s(channel, "secret"),
+        at,
+        body.to_string().as_bytes(),
+    ))
+}
 
 fn sha256_header(secret: &str, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
