@@ -171,7 +171,15 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             .admin_passwords
             .record_failure(ip, Instant::now());
     }
-    let existing = cookie_value(request.headers(), COOKIE).and_then(|v| signer.decode(v, now));
+    let mut existing = cookie_value(request.headers(), COOKIE).and_then(|v| signer.decode(v, now));
+    // A logged-out session stays signed until it expires: every node looks it up.
+    if let Some(session) = existing.as_ref().filter(|s| s.authenticated) {
+        match state.store.admin_session_revoked(&session.sid).await {
+            Ok(false) => {}
+            Ok(true) => existing = None,
+            Err(e) => return with_security_headers(ApiError::from(e).into_response()),
+        }
+    }
     let fresh = existing.is_none();
     let session = existing.unwrap_or_else(|| signer.new_session(false, now));
     let password_required = signer.password.is_some();

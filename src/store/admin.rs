@@ -141,3 +141,36 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Records that the admin session `sid` was logged out; it would have expired at
+    /// `expires_at` (Unix seconds). Forgets revocations that have expired.
+    pub async fn revoke_admin_session(
+        &self,
+        sid: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        const INSERT: &str = "INSERT INTO admin_session_revocations (sid, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (sid) DO NOTHING";
+        const PURGE: &str = "DELETE FROM admin_session_revocations WHERE expires_at < $1";
+        writer!(self, |pool| {
+            sqlx::query(PURGE).bind(now).execute(pool).await?;
+            sqlx::query(INSERT)
+                .bind(sid)
+                .bind(expires_at)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Whether the admin session `sid` was logged out.
+    pub async fn admin_session_revoked(&self, sid: &str) -> StoreResult<bool> {
+        const SQL: &str = "SELECT COUNT(*) FROM admin_session_revocations WHERE sid = $1";
+        let count: i64 = reader!(self, |pool| {
+            sqlx::query_scalar(SQL).bind(sid).fetch_one(pool).await?
+        });
+        Ok(count > 0)
+    }
+}

@@ -19,7 +19,60 @@ both_backends!(
     wrong_passwords_are_limited_per_address,
     same_site_json_posts_need_the_csrf_token,
     a_new_admin_password_ends_old_sessions,
+    logged_out_sessions_stay_out,
 );
+
+/// After logout the old cookie, signed and unexpired, no longer opens the panel.
+async fn logged_out_sessions_stay_out(backend: Backend) {
+    let app =
+        TestApp::start_with(backend, |c| c.admin_password = Some("correct horse".into())).await;
+    let http = no_redirects();
+    let url = |p: &str| format!("{}{p}", app.base);
+    let login = http.get(url("/admin/login")).send().await.unwrap();
+    let cookie = cookie_of(&login);
+    let csrf = csrf_in(&login.text().await.unwrap());
+    let right = http
+        .post(url("/admin/login"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("password", "correct horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    let session = cookie_of(&right);
+    let dashboard = http
+        .get(url("/admin"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dashboard.status(), StatusCode::OK);
+    let csrf = csrf_in(&dashboard.text().await.unwrap());
+    let out = http
+        .post(url("/admin/logout"))
+        .header(COOKIE, &session)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    // The browser forgets the cookie; someone who copied it gets nothing either.
+    let replayed = http
+        .get(url("/admin"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(replayed.headers()[LOCATION], "/admin/login");
+    let api = http
+        .get(url("/admin/api/tenants"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    expect_error(api, StatusCode::UNAUTHORIZED, "admin_login_required").await;
+}
 
 /// A node restarted with another admin password does not take the sessions of the
 /// old one.

@@ -57,7 +57,24 @@ pub async fn login(
     .into_response()
 }
 
-pub async fn logout(_form: CsrfForm) -> Response {
+/// Ends the session on every node (its id is revoked until the cookie would expire)
+/// and clears the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<AdminContext>,
+    _form: CsrfForm,
+) -> Response {
+    if ctx.session.authenticated {
+        let now = chrono::Utc::now().timestamp();
+        if let Err(e) = state
+            .store
+            .revoke_admin_session(&ctx.session.sid, ctx.session.expires, now)
+            .await
+        {
+            return crate::http::error::ApiError::from(e).into_response();
+        }
+        tracing::info!(client = %ctx.client, "admin logged out");
+    }
     let mut response = Redirect::to("/admin/login").into_response();
     if let Ok(v) = format!("{COOKIE}=; Path=/admin; HttpOnly; SameSite=Strict; Max-Age=0").parse() {
         response.headers_mut().insert(header::SET_COOKIE, v);
