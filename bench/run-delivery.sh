@@ -18,6 +18,7 @@
 #   DELIVERY_CONCURRENCY (unset: converger's default, 256)
 #   PORT=4400 SINK_PORT=4501 BACKENDS="sqlite postgres" RUNS="live slow drain"
 #   SKIP_BUILD=1   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres
+#   CONVERGER_BIN  the server binary (default target/release/converger), for A/B runs
 #
 # Only 127.0.0.1 is used. Every step is bounded by `timeout`; the server is stopped on
 # exit (trap). Results: $WORK/results.jsonl and a table at the end.
@@ -43,7 +44,7 @@ PGPORT="${PGPORT:-5432}"
 PGUSER="${PGUSER:-postgres}"
 PGDB=converger_bench
 
-CONVERGER="$ROOT/target/release/converger"
+CONVERGER="${CONVERGER_BIN:-$ROOT/target/release/converger}"
 TOOL="$ROOT/target/bench/release/delivery"
 WORK="$(mktemp -d /tmp/converger-delivery.XXXXXX)"
 RESULTS="$WORK/results.jsonl"
