@@ -28,18 +28,7 @@ async fn logged_out_sessions_stay_out(backend: Backend) {
         TestApp::start_with(backend, |c| c.admin_password = Some("correct horse".into())).await;
     let http = no_redirects();
     let url = |p: &str| format!("{}{p}", app.base);
-    let login = http.get(url("/admin/login")).send().await.unwrap();
-    let cookie = cookie_of(&login);
-    let csrf = csrf_in(&login.text().await.unwrap());
-    let right = http
-        .post(url("/admin/login"))
-        .header(COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str()), ("password", "correct horse")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(right.status(), StatusCode::SEE_OTHER);
-    let session = cookie_of(&right);
+    let session = log_in(&http, &app.base, "correct horse").await;
     let dashboard = http
         .get(url("/admin"))
         .header(COOKIE, &session)
@@ -88,22 +77,7 @@ async fn a_new_admin_password_ends_old_sessions(backend: Backend) {
     };
     let mut first = start("first password");
     first.ready(&http).await;
-    let login = http
-        .get(format!("{}/admin/login", first.base))
-        .send()
-        .await
-        .unwrap();
-    let cookie = cookie_of(&login);
-    let csrf = csrf_in(&login.text().await.unwrap());
-    let right = http
-        .post(format!("{}/admin/login", first.base))
-        .header(COOKIE, &cookie)
-        .form(&[("_csrf", csrf.as_str()), ("password", "first password")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(right.status(), StatusCode::SEE_OTHER);
-    let session = cookie_of(&right);
+    let session = log_in(&http, &first.base, "first password").await;
     let dashboard = |base: String| {
         let (http, session) = (&http, &session);
         async move {
@@ -387,6 +361,26 @@ async fn assert_no_tenant_named(list: reqwest::RequestBuilder, name: &str) {
             .all(|t| t["name"] != name),
         "{tenants}"
     );
+}
+
+/// Logs in through the form with `password`; returns the session cookie.
+async fn log_in(http: &reqwest::Client, base: &str, password: &str) -> String {
+    let login = http
+        .get(format!("{base}/admin/login"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&login);
+    let csrf = csrf_in(&login.text().await.unwrap());
+    let right = http
+        .post(format!("{base}/admin/login"))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    cookie_of(&right)
 }
 
 fn cookie_of(resp: &reqwest::Response) -> String {
