@@ -97,7 +97,7 @@ bench_backend() {
 
 # Rate limits off: the benchmark measures the server, not the limiter.
 export RUST_LOG=warn CONVERGER_LISTEN="127.0.0.1:$PORT" \
-    CONVERGER_RATE_LIMIT_PER_IP=0 CONVERGER_RATE_LIMIT_PER_TENANT=0
+    CONVERGER_RATE_LIMIT_PER_IP=0 CONVERGER_RATE_LIMIT_PER_TENANT=0 CONVERGER_MAX_CONNECTIONS_PER_IP=0
 
 for backend in $BACKENDS; do
     use_backend "$backend"

@@ -60,6 +60,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "ulimit -n: $(ulimit -n)"
 
 export RUST_LOG=warn CONVERGER_LISTEN="127.0.0.1:$PORT" CONVERGER_RATE_LIMIT_PER_IP=0 \
+    CONVERGER_MAX_CONNECTIONS_PER_IP=0 \
     CONVERGER_RATE_LIMIT_PER_TENANT=0 CONVERGER_RATE_LIMIT_TOKENS_PER_MINUTE=0
 
 # One wsbench run: $1 label, then wsbench arguments.

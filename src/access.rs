@@ -26,7 +26,7 @@ pub const COOKIE: &str = "cvg_admin";
 const SESSION_SECS: i64 = 12 * 3600;
 
 /// IPv4-mapped IPv6 addresses count as their IPv4 form.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -16,6 +16,7 @@
 //! 4. The store is closed and `run` returns `Ok`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,6 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
 use crate::delivery::{DeliveryEngine, DeliverySettings};
+use crate::http::listener::{ConnectionLimits, LimitAcceptor};
 use crate::http::{self, state::AppState};
 use crate::store::{Store, StoreOptions};
 
@@ -206,11 +208,27 @@ pub async fn run(
     }
     let delay = Duration::from_secs(state.config.shutdown_delay_secs);
     let timeout = Duration::from_secs(state.config.shutdown_timeout_secs);
+    let header_timeout = Duration::from_secs(state.config.header_read_timeout_secs);
+    let connections = state.connections.clone();
+    tracing::info!(
+        max_connections = connections.max(),
+        per_ip = state.config.max_connections_per_ip,
+        "connection caps"
+    );
     let app = app_router(state);
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     let https = tls.is_some();
-    let mut server = serve(listener, app, tls, handle.clone());
+    let mut server = serve(
+        listener,
+        app,
+        Listening {
+            tls,
+            connections,
+            header_timeout,
+        },
+        handle.clone(),
+    );
     tracing::info!(%addr, https, backend = ?store.backend(), "converger listening");
 
     let mut served = tokio::select! {
@@ -298,24 +316,46 @@ fn every(
     });
 }
 
-/// Serves `app` on `listener`, through TLS when `tls` is given, until `handle` says
-/// otherwise. Plain and TLS take one path, so shutdown treats them alike. Connections
-/// carry the peer's address (`ConnectInfo<SocketAddr>`) for rate limits, trusted
-/// proxies and the admin guard.
+/// How a node serves its listener.
+struct Listening {
+    tls: Option<RustlsConfig>,
+    connections: Arc<ConnectionLimits>,
+    /// For a request's head, and for HTTP/1 the wait for the next request.
+    header_timeout: Duration,
+}
+
+/// Serves `app` on `listener`, through TLS when configured, until `handle` says
+/// otherwise. Plain and TLS take one path, so shutdown treats them alike, and every
+/// connection passes the connection caps and idle timer first ([`LimitAcceptor`]).
+/// Connections carry the peer's address (`ConnectInfo<SocketAddr>`) for rate limits,
+/// trusted proxies and the admin guard.
 fn serve(
     listener: TcpListener,
     app: axum::Router,
-    tls: Option<RustlsConfig>,
+    listening: Listening,
     handle: axum_server::Handle<SocketAddr>,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let Listening {
+        tls,
+        connections,
+        header_timeout,
+    } = listening;
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum_server::Server::from_listener(listener).handle(handle);
+    let mut server = axum_server::Server::from_listener(listener)
+        .handle(handle)
+        // Covers protocol detection and the first request's head, HTTP/2 included.
+        .first_request_timeout(header_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(header_timeout);
+    let limited = LimitAcceptor::new(connections, tls.is_none());
     match tls {
         Some(tls) => tokio::spawn(
             server
-                .acceptor(RustlsAcceptor::new(tls))
+                .acceptor(RustlsAcceptor::new(tls).acceptor(limited))
                 .serve(make_service),
         ),
-        None => tokio::spawn(server.serve(make_service)),
+        None => tokio::spawn(server.acceptor(limited).serve(make_service)),
     }
 }

@@ -135,6 +135,55 @@ pub struct Config {
     )]
     pub socket_outbound_queue: usize,
 
+    /// WebSocket: seconds a write to a client may wait while the client does not read;
+    /// then the socket is closed, and the client resumes after reconnecting.
+    #[arg(
+        long,
+        env = "CONVERGER_SOCKET_SEND_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub socket_send_timeout_secs: u64,
+
+    /// Most connections this node holds open at once: HTTP, WebSocket and TLS
+    /// handshakes alike. Beyond it a new connection is answered `503
+    /// too_many_connections` and closed. Unset: three quarters of the process's
+    /// open-file limit, so the node refuses before it runs out of descriptors.
+    #[arg(long, env = "CONVERGER_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
+    /// Most connections from one client address (`429 too_many_connections` beyond
+    /// it); 0 = no limit. Trusted proxies are not counted; WebSockets through them are
+    /// counted per forwarded client address instead.
+    #[arg(
+        long,
+        env = "CONVERGER_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 512,
+        global = true
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Seconds a client has to send a request's headers; for HTTP/1 also how long a
+    /// kept-alive connection waits for its next request. Slower connections are closed.
+    #[arg(
+        long,
+        env = "CONVERGER_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a connection may pass without moving a byte either way (a stalled
+    /// request body, a response the client does not read, a silent HTTP/2 connection)
+    /// before it is closed.
+    #[arg(
+        long,
+        env = "CONVERGER_IDLE_TIMEOUT_SECS",
+        default_value_t = 120,
+        global = true
+    )]
+    pub idle_timeout_secs: u64,
+
     /// Run delivery workers on this node. Turn off for API-only nodes.
     #[arg(long, env = "CONVERGER_DELIVERY_ENABLED", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub delivery_enabled: bool,
@@ -387,6 +436,19 @@ impl Config {
                 "CONVERGER_SOCKET_OUTBOUND_QUEUE",
                 self.socket_outbound_queue as u64,
             ),
+            (
+                "CONVERGER_SOCKET_SEND_TIMEOUT_SECS",
+                self.socket_send_timeout_secs,
+            ),
+            (
+                "CONVERGER_MAX_CONNECTIONS",
+                self.max_connections.map_or(1, |n| n as u64),
+            ),
+            (
+                "CONVERGER_HEADER_READ_TIMEOUT_SECS",
+                self.header_read_timeout_secs,
+            ),
+            ("CONVERGER_IDLE_TIMEOUT_SECS", self.idle_timeout_secs),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
@@ -496,6 +558,11 @@ impl std::fmt::Debug for Config {
             .field("socket_max_channels", &self.socket_max_channels)
             .field("socket_push_rate", &self.socket_push_rate)
             .field("socket_outbound_queue", &self.socket_outbound_queue)
+            .field("socket_send_timeout_secs", &self.socket_send_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("delivery_enabled", &self.delivery_enabled)
             .field("delivery_concurrency", &self.delivery_concurrency)
             .field("delivery_backoff_scale", &self.delivery_backoff_scale)

@@ -32,6 +32,9 @@ pub const PUBSUB_LAGGED: &str = "converger_pubsub_lagged_total";
 pub const DB_POOL_CONNECTIONS: &str = "converger_db_pool_connections";
 pub const DB_POOL_MAX_CONNECTIONS: &str = "converger_db_pool_max_connections";
 pub const RATE_LIMITED: &str = "converger_rate_limited_total";
+pub const CONNECTIONS: &str = "converger_connections";
+pub const CONNECTIONS_MAX: &str = "converger_connections_max";
+pub const CONNECTIONS_REFUSED: &str = "converger_connections_refused_total";
 pub const BUILD_INFO: &str = "converger_build_info";
 
 /// Latency buckets (seconds) of every `_seconds` histogram: 1 ms to 30 s.
@@ -137,6 +140,15 @@ fn describe() {
         "Most database connections this node opens"
     );
     describe_counter!(RATE_LIMITED, "Requests refused with 429, by limit");
+    describe_gauge!(
+        CONNECTIONS,
+        "Connections this node holds open: HTTP, WebSocket and TLS handshakes"
+    );
+    describe_gauge!(CONNECTIONS_MAX, "Most connections this node holds open");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections refused at a cap, by cap (node or address)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
 }
 
@@ -220,6 +232,17 @@ pub fn record_pubsub_lagged() {
 /// A request refused by the limit named `scope` (`ip`, `tenant`, `inbound`, `tokens`).
 pub fn record_rate_limited(scope: &'static str) {
     counter!(RATE_LIMITED, "scope" => scope).increment(1);
+}
+
+/// Connections open and the cap, sampled when scraped.
+pub fn record_connections(open: usize, max: usize) {
+    gauge!(CONNECTIONS).set(open as f64);
+    gauge!(CONNECTIONS_MAX).set(max as f64);
+}
+
+/// One connection refused at a cap (`node` or `address`).
+pub fn record_connection_refused(cap: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "cap" => cap).increment(1);
 }
 
 /// Counts something open for as long as the value lives: a socket or a joined topic.

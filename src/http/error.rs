@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::listener::Refused;
 use crate::domain::FieldError;
 use crate::ingest::IngestError;
 use crate::operations::OpError;
@@ -67,6 +68,29 @@ impl ApiError {
         );
         err.retry_after = Some(secs.max(1));
         err
+    }
+
+    /// A connection refused at a connection cap: 503 when the node is full, 429 when
+    /// the client's address is, both with `Retry-After: 1`.
+    pub fn too_many_connections(refused: Refused) -> Self {
+        let status = match refused {
+            Refused::Node => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::Address => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let mut err = Self::new(status, "too_many_connections", refused.message());
+        err.retry_after = Some(1);
+        err
+    }
+
+    /// The body of this error, as its response carries it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        }
     }
 
     /// Adds structured details.
@@ -146,14 +170,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorObject {
-                code: self.code.to_owned(),
-                message: self.message,
-                details: self.details,
-            },
-        };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod https;
 pub mod inbound;
 pub mod limits;
+pub mod listener;
 pub mod openapi;
 pub mod ops;
 pub mod state;

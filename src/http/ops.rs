@@ -62,6 +62,7 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::metrics::record_pool(&state.store.pool_stats());
+    crate::metrics::record_connections(state.connections.open(), state.connections.max());
     match tokio::time::timeout(SAMPLE_TIMEOUT, state.store.queue_depth(Timestamp::now())).await {
         Ok(Ok(depth)) => crate::metrics::record_queue_depth(&depth),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot sample the delivery queue"),

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::limits::RateLimits;
+use super::listener::ConnectionLimits;
 use crate::access::{self, SessionSigner};
 use crate::adapters::Adapters;
 use crate::auth::JwtKeys;
@@ -32,6 +33,8 @@ const PUBSUB_CAPACITY: usize = 64;
 pub struct AppState {
     /// Rate limiters of this node.
     pub limits: Arc<RateLimits>,
+    /// Connection caps of this node, shared with its acceptor.
+    pub connections: Arc<ConnectionLimits>,
     /// Signs and checks admin sessions; the admin allow-list and the trusted proxies
     /// are in `config`.
     pub admin: Arc<SessionSigner>,
@@ -99,6 +102,7 @@ impl AppState {
         );
         Self {
             limits: Arc::new(RateLimits::new(&config)),
+            connections: Arc::new(ConnectionLimits::new(&config)),
             admin: Arc::new(admin),
             waker,
             config: Arc::new(config),

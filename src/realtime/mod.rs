@@ -21,15 +21,19 @@ use axum::extract::ws::WebSocketUpgrade;
 /// Read buffer of one socket, in bytes: every idle socket holds it. Phoenix frames of
 /// chat are a few hundred bytes; a larger one grows the buffer of its socket.
 const SOCKET_READ_BUFFER: usize = 2 * 1024;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 use crate::domain::{ChannelId, ConversationId, TenantId};
+use crate::http::error::ApiError;
 use crate::http::extract::Caller;
+use crate::http::listener::{AddressSlot, Refused};
 use crate::http::state::AppState;
 use frame::Vsn;
 
@@ -89,8 +93,13 @@ async fn connect(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let slot = match forwarded_slot(&state, &extensions, &headers) {
+        Ok(slot) => slot,
+        Err(refused) => return ApiError::too_many_connections(refused).into_response(),
+    };
     let (token, vsn) = connect_params(query.as_deref(), &headers);
     let Some(vsn) = Vsn::from_param(vsn.as_deref()) else {
         return StatusCode::FORBIDDEN.into_response();
@@ -136,9 +145,31 @@ async fn connect(
                 tracing::info_span!("socket", conversation_id = %auth.conversation_id, request_id);
             tracker.track_future(crate::telemetry::with_request_id(
                 request_id,
-                tracing::Instrument::instrument(session::run(socket, state, auth, vsn), span),
+                tracing::Instrument::instrument(
+                    async move {
+                        session::run(socket, state, auth, vsn).await;
+                        drop(slot);
+                    },
+                    span,
+                ),
             ))
         })
+}
+
+/// A socket through a trusted proxy counts against its forwarded client's address
+/// cap, which its connection (the proxy's) was not counted against.
+fn forwarded_slot(
+    state: &AppState,
+    extensions: &Extensions,
+    headers: &HeaderMap,
+) -> Result<Option<AddressSlot>, Refused> {
+    let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() else {
+        return Ok(None);
+    };
+    let peer = peer.ip();
+    let client =
+        crate::access::client_ip(peer, headers, &state.config.trusted_proxies).unwrap_or(peer);
+    state.connections.admit_forwarded(peer, client)
 }
 
 /// The WebSocket endpoint. Sessions are tracked by `AppState::tasks`, so shutdown can

@@ -35,13 +35,17 @@ mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The node is shutting down: reconnect, probably to another node.
     pub const SERVICE_RESTART: u16 = 1012;
-    /// The socket fell behind its conversations with a full outbound queue: reconnect
-    /// and rejoin with the last activity seen, which replays what was missed.
+    /// The socket fell behind its conversations with a full outbound queue, or its
+    /// client stopped reading: reconnect and rejoin with the last activity seen,
+    /// which replays what was missed.
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Topic of heartbeats.
 const PHOENIX: &str = "phoenix";
+/// How long the closing frame may take to go out; a client that does not read gets
+/// its connection dropped without one.
+const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A token bucket: `rate` messages per second with bursts of `rate`.
 #[derive(Debug)]
@@ -101,6 +105,8 @@ struct Session {
     out_rx: mpsc::Receiver<String>,
     overloaded: CancellationToken,
     limiter: RateLimiter,
+    /// Longest wait for one frame to go out (`CONVERGER_SOCKET_SEND_TIMEOUT_SECS`).
+    send_timeout: Duration,
     _open: crate::metrics::Open,
 }
 
@@ -109,6 +115,7 @@ struct Session {
 pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vsn: Vsn) {
     let (out_tx, out_rx) = mpsc::channel(state.config.socket_outbound_queue.max(1));
     let limiter = RateLimiter::new(state.config.socket_push_rate);
+    let send_timeout = Duration::from_secs(state.config.socket_send_timeout_secs);
     let mut session = Session {
         state,
         auth,
@@ -120,6 +127,7 @@ pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vs
         out_rx,
         overloaded: CancellationToken::new(),
         limiter,
+        send_timeout,
         _open: crate::metrics::Open::connection(),
     };
     let exit = session.serve().await;
@@ -130,7 +138,8 @@ pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vs
             code,
             reason: reason.into(),
         };
-        let _ = session.socket.send(Message::Close(Some(frame))).await;
+        let close = session.socket.send(Message::Close(Some(frame)));
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, close).await;
     }
 }
 
@@ -163,8 +172,8 @@ impl Session {
                     }
                 }
                 Some(text) = self.out_rx.recv() => {
-                    if self.socket.send(Message::Text(text.into())).await.is_err() {
-                        return Exit::Gone;
+                    if let Err(exit) = self.write(Message::Text(text.into())).await {
+                        return exit;
                     }
                 }
                 Some(ended) = self.streams.join_next(), if !self.streams.is_empty() => {
@@ -182,10 +191,26 @@ impl Session {
     }
 
     async fn send(&mut self, frame: Frame) -> Result<(), Exit> {
-        self.socket
-            .send(Message::Text(frame.encode(self.vsn).into()))
+        self.write(Message::Text(frame.encode(self.vsn).into()))
             .await
-            .map_err(|_| Exit::Gone)
+    }
+
+    /// Writes one message, waiting at most `send_timeout` for a client that does not
+    /// read, and not at all once the node shuts down: a stalled client must not park
+    /// the session away from its shutdown, overload and idle branches.
+    async fn write(&mut self, message: Message) -> Result<(), Exit> {
+        let shutdown = self.state.shutdown.clone();
+        tokio::select! {
+            sent = tokio::time::timeout(self.send_timeout, self.socket.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Exit::Gone),
+                Err(_) => {
+                    tracing::debug!(timeout_secs = self.send_timeout.as_secs(), "client stopped reading");
+                    Err(Exit::Close(close_code::TRY_AGAIN_LATER, "client not reading"))
+                }
+            },
+            () = shutdown.cancelled() => Err(Exit::Close(close_code::SERVICE_RESTART, "server restart")),
+        }
     }
 
     async fn reply(

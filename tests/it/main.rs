@@ -9,6 +9,7 @@ mod admin;
 mod channels;
 mod cli;
 mod concurrency;
+mod connections;
 mod conversations;
 mod deliveries;
 mod delivery;
