@@ -244,7 +244,18 @@ impl Store {
             }
             Store::Postgres(pool) => {
                 let mut migrator = sqlx::migrate!("migrations/postgres");
-                migrator.set_ignore_missing(true).run(pool).await?;
+                // An index build on a large table may outlast the statement timeout of
+                // the pool's connections: migrations run on a connection without one.
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("statement_timeout", "0")]);
+                let unbounded = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await?;
+                let migrated = migrator.set_ignore_missing(true).run(&unbounded).await;
+                unbounded.close().await;
+                migrated?;
             }
         }
         Ok(())

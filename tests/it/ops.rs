@@ -5,9 +5,28 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::common::{Backend, TestApp, both_backends};
+use crate::common::{Backend, TestApp, both_backends, postgres_only};
 
 both_backends!(health_ready_and_openapi, a_newer_schema_still_serves);
+postgres_only!(postgres_sessions_on_this_host_skip_tls_and_time_out_statements);
+
+async fn postgres_sessions_on_this_host_skip_tls_and_time_out_statements(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let converger::store::Store::Postgres(pool) = &app.store else {
+        unreachable!("a PostgreSQL test");
+    };
+    // The test server listens on 127.0.0.1 with TLS on; a URL without sslmode to this
+    // host connects in plain text.
+    let (ssl, timeout): (Option<bool>, String) = sqlx::query_as(
+        "SELECT (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), \
+         current_setting('statement_timeout')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(ssl, Some(false));
+    assert_eq!(timeout, "30s");
+}
 
 async fn health_ready_and_openapi(backend: Backend) {
     let app = TestApp::start(backend).await;
