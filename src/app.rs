@@ -173,6 +173,7 @@ pub async fn run(
             state.ingest.clone(),
             state.waker.clone(),
             DeliverySettings::from_config(&state.config),
+            &tasks,
         );
         tasks.spawn(engine.run(stop.clone(), abort.clone(), tasks.clone()));
     }

@@ -9,6 +9,7 @@
 mod backoff;
 mod outcome;
 mod pruner;
+mod recorder;
 mod repair;
 mod worker;
 

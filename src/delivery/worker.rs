@@ -17,19 +17,30 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::outcome::attempt_result;
+use super::recorder::Recorder;
 use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
 use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
-use crate::domain::{Activity, Channel, ChannelStatus, Conversation, Delivery, Timestamp};
+use crate::domain::{ChannelStatus, Delivery, Timestamp};
 use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
-use crate::store::{AttemptResult, Store, StoreError};
+use crate::store::{AttemptContext, AttemptResult, ClaimedDelivery, Store, StoreError};
 
 /// Most rows claimed in one query.
 const CLAIM_BATCH: usize = 64;
 /// Pause after a failing queue query before the next look.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// What one claim found.
+enum Claimed {
+    /// Nothing due.
+    None,
+    /// Fewer rows than asked for: nothing more is due right now.
+    Some,
+    /// As many as asked for: more may be due.
+    Full,
+}
 
 /// Everything the delivery loop needs; cheap to clone into attempt tasks.
 #[derive(Clone)]
@@ -40,22 +51,26 @@ pub struct DeliveryEngine {
     waker: DeliveryWaker,
     http: EgressClient,
     settings: Arc<DeliverySettings>,
+    recorder: Recorder,
 }
 
 impl DeliveryEngine {
-    /// An engine over the node's store and adapters.
+    /// An engine over the node's store and adapters. Its outcome recorder runs on
+    /// `tasks` until the engine and every attempt it started are gone.
     pub fn new(
         store: Store,
         adapters: Adapters,
         ingest: Ingestor,
         waker: DeliveryWaker,
         settings: DeliverySettings,
+        tasks: &TaskTracker,
     ) -> Self {
         // The one outbound client of the node: the egress policy and same-origin
         // redirects live there (src/egress.rs).
         let http = EgressClient::new(adapters.egress().clone())
             .unwrap_or_else(|e| panic!("the TLS backend of the delivery client failed: {e}"));
         Self {
+            recorder: Recorder::start(store.clone(), tasks),
             store,
             adapters,
             ingest,
@@ -84,8 +99,11 @@ impl DeliveryEngine {
         // loop claiming without ever waiting.
         while !stop.is_cancelled() {
             let wait = match self.claim_and_spawn(&permits, &tasks, &abort).await {
-                Ok(true) => continue,
-                Ok(false) => self.time_to_next_due().await,
+                Ok(Claimed::Full) => continue,
+                // The attempts just started wake the loop when they end: asking when
+                // the next row is due would cost a query per wake-up for nothing.
+                Ok(Claimed::Some) => self.settings.poll_interval,
+                Ok(Claimed::None) => self.time_to_next_due().await,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery queue unavailable");
                     ERROR_PAUSE
@@ -104,26 +122,27 @@ impl DeliveryEngine {
     }
 
     /// Claims as many due rows as there are free permits and starts their attempts.
-    /// Returns whether it may be worth claiming again at once.
     async fn claim_and_spawn(
         &self,
         permits: &Arc<Semaphore>,
         tasks: &TaskTracker,
         abort: &CancellationToken,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Claimed, StoreError> {
         let free = permits.available_permits().min(CLAIM_BATCH);
         if free == 0 {
             // A finishing attempt wakes the loop.
-            return Ok(false);
+            return Ok(Claimed::Some);
         }
         let now = Timestamp::now();
         let lease = now.plus(self.settings.lease);
-        let claimed = self
-            .store
-            .claim_due_deliveries(now, lease, free as i64)
-            .await?;
-        let full = claimed.len() == free;
-        for delivery in claimed {
+        let claimed = self.store.claim_due(now, lease, free as i64).await?;
+        let got = match claimed.len() {
+            0 => Claimed::None,
+            n if n == free => Claimed::Full,
+            _ => Claimed::Some,
+        };
+        for claimed in claimed {
+            let delivery = &claimed.delivery;
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 // Cannot happen (only this loop takes permits); give the row back.
                 self.store.release_delivery(delivery.id, lease).await?;
@@ -141,7 +160,7 @@ impl DeliveryEngine {
             tasks.spawn(async move {
                 crate::telemetry::with_request_id(
                     request_id,
-                    engine.attempt(delivery, lease, &abort).instrument(span),
+                    engine.attempt(claimed, lease, &abort).instrument(span),
                 )
                 .await;
                 drop(permit);
@@ -149,7 +168,7 @@ impl DeliveryEngine {
                 engine.waker.wake();
             });
         }
-        Ok(full)
+        Ok(got)
     }
 
     async fn time_to_next_due(&self) -> Duration {
@@ -166,11 +185,16 @@ impl DeliveryEngine {
 
     /// One attempt of one leased delivery, recorded; or, when `abort` comes first,
     /// abandoned and its lease given back without counting it.
-    async fn attempt(&self, delivery: Delivery, lease: Timestamp, abort: &CancellationToken) {
+    async fn attempt(&self, claimed: ClaimedDelivery, lease: Timestamp, abort: &CancellationToken) {
+        let ClaimedDelivery { delivery, context } = claimed;
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
         let started = Instant::now();
         let attempted = async {
-            match self.load(&delivery).await {
+            let loaded = match context {
+                Some(context) => Ok(context),
+                None => self.load(&delivery).await,
+            };
+            match loaded {
                 Ok(loaded) => (
                     loaded.channel.kind.as_str(),
                     self.deliver(&delivery, attempt, loaded).await,
@@ -209,11 +233,7 @@ impl DeliveryEngine {
             }
         };
         let elapsed = started.elapsed();
-        match self
-            .store
-            .record_attempt(&delivery, lease, now, &recorded)
-            .await
-        {
+        match self.recorder.record(&delivery, lease, now, &recorded).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(delivery_id = %delivery.id, "lease lost before the outcome was recorded")
@@ -227,22 +247,11 @@ impl DeliveryEngine {
         crate::metrics::record_delivery_attempt(adapter, outcome, elapsed);
     }
 
-    /// What an attempt needs from the store.
-    async fn load(&self, delivery: &Delivery) -> Result<Loaded, AdapterError> {
-        let tenant = delivery.tenant_id;
-        let loaded = tokio::try_join!(
-            self.store.get_activity(tenant, delivery.activity_id),
-            self.store
-                .get_conversation(tenant, delivery.conversation_id),
-            self.store.get_channel(tenant, delivery.channel_id),
-        );
-        match loaded {
-            Ok((activity, conversation, channel)) => Ok(Loaded {
-                activity,
-                conversation,
-                channel,
-            }),
-            Err(StoreError::NotFound) => Err(AdapterError::permanent(
+    /// What an attempt needs from the store, when the claim did not read it.
+    async fn load(&self, delivery: &Delivery) -> Result<AttemptContext, AdapterError> {
+        match self.store.attempt_context(delivery).await {
+            Ok(Some(context)) => Ok(context),
+            Ok(None) => Err(AdapterError::permanent(
                 "the activity or channel no longer exists",
             )),
             Err(e) => Err(AdapterError::retryable(format!("database: {e}"))),
@@ -253,10 +262,10 @@ impl DeliveryEngine {
         &self,
         delivery: &Delivery,
         attempt: u32,
-        loaded: Loaded,
+        loaded: AttemptContext,
     ) -> Result<Delivered, AdapterError> {
         let tenant = delivery.tenant_id;
-        let Loaded {
+        let AttemptContext {
             activity,
             conversation,
             channel,
@@ -293,11 +302,4 @@ impl DeliveryEngine {
         }
         Ok(delivered)
     }
-}
-
-/// The activity, conversation and channel of one delivery.
-struct Loaded {
-    activity: Activity,
-    conversation: Conversation,
-    channel: Channel,
 }

@@ -41,7 +41,7 @@ pub use admin::{ChannelDeliveryStats, FailedDelivery};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
 pub use error::StoreError;
-pub use queue::AttemptResult;
+pub use queue::{AttemptContext, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
 
 /// Connections of a node's pools, open and idle, and their ceiling.

@@ -6,9 +6,14 @@
 //! newer attempt's result. Only the head of each (conversation, channel) is claimed;
 //! completing it hands the flag on (`heads.rs`).
 
+use serde_json::Value;
+use sqlx::types::Json;
+
 use super::heads::{PROMOTE_FIRST, lock_conversation};
-use super::{QueueDepth, Store, StoreResult, reader, writer};
-use crate::domain::{Delivery, DeliveryId, Timestamp};
+use super::{QueueDepth, Store, StoreError, StoreResult, reader, writer};
+use crate::domain::{
+    Activity, Channel, ChannelId, Conversation, ConversationId, Delivery, DeliveryId, Timestamp,
+};
 
 /// The columns of a [`Delivery`] the workers read, as a literal for `concat!`.
 macro_rules! columns {
@@ -45,12 +50,375 @@ macro_rules! claim_sql {
     };
 }
 
+/// The PostgreSQL claim, which also reads what each attempt needs: the activity, the
+/// conversation and the channel, joined to the claimed rows in the same statement.
+/// The joins are outer, so a row whose activity or channel is gone is still leased
+/// and handed over (and fails for good) rather than leased and forgotten.
+const CLAIM_WITH_CONTEXT: &str = concat!(
+    "WITH claimed AS (",
+    claim_sql!(" FOR UPDATE SKIP LOCKED"),
+    ") SELECT claimed.*, \
+     a.type AS a_type, a.direction AS a_direction, a.sender AS a_sender, a.text AS a_text, \
+     a.attachments AS a_attachments, a.metadata AS a_metadata, \
+     a.idempotency_key AS a_idempotency_key, a.inserted_at AS a_inserted_at, \
+     c.channel_id AS c_channel_id, c.external_id AS c_external_id, c.status AS c_status, \
+     c.metadata AS c_metadata, c.last_seq AS c_last_seq, c.inserted_at AS c_inserted_at, \
+     c.updated_at AS c_updated_at, \
+     ch.name AS ch_name, ch.type AS ch_type, ch.secret AS ch_secret, ch.config AS ch_config, \
+     ch.status AS ch_status, ch.inserted_at AS ch_inserted_at, ch.updated_at AS ch_updated_at \
+     FROM claimed \
+     LEFT JOIN activities a ON a.id = claimed.activity_id \
+     LEFT JOIN conversations c ON c.id = claimed.conversation_id \
+     LEFT JOIN channels ch ON ch.id = claimed.channel_id"
+);
+
+/// A claimed delivery, with what its attempt needs when the claim read it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub delivery: Delivery,
+    /// `None`: not read with the claim (SQLite), or the activity, conversation or
+    /// channel no longer exists; [`Store::attempt_context`] tells which.
+    pub context: Option<AttemptContext>,
+}
+
+/// What one attempt reads besides its delivery row.
+#[derive(Debug, Clone)]
+pub struct AttemptContext {
+    pub activity: Activity,
+    pub conversation: Conversation,
+    pub channel: Channel,
+}
+
+/// One row of [`CLAIM_WITH_CONTEXT`]: the delivery and the joined columns, prefixed.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    delivery: Delivery,
+    a_type: Option<String>,
+    a_direction: Option<String>,
+    a_sender: Option<String>,
+    a_text: Option<String>,
+    a_attachments: Option<Json<Value>>,
+    a_metadata: Option<Json<Value>>,
+    a_idempotency_key: Option<String>,
+    a_inserted_at: Option<Timestamp>,
+    c_channel_id: Option<ChannelId>,
+    c_external_id: Option<String>,
+    c_status: Option<String>,
+    c_metadata: Option<Json<Value>>,
+    c_last_seq: Option<i64>,
+    c_inserted_at: Option<Timestamp>,
+    c_updated_at: Option<Timestamp>,
+    ch_name: Option<String>,
+    ch_type: Option<String>,
+    ch_secret: Option<String>,
+    ch_config: Option<Json<Value>>,
+    ch_status: Option<String>,
+    ch_inserted_at: Option<Timestamp>,
+    ch_updated_at: Option<Timestamp>,
+}
+
+/// A stored enum column that does not parse: the same error a plain read would give.
+fn bad_column(column: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: e.to_string().into(),
+    })
+}
+
+impl ClaimRow {
+    fn into_claimed(self) -> StoreResult<ClaimedDelivery> {
+        let d = &self.delivery;
+        let activity = match (
+            self.a_type,
+            self.a_direction,
+            self.a_sender,
+            self.a_inserted_at,
+        ) {
+            (Some(kind), Some(direction), Some(sender), Some(inserted_at)) => Some(Activity {
+                id: d.activity_id,
+                conversation_id: d.conversation_id,
+                tenant_id: d.tenant_id,
+                seq: d.seq,
+                kind: kind.try_into().map_err(|e| bad_column("a_type", e))?,
+                direction: direction
+                    .try_into()
+                    .map_err(|e| bad_column("a_direction", e))?,
+                sender,
+                text: self.a_text,
+                attachments: self.a_attachments.map_or(Value::Null, |j| j.0),
+                metadata: self.a_metadata.map_or(Value::Null, |j| j.0),
+                idempotency_key: self.a_idempotency_key,
+                inserted_at,
+            }),
+            _ => None,
+        };
+        let conversation = match (
+            self.c_channel_id,
+            self.c_status,
+            self.c_last_seq,
+            self.c_inserted_at,
+            self.c_updated_at,
+        ) {
+            (
+                Some(channel_id),
+                Some(status),
+                Some(last_seq),
+                Some(inserted_at),
+                Some(updated_at),
+            ) => Some(Conversation {
+                id: d.conversation_id,
+                tenant_id: d.tenant_id,
+                channel_id,
+                external_id: self.c_external_id,
+                status: status.try_into().map_err(|e| bad_column("c_status", e))?,
+                metadata: self.c_metadata.map_or(Value::Null, |j| j.0),
+                last_seq,
+                inserted_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        let channel = match (
+            self.ch_name,
+            self.ch_type,
+            self.ch_secret,
+            self.ch_config,
+            self.ch_status,
+            self.ch_inserted_at,
+            self.ch_updated_at,
+        ) {
+            (
+                Some(name),
+                Some(kind),
+                Some(secret),
+                Some(config),
+                Some(status),
+                Some(inserted_at),
+                Some(updated_at),
+            ) => Some(Channel {
+                id: d.channel_id,
+                tenant_id: d.tenant_id,
+                name,
+                kind: kind.try_into().map_err(|e| bad_column("ch_type", e))?,
+                secret,
+                config: config.0,
+                status: status.try_into().map_err(|e| bad_column("ch_status", e))?,
+                inserted_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        let context = match (activity, conversation, channel) {
+            (Some(activity), Some(conversation), Some(channel)) => Some(AttemptContext {
+                activity,
+                conversation,
+                channel,
+            }),
+            _ => None,
+        };
+        Ok(ClaimedDelivery {
+            delivery: self.delivery,
+            context,
+        })
+    }
+}
+
 /// How a leased delivery attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptResult {
     Delivered { external_id: Option<String> },
     RetryAt { at: Timestamp, error: String },
     Failed { error: String },
+}
+
+/// The end of one attempt, to record.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    pub delivery: &'a Delivery,
+    /// The lease the attempt was made under: nothing is written if it was lost.
+    pub lease: Timestamp,
+    pub now: Timestamp,
+    pub result: &'a AttemptResult,
+}
+
+impl Completion<'_> {
+    /// Whether the row leaves the queue (delivered or failed), moving its pair's head.
+    fn ends(&self) -> bool {
+        !matches!(self.result, AttemptResult::RetryAt { .. })
+    }
+}
+
+const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', head = FALSE, \
+     attempts = attempts + 1, delivered_at = $3, external_id = COALESCE($4, external_id), \
+     last_error = NULL, locked_until = NULL, next_attempt_at = NULL, updated_at = $3 \
+     WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
+const RETRY: &str = "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $4, \
+     last_error = $5, locked_until = NULL, updated_at = $3 \
+     WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
+const FAILED: &str = "UPDATE deliveries SET status = 'failed', head = FALSE, \
+     attempts = attempts + 1, last_error = $4, locked_until = NULL, \
+     next_attempt_at = NULL, updated_at = $3 \
+     WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
+
+/// Records one attempt ([`Completion`] `$c`) in `$tx`, a transaction of either
+/// backend that holds the conversation's lock if the row ends (PostgreSQL) or is the
+/// one writer's (SQLite); evaluates to whether the lease held. A delivered or failed
+/// row leaves the queue: its flag is cleared and the next pending delivery of its
+/// (conversation, channel) becomes the head (see `heads.rs` for the race the lock
+/// closes). A retry keeps the row pending and first in line: no flag moves. `?`
+/// returns database errors from the enclosing function.
+macro_rules! record_one {
+    ($tx:expr, $c:expr) => {{
+        let c: &Completion<'_> = $c;
+        let d = c.delivery;
+        let ended = match c.result {
+            AttemptResult::RetryAt { at, error } => {
+                let rows = sqlx::query(RETRY)
+                    .bind(d.id)
+                    .bind(c.lease)
+                    .bind(c.now)
+                    .bind(*at)
+                    .bind(error.as_str())
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected();
+                Err(rows == 1)
+            }
+            // `$4` is the external id of a delivered row, the error of a failed one.
+            AttemptResult::Delivered { external_id } => Ok((DELIVERED, external_id.as_deref())),
+            AttemptResult::Failed { error } => Ok((FAILED, Some(error.as_str()))),
+        };
+        match ended {
+            Err(recorded) => recorded,
+            Ok((sql, text)) => {
+                let rows = sqlx::query(sql)
+                    .bind(d.id)
+                    .bind(c.lease)
+                    .bind(c.now)
+                    .bind(text)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected();
+                if rows == 1 {
+                    // The pair's other flags are right (the invariant held before,
+                    // under this lock), so marking its first pending row is all that
+                    // is left to do.
+                    sqlx::query(PROMOTE_FIRST)
+                        .bind(d.conversation_id)
+                        .bind(d.channel_id)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                rows == 1
+            }
+        }
+    }};
+}
+
+/// PostgreSQL: a batch of completions in one transaction of five statements.
+async fn record_attempts_postgres(
+    pool: &sqlx::PgPool,
+    batch: &[Completion<'_>],
+) -> StoreResult<Vec<bool>> {
+    // Every outcome in one statement: the row's new state per completion, matched on
+    // id and lease, as `record_one`'s three statements would write it.
+    const RECORD: &str = "UPDATE deliveries d SET \
+         status = u.status, \
+         head = CASE WHEN u.status = 'pending' THEN d.head ELSE FALSE END, \
+         attempts = d.attempts + 1, \
+         delivered_at = CASE WHEN u.status = 'delivered' THEN u.now ELSE d.delivered_at END, \
+         external_id = CASE WHEN u.status = 'delivered' THEN COALESCE(u.external_id, d.external_id) \
+             ELSE d.external_id END, \
+         last_error = u.error, locked_until = NULL, next_attempt_at = u.next_at, updated_at = u.now \
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[], \
+             $6::text[], $7::timestamptz[]) AS u(id, lease, now, status, external_id, error, next_at) \
+         WHERE d.id = u.id AND d.locked_until = u.lease AND d.status = 'pending' \
+         RETURNING d.id";
+    // The first pending row of each pair whose head left, marked if it is not yet.
+    const PROMOTE: &str = "UPDATE deliveries SET head = TRUE WHERE id IN (\
+         SELECT first.id FROM UNNEST($1::uuid[], $2::uuid[]) AS p(conversation_id, channel_id) \
+         CROSS JOIN LATERAL (SELECT id FROM deliveries \
+             WHERE conversation_id = p.conversation_id AND channel_id = p.channel_id \
+             AND status = 'pending' ORDER BY seq LIMIT 1) AS first) \
+         AND NOT head";
+    const LOCK: &str = "SELECT 1 FROM conversations WHERE id = ANY($1::uuid[]) \
+         ORDER BY id FOR NO KEY UPDATE";
+
+    let n = batch.len();
+    let (mut ids, mut leases, mut nows) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut statuses, mut external_ids, mut errors, mut next_ats) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut locks = Vec::new();
+    let mut pairs: Vec<(ConversationId, ChannelId)> = Vec::new();
+    for c in batch {
+        let d = c.delivery;
+        ids.push(d.id.0);
+        leases.push(c.lease.0);
+        nows.push(c.now.0);
+        let (status, external_id, error, next_at) = match c.result {
+            AttemptResult::Delivered { external_id } => {
+                ("delivered", external_id.clone(), None, None)
+            }
+            AttemptResult::RetryAt { at, error } => {
+                ("pending", None, Some(error.clone()), Some(at.0))
+            }
+            AttemptResult::Failed { error } => ("failed", None, Some(error.clone()), None),
+        };
+        statuses.push(status);
+        external_ids.push(external_id);
+        errors.push(error);
+        next_ats.push(next_at);
+        if c.ends() {
+            locks.push(d.conversation_id.0);
+            pairs.push((d.conversation_id, d.channel_id));
+        }
+    }
+    locks.sort_unstable();
+    locks.dedup();
+    pairs.sort_unstable_by_key(|(conversation, channel)| (conversation.0, channel.0));
+    pairs.dedup();
+
+    let mut tx = pool.begin().await?;
+    if !locks.is_empty() {
+        // First, before any delivery row: the lock order of every head change.
+        sqlx::query(LOCK).bind(&locks).execute(&mut *tx).await?;
+    }
+    let written: Vec<(DeliveryId,)> = sqlx::query_as(RECORD)
+        .bind(&ids)
+        .bind(&leases)
+        .bind(&nows)
+        .bind(&statuses)
+        .bind(&external_ids)
+        .bind(&errors)
+        .bind(&next_ats)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !pairs.is_empty() {
+        let (conversations, channels): (Vec<_>, Vec<_>) = pairs
+            .iter()
+            .map(|(conversation, channel)| (conversation.0, channel.0))
+            .unzip();
+        sqlx::query(PROMOTE)
+            .bind(&conversations)
+            .bind(&channels)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let written: std::collections::HashSet<_> = written.into_iter().map(|(id,)| id).collect();
+    Ok(batch
+        .iter()
+        .map(|c| written.contains(&c.delivery.id))
+        .collect())
 }
 
 impl Store {
@@ -61,30 +429,78 @@ impl Store {
         lease_until: Timestamp,
         limit: i64,
     ) -> StoreResult<Vec<Delivery>> {
-        // PostgreSQL: rows another node is claiming right now are skipped, not waited
-        // for. SQLite has one writer, so claims never overlap.
+        let claimed = self.claim_due(now, lease_until, limit).await?;
+        Ok(claimed.into_iter().map(|c| c.delivery).collect())
+    }
+
+    /// Leases up to `limit` due deliveries until `lease_until`, in due order, each
+    /// with the activity, conversation and channel its attempt needs where the claim
+    /// could read them at no extra cost ([`Store::attempt_context`] reads the rest).
+    ///
+    /// PostgreSQL reads them in the claim's statement, and skips rows another node is
+    /// claiming right now rather than waiting for them. SQLite has one writer, so
+    /// claims never overlap; it leaves the reading to the attempts, which run it on
+    /// its local readers side by side instead of on the writer's turn.
+    pub async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<ClaimedDelivery>> {
         const SQLITE: &str = claim_sql!("");
-        const POSTGRES: &str = claim_sql!(" FOR UPDATE SKIP LOCKED");
-        let mut claimed: Vec<Delivery> = match self {
+        let mut claimed = match self {
             Store::Sqlite { writer, .. } => {
-                sqlx::query_as(SQLITE)
+                let deliveries: Vec<Delivery> = sqlx::query_as(SQLITE)
                     .bind(now)
                     .bind(lease_until)
                     .bind(limit)
                     .fetch_all(writer)
-                    .await?
+                    .await?;
+                deliveries
+                    .into_iter()
+                    .map(|delivery| ClaimedDelivery {
+                        delivery,
+                        context: None,
+                    })
+                    .collect()
             }
             Store::Postgres(pool) => {
-                sqlx::query_as(POSTGRES)
+                let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_WITH_CONTEXT)
                     .bind(now)
                     .bind(lease_until)
                     .bind(limit)
                     .fetch_all(pool)
-                    .await?
+                    .await?;
+                rows.into_iter()
+                    .map(ClaimRow::into_claimed)
+                    .collect::<StoreResult<Vec<_>>>()?
             }
         };
-        claimed.sort_by_key(|d| (d.next_attempt_at, d.id));
+        claimed.sort_by_key(|c| (c.delivery.next_attempt_at, c.delivery.id));
         Ok(claimed)
+    }
+
+    /// The activity, conversation and channel of a delivery, or `None` when one of
+    /// them no longer exists.
+    pub async fn attempt_context(
+        &self,
+        delivery: &Delivery,
+    ) -> StoreResult<Option<AttemptContext>> {
+        let tenant = delivery.tenant_id;
+        let loaded = tokio::try_join!(
+            self.get_activity(tenant, delivery.activity_id),
+            self.get_conversation(tenant, delivery.conversation_id),
+            self.get_channel(tenant, delivery.channel_id),
+        );
+        match loaded {
+            Ok((activity, conversation, channel)) => Ok(Some(AttemptContext {
+                activity,
+                conversation,
+                channel,
+            })),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// When the next delivery becomes claimable (due, or its lease expires), if any
@@ -116,63 +532,46 @@ impl Store {
         now: Timestamp,
         result: &AttemptResult,
     ) -> StoreResult<bool> {
-        const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', head = FALSE, \
-             attempts = attempts + 1, delivered_at = $3, external_id = COALESCE($4, external_id), \
-             last_error = NULL, locked_until = NULL, next_attempt_at = NULL, updated_at = $3 \
-             WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
-        const RETRY: &str = "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $4, \
-             last_error = $5, locked_until = NULL, updated_at = $3 \
-             WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
-        const FAILED: &str = "UPDATE deliveries SET status = 'failed', head = FALSE, \
-             attempts = attempts + 1, last_error = $4, locked_until = NULL, \
-             next_attempt_at = NULL, updated_at = $3 \
-             WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
-        let id = delivery.id;
-        // `$4` is the external id of a delivered row, the error of a failed one.
-        let (sql, text) = match result {
-            AttemptResult::RetryAt { at, error } => {
-                let rows = writer!(self, |pool| {
-                    sqlx::query(RETRY)
-                        .bind(id)
-                        .bind(lease)
-                        .bind(now)
-                        .bind(*at)
-                        .bind(error.as_str())
-                        .execute(pool)
-                        .await
-                        .map(|r| r.rows_affected())
-                })?;
-                return Ok(rows == 1);
-            }
-            AttemptResult::Delivered { external_id } => (DELIVERED, external_id.as_deref()),
-            AttemptResult::Failed { error } => (FAILED, Some(error.as_str())),
+        let completion = Completion {
+            delivery,
+            lease,
+            now,
+            result,
         };
         writer!(self, |pool| {
             let mut tx = pool.begin().await?;
-            // First, before any delivery row: the lock order of every head change.
-            lock_conversation!(self, tx, delivery.conversation_id);
-            let ended = sqlx::query(sql)
-                .bind(id)
-                .bind(lease)
-                .bind(now)
-                .bind(text)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if ended != 1 {
-                tx.rollback().await?;
-                return Ok(false);
+            if completion.ends() {
+                // First, before any delivery row: the lock order of every head change.
+                lock_conversation!(self, tx, delivery.conversation_id);
             }
-            // The pair's other flags are right (the invariant held before, under this
-            // lock), so marking its first pending row is all that is left to do.
-            sqlx::query(PROMOTE_FIRST)
-                .bind(delivery.conversation_id)
-                .bind(delivery.channel_id)
-                .execute(&mut *tx)
-                .await?;
+            let recorded = record_one!(tx, &completion);
             tx.commit().await?;
-            Ok(true)
+            Ok::<bool, StoreError>(recorded)
         })
+    }
+
+    /// Records the ends of many attempts at once; for each, in order, whether its
+    /// lease still held and the outcome was written (as [`Store::record_attempt`]).
+    ///
+    /// One transaction for the whole batch. On PostgreSQL it takes the locks of the
+    /// conversations whose heads move (in id order, the order every multi-conversation
+    /// transaction uses), writes every outcome in one statement and hands the head
+    /// flags on in another: five round trips however large the batch. SQLite runs
+    /// [`Store::record_attempt`]'s statements for each in one transaction on its
+    /// writer: one commit, one fsync.
+    pub async fn record_attempts(&self, batch: &[Completion<'_>]) -> StoreResult<Vec<bool>> {
+        match self {
+            Store::Postgres(pool) => record_attempts_postgres(pool, batch).await,
+            Store::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await?;
+                let mut recorded = Vec::with_capacity(batch.len());
+                for c in batch {
+                    recorded.push(record_one!(tx, c));
+                }
+                tx.commit().await?;
+                Ok(recorded)
+            }
+        }
     }
 
     /// Gives a lease back without an attempt (shutdown), so another node may take the
