@@ -13,5 +13,5 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> StoreResult<St
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
         .await?;
-    Ok(Store::Postgres(pool))
+    Ok(Store::Postgres(pool, super::Sealer::default()))
 }

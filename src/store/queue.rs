@@ -74,7 +74,7 @@ impl Store {
                     .fetch_all(writer)
                     .await?
             }
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 sqlx::query_as(POSTGRES)
                     .bind(now)
                     .bind(lease_until)
