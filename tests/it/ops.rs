@@ -116,7 +116,7 @@ async fn a_newer_schema_still_serves(backend: Backend) {
             .execute(writer)
             .await
             .map(|_| ()),
-        converger::store::Store::Postgres(pool) => sqlx::query(add)
+        converger::store::Store::Postgres(pool, _) => sqlx::query(add)
             .bind(vec![0u8; 48])
             .execute(pool)
             .await
