@@ -33,7 +33,8 @@ use crate::config::Config;
 use crate::delivery::{DeliveryEngine, DeliverySettings};
 use crate::http::listener::{ConnectionLimits, LimitAcceptor};
 use crate::http::{self, state::AppState};
-use crate::store::{Store, StoreOptions};
+use crate::secrets::{Keyring, SecretKey};
+use crate::store::{Reseal, Sealer, Store, StoreOptions};
 
 /// How often the pruner runs when a retention is configured.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -70,10 +71,13 @@ pub async fn load_tls(config: &Config) -> anyhow::Result<Option<RustlsConfig>> {
     Ok(Some(tls))
 }
 
-/// Connects to the database named by the config and applies pending migrations.
+/// Connects to the database named by the config, applies pending migrations, and
+/// encrypts channel credentials still stored in plaintext (checking on the way that
+/// every stored one opens with the configured keys).
 ///
 /// # Errors
-/// The database cannot be reached or migrated.
+/// The database cannot be reached or migrated, the encryption key cannot be read or
+/// created, or a stored credential does not open with the configured keys.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let options = StoreOptions {
         max_connections: config.database_max_connections,
@@ -88,7 +92,64 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             )
         })?;
     store.migrate().await.context("cannot apply migrations")?;
+    let adapters = crate::adapters::Adapters::new();
+    let sealer = Sealer::new(secret_keys(config)?, move |kind, config| {
+        adapters.credentials(kind, config)
+    });
+    let store = store.with_sealer(sealer);
+    let sealed = store
+        .seal_channels(Reseal::Plaintext)
+        .await
+        .context("cannot read the stored channel secrets")?;
+    if sealed > 0 {
+        tracing::info!(
+            channels = sealed,
+            "encrypted channel secrets stored in plaintext"
+        );
+    }
     Ok(store)
+}
+
+/// The keys encrypting channel credentials: configured, or (SQLite only) generated
+/// once and kept next to the database file. A generated key that is kept there
+/// still opens what it encrypted after `CONVERGER_SECRET_KEY` is set.
+fn secret_keys(config: &Config) -> anyhow::Result<Keyring> {
+    let parse = |key: &str| {
+        SecretKey::from_base64(key).map_err(|e| anyhow::anyhow!("CONVERGER_SECRET_KEY {e}"))
+    };
+    let mut previous = config
+        .previous_secret_keys()
+        .map(parse)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let path = config.sqlite_secret_key_path();
+    let current = match (&config.secret_key, &path) {
+        (Some(key), _) => {
+            if let Some(path) = &path
+                && let Some(kept) = read_key_file(path)?
+            {
+                previous.push(parse(&kept).with_context(|| format!("in {}", path.display()))?);
+            }
+            Some(parse(key)?)
+        }
+        (None, Some(path)) => {
+            let kept = kept_key(path, "an encryption key for channel secrets", || {
+                SecretKey::generate().to_base64()
+            })?;
+            Some(parse(&kept).with_context(|| format!("in {}", path.display()))?)
+        }
+        (None, None) => {
+            if crate::store::Backend::from_url(&config.database_url)
+                == Some(crate::store::Backend::Postgres)
+            {
+                tracing::warn!(
+                    "no CONVERGER_SECRET_KEY: channel secrets and credentials are stored \
+                     unencrypted; set it in production"
+                );
+            }
+            None
+        }
+    };
+    Ok(Keyring::new(current, previous))
 }
 
 /// The JWT key: configured, or (SQLite only) generated once and kept next to the
@@ -105,23 +166,48 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
         tracing::warn!("no CONVERGER_JWT_SECRET: using a random key; tokens end with this process");
         return Ok(random().into_bytes());
     };
-    match std::fs::read_to_string(&path) {
-        Ok(secret) if !secret.trim().is_empty() => return Ok(secret.trim().as_bytes().to_vec()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    Ok(kept_key(&path, "a JWT secret", random)?.into_bytes())
+}
+
+/// The key kept in the file at `path`, if there is one and it is not blank.
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(key) if !key.trim().is_empty() => Ok(Some(key.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let secret = random();
+}
+
+/// The key kept at `path` for an SQLite installation: read, or made by `generate` and
+/// written there, readable by the owner only. A file created meanwhile by another
+/// process wins, so every process of the installation uses the same key.
+fn kept_key(
+    path: &std::path::Path,
+    what: &str,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    if let Some(key) = read_key_file(path)? {
+        return Ok(key);
+    }
+    let key = generate();
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&path)
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return read_key_file(path)?
+                .with_context(|| format!("{} exists but holds no key", path.display()));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    };
+    std::io::Write::write_all(&mut file, key.as_bytes())
+        .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut file, secret.as_bytes())?;
-    tracing::info!(path = %path.display(), "generated a JWT secret for this SQLite installation");
-    Ok(secret.into_bytes())
+    tracing::info!(path = %path.display(), "generated {what} for this SQLite installation");
+    Ok(key)
 }
 
 /// Builds the application state over an open store. On PostgreSQL this starts the

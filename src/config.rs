@@ -13,6 +13,7 @@ use clap::{Args, FromArgMatches, ValueEnum};
 use ipnet::IpNet;
 
 use crate::access::parse_cidrs;
+use crate::secrets::{KEY_BYTES, SecretKey};
 use crate::store::{Backend, redact_url};
 
 /// Log line format.
@@ -74,6 +75,30 @@ pub struct Config {
         global = true
     )]
     pub jwt_secret: Option<String>,
+
+    /// Key encrypting channel secrets and the secret fields of channel configs in the
+    /// database: base64 of 32 random bytes (`openssl rand -base64 32`). With SQLite, a
+    /// key is generated and kept next to the database file (`<file>.secret-key`) when
+    /// unset. With PostgreSQL, unset keeps them unencrypted (a warning at start-up):
+    /// set it in production, the same on every node.
+    #[arg(
+        long,
+        env = "CONVERGER_SECRET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub secret_key: Option<String>,
+
+    /// Earlier values of `CONVERGER_SECRET_KEY`, comma-separated: only to read what was
+    /// encrypted with them. What is written is encrypted with the current key;
+    /// `converger secrets reencrypt` rewrites the rest.
+    #[arg(
+        long,
+        env = "CONVERGER_SECRET_KEY_PREVIOUS",
+        hide_env_values = true,
+        global = true
+    )]
+    pub secret_key_previous: Option<String>,
 
     /// Largest accepted request body, in bytes; larger ones get 413.
     #[arg(long, env = "CONVERGER_MAX_BODY_BYTES", default_value_t = 256 * 1024, global = true)]
@@ -406,6 +431,7 @@ impl Config {
             ),
             _ => {}
         }
+        problems.extend(self.secret_key_problems());
         match url::Url::parse(&self.public_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => problems.push(format!(
@@ -524,8 +550,41 @@ impl Config {
         }
     }
 
-    /// Where the generated JWT secret of an SQLite installation is kept, if this is one.
-    pub fn sqlite_jwt_secret_path(&self) -> Option<PathBuf> {
+    /// What is wrong with `CONVERGER_SECRET_KEY` and `CONVERGER_SECRET_KEY_PREVIOUS`.
+    fn secret_key_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(key) = &self.secret_key
+            && let Err(e) = SecretKey::from_base64(key)
+        {
+            problems.push(format!("CONVERGER_SECRET_KEY {e}: give base64 of {KEY_BYTES} random bytes (openssl rand -base64 32)"));
+        }
+        for (i, key) in self.previous_secret_keys().enumerate() {
+            if let Err(e) = SecretKey::from_base64(key) {
+                problems.push(format!("CONVERGER_SECRET_KEY_PREVIOUS: key {} {e}", i + 1));
+            }
+        }
+        if self.secret_key.is_none() && self.previous_secret_keys().next().is_some() {
+            problems.push(
+                "CONVERGER_SECRET_KEY_PREVIOUS is set without CONVERGER_SECRET_KEY, the key \
+                 that replaces them"
+                    .into(),
+            );
+        }
+        problems
+    }
+
+    /// The entries of `CONVERGER_SECRET_KEY_PREVIOUS`, blanks skipped.
+    pub fn previous_secret_keys(&self) -> impl Iterator<Item = &str> {
+        self.secret_key_previous
+            .iter()
+            .flat_map(|keys| keys.split(','))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    }
+
+    /// Where an SQLite installation keeps a key it generated, `<file><suffix>`, if
+    /// this is one with a file.
+    fn sqlite_key_path(&self, suffix: &str) -> Option<PathBuf> {
         let path = self
             .database_url
             .strip_prefix("sqlite://")
@@ -534,7 +593,18 @@ impl Config {
         if path.is_empty() || path.contains(":memory:") {
             return None;
         }
-        Some(PathBuf::from(format!("{path}.jwt-secret")))
+        Some(PathBuf::from(format!("{path}{suffix}")))
+    }
+
+    /// Where the generated JWT secret of an SQLite installation is kept, if this is one.
+    pub fn sqlite_jwt_secret_path(&self) -> Option<PathBuf> {
+        self.sqlite_key_path(".jwt-secret")
+    }
+
+    /// Where the generated encryption key of an SQLite installation is kept, if this is
+    /// one.
+    pub fn sqlite_secret_key_path(&self) -> Option<PathBuf> {
+        self.sqlite_key_path(".secret-key")
     }
 
     /// `public_url` without a trailing slash.
@@ -551,6 +621,11 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("public_url", &self.public_url)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "***"))
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "***"))
+            .field(
+                "secret_key_previous",
+                &self.secret_key_previous.as_ref().map(|_| "***"),
+            )
             .field("max_body_bytes", &self.max_body_bytes)
             .field("log_format", &self.log_format)
             .field("socket_idle_timeout_secs", &self.socket_idle_timeout_secs)
@@ -705,8 +780,38 @@ mod tests {
     fn debug_redacts_secrets() {
         let mut c = Config::new("postgres://u:hunter2@h/db");
         c.jwt_secret = Some("x".repeat(40));
+        c.secret_key = Some(SecretKey::generate().to_base64());
+        c.secret_key_previous = Some(SecretKey::generate().to_base64());
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2") && !shown.contains(&"x".repeat(40)));
+        assert!(!shown.contains(c.secret_key.as_deref().unwrap()));
+        assert!(!shown.contains(c.secret_key_previous.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn secret_keys_are_base64_of_32_bytes_and_every_bad_one_is_named() {
+        let mut c = Config::new("sqlite://converger.db");
+        let (a, b) = (SecretKey::generate(), SecretKey::generate());
+        c.secret_key = Some(a.to_base64());
+        c.secret_key_previous = Some(format!("{}, ,{}", b.to_base64(), a.to_base64()));
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.previous_secret_keys().count(), 2);
+        c.secret_key = Some("short".into());
+        c.secret_key_previous = Some(format!("{},%%%,c2hvcnQ=", b.to_base64()));
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("CONVERGER_SECRET_KEY "),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("key 2 is not base64"), "{problems:?}");
+        assert!(
+            problems[2].contains("key 3 must be 32 bytes"),
+            "{problems:?}"
+        );
+        c.secret_key = None;
+        c.secret_key_previous = Some(b.to_base64());
+        assert!(c.validate().unwrap_err()[0].contains("without CONVERGER_SECRET_KEY"));
     }
 
     #[test]
@@ -719,6 +824,10 @@ mod tests {
         assert_eq!(
             Config::new("sqlite::memory:").sqlite_jwt_secret_path(),
             None
+        );
+        assert_eq!(
+            c.sqlite_secret_key_path(),
+            Some(PathBuf::from("data/converger.db.secret-key"))
         );
     }
 }

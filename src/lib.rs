@@ -7,7 +7,8 @@
 //! exception). In the order data flows through them:
 //!
 //! 0. [`domain`]: vocabulary (ids, entities, validation rules); no I/O. [`auth`]:
-//!    API keys, channel secrets and JWTs, pure. [`access`]: client addresses behind
+//!    API keys, channel secrets and JWTs, pure. [`secrets`]: sealing stored
+//!    credentials with the node's key, pure. [`access`]: client addresses behind
 //!    trusted proxies, CIDR allow-lists, admin sessions and CSRF tokens, pure.
 //!    [`egress`]: where outbound HTTP may go, and the one client that obeys it.
 //! 1. [`config`] configures the node, [`telemetry`] sets up logging and request ids,
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod operations;
 pub mod pubsub;
 pub mod realtime;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 

@@ -31,12 +31,23 @@ enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Manage the encryption of stored channel secrets.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Delete activities older than N days whose deliveries all succeeded, in batches.
     Prune {
         /// Age in days; younger activities are kept.
         #[arg(long)]
         older_than_days: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-encrypt every channel secret and secret config value with
+    /// CONVERGER_SECRET_KEY, so that the keys of CONVERGER_SECRET_KEY_PREVIOUS are no
+    /// longer needed.
+    Reencrypt,
 }
 
 #[derive(Subcommand)]
@@ -111,6 +122,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .await;
             store.close().await;
             println!("pruned {} activities", result?);
+            Ok(())
+        }
+        Command::Secrets(SecretsCommand::Reencrypt) => {
+            let store = converger::app::open_store(&cli.config).await?;
+            if store.sealer().keys().current().is_none() {
+                store.close().await;
+                anyhow::bail!("CONVERGER_SECRET_KEY is not set: there is no key to encrypt with");
+            }
+            let result = store.seal_channels(converger::store::Reseal::Rotate).await;
+            store.close().await;
+            println!("re-encrypted {} channels", result?);
             Ok(())
         }
         Command::Tenant(cmd) => {

@@ -23,6 +23,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{KnownFormat, Object, Schema, SchemaFormat, SchemaType, Type};
 
 use crate::domain::FieldError;
+use crate::secrets::pointer;
 
 /// What a secret config value reads as.
 pub const MASK: &str = "********";
@@ -422,29 +423,41 @@ fn is_sensitive_header(name: &str) -> bool {
     .any(|word| name.contains(word))
 }
 
-/// A config as it may be shown: secret fields and credential-like headers masked.
+/// Where a config holds credentials, as JSON pointers (`/access_token`,
+/// `/headers/Authorization`): the non-null secret fields, string values that are URLs
+/// with a password in their user info, and the values of credential-like headers.
+/// What [`mask_config`] hides on every read, and what is encrypted at rest.
+pub fn credential_pointers(config: &Value, secret_fields: &[&str]) -> Vec<String> {
+    let Value::Object(map) = config else {
+        return Vec::new();
+    };
+    let mut pointers = Vec::new();
+    for (name, value) in map {
+        let secret = secret_fields.contains(&name.as_str()) && !value.is_null();
+        if secret || value.as_str().and_then(mask_url_password).is_some() {
+            pointers.push(pointer(&[name]));
+        }
+    }
+    if let Some(Value::Object(headers)) = map.get("headers") {
+        for name in headers.keys().filter(|name| is_sensitive_header(name)) {
+            pointers.push(pointer(&["headers", name]));
+        }
+    }
+    pointers
+}
+
+/// A config as it may be shown: the values of [`credential_pointers`] masked, URLs
+/// down to their password.
 pub fn mask_config(config: &Value, secret_fields: &[&str]) -> Value {
     let mut masked = config.clone();
-    if let Value::Object(map) = &mut masked {
-        // A password in a URL's user info (`https://user:pw@host`) is a credential too.
-        for value in map.values_mut() {
-            if let Some(url) = value.as_str().and_then(mask_url_password) {
-                *value = Value::String(url);
-            }
-        }
-        for field in secret_fields {
-            if let Some(v) = map.get_mut(*field)
-                && !v.is_null()
-            {
-                *v = Value::String(MASK.into());
-            }
-        }
-        if let Some(Value::Object(headers)) = map.get_mut("headers") {
-            for (name, value) in headers.iter_mut() {
-                if is_sensitive_header(name) {
-                    *value = Value::String(MASK.into());
-                }
-            }
+    for at in credential_pointers(config, secret_fields) {
+        let whole = at.starts_with("/headers/")
+            || secret_fields.iter().any(|field| at == pointer(&[field]));
+        if let Some(value) = masked.pointer_mut(&at) {
+            *value = match value.as_str().and_then(mask_url_password) {
+                Some(url) if !whole => Value::String(url),
+                _ => Value::String(MASK.into()),
+            };
         }
     }
     masked
@@ -522,6 +535,30 @@ mod tests {
             masked,
             json!({"access_token": MASK, "phone_number_id": "1", "headers": {"Authorization": MASK, "X-Team": "a"}})
         );
+    }
+
+    #[test]
+    fn credentials_are_what_masking_hides() {
+        let config = json!({
+            "access_token": "EAAG",
+            "app_secret": null,
+            "url": "https://bot:pw@x.example/",
+            "plain": "https://x.example/",
+            "headers": {"X-Api-Key": "k", "a/b~Token": "t", "X-Team": "a"},
+        });
+        let pointers = credential_pointers(&config, &["access_token", "app_secret"]);
+        assert_eq!(
+            pointers,
+            [
+                "/access_token",
+                "/url",
+                "/headers/X-Api-Key",
+                "/headers/a~1b~0Token"
+            ]
+        );
+        for at in &pointers {
+            assert!(config.pointer(at).is_some(), "{at}");
+        }
     }
 
     #[test]

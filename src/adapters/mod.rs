@@ -30,7 +30,8 @@ use crate::domain::{
 use crate::egress::{EgressClient, EgressPolicy, EgressRefused};
 
 pub use config::{
-    ConfigSpec, FieldSpec, FieldType, HttpUrl, MASK, mask_config, merge_config_patch,
+    ConfigSpec, FieldSpec, FieldType, HttpUrl, MASK, credential_pointers, mask_config,
+    merge_config_patch,
 };
 pub use inbound::{InboundBatch, InboundError, InboundMessage, StatusUpdate};
 pub use whatsapp::ProviderStatus;
@@ -249,6 +250,12 @@ impl Adapters {
             .get(&kind)
             .map(|a| a.as_ref())
             .unwrap_or_else(|| unreachable!("no adapter registered for {kind}"))
+    }
+
+    /// Where a config of a channel type holds credentials, as JSON pointers: what the
+    /// APIs mask and the store encrypts ([`credential_pointers`]).
+    pub fn credentials(&self, kind: ChannelType, config: &Value) -> Vec<String> {
+        credential_pointers(config, self.get(kind).secret_fields())
     }
 
     /// The egress policy delivery clients are built with.

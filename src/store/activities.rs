@@ -149,7 +149,7 @@ impl Store {
     ) -> StoreResult<AppendOutcome> {
         match self {
             Store::Sqlite { appender, .. } => appender.append(append.clone()).await,
-            Store::Postgres(pool) => append_postgres(pool, append).await,
+            Store::Postgres(pool, _) => append_postgres(pool, append).await,
         }
     }
 

@@ -78,14 +78,15 @@ impl Store {
     ) -> StoreResult<Vec<Channel>> {
         const SQL: &str = "SELECT id, tenant_id, name, type, secret, config, status, inserted_at, updated_at \
              FROM channels WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3";
-        Ok(reader!(self, |pool| {
+        let stored: Vec<Channel> = reader!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(kind.map(ChannelType::as_str))
                 .bind(after)
                 .bind(limit)
                 .fetch_all(pool)
                 .await
-        })?)
+        })?;
+        stored.into_iter().map(|c| self.sealer().open(c)).collect()
     }
 
     /// The deliveries of a conversation's activities with `seq` in `first..=last`.

@@ -1,8 +1,9 @@
-//! Channel queries, scoped by tenant.
+//! Channel queries, scoped by tenant. Credentials are sealed on the way in and opened
+//! on the way out (`sealing`): callers see plaintext channels.
 
 use serde_json::Value;
 
-use super::{Store, StoreResult, reader, writer};
+use super::{Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{Channel, ChannelId, ChannelStatus, ChannelType, TenantId, Timestamp};
 
 const COLUMNS: &str = "id, tenant_id, name, type, secret, config, status, inserted_at, updated_at";
@@ -47,18 +48,22 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7) RETURNING ",
             COLUMNS
         );
-        Ok(writer!(self, |pool| {
+        let id = ChannelId::new();
+        let secret = self.sealer().seal_secret(id, &new.secret)?;
+        let config = self.sealer().seal_config(id, new.kind, &new.config)?;
+        let stored: Channel = writer!(self, |pool| {
             sqlx::query_as(SQL)
-                .bind(ChannelId::new())
+                .bind(id)
                 .bind(tenant_id)
                 .bind(&new.name)
                 .bind(new.kind.as_str())
-                .bind(&new.secret)
-                .bind(sqlx::types::Json(&new.config))
+                .bind(&secret)
+                .bind(sqlx::types::Json(&config))
                 .bind(Timestamp::now())
                 .fetch_one(pool)
                 .await
-        })?)
+        })?;
+        self.sealer().open(stored)
     }
 
     /// One channel of a tenant.
@@ -68,7 +73,8 @@ impl Store {
             COLUMNS,
             " FROM channels WHERE tenant_id = $1 AND id = $2"
         );
-        self.fetch_scoped(SQL, tenant_id, id).await
+        let stored = self.fetch_scoped(SQL, tenant_id, id).await?;
+        self.sealer().open(stored)
     }
 
     /// A channel by id alone, for inbound webhooks, which are authenticated by the
@@ -76,7 +82,8 @@ impl Store {
     pub async fn get_channel_unscoped(&self, id: ChannelId) -> StoreResult<Channel> {
         const SQL: &str =
             const_format::concatcp!("SELECT ", COLUMNS, " FROM channels WHERE id = $1");
-        self.fetch_by_id(SQL, id).await
+        let stored = self.fetch_by_id(SQL, id).await?;
+        self.sealer().open(stored)
     }
 
     /// A page of a tenant's channels in id order.
@@ -92,7 +99,7 @@ impl Store {
              AND ($2 IS NULL OR type = $2) AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR id > $4) \
              ORDER BY id LIMIT $5"
         );
-        Ok(reader!(self, |pool| {
+        let stored: Vec<Channel> = reader!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(filter.kind.map(ChannelType::as_str))
@@ -101,7 +108,8 @@ impl Store {
                 .bind(filter.limit)
                 .fetch_all(pool)
                 .await
-        })?)
+        })?;
+        stored.into_iter().map(|c| self.sealer().open(c)).collect()
     }
 
     /// Applies an update to one channel of a tenant.
@@ -117,17 +125,32 @@ impl Store {
              WHERE tenant_id = $1 AND id = $2 RETURNING ",
             COLUMNS
         );
-        Ok(writer!(self, |pool| {
+        let secret = match &update.secret {
+            Some(secret) => Some(self.sealer().seal_secret(id, secret)?),
+            None => None,
+        };
+        let config = match &update.config {
+            // Which config values are credentials depends on the channel's type.
+            Some(config) => {
+                const KIND: &str = "SELECT type FROM channels WHERE tenant_id = $1 AND id = $2";
+                let (kind,): (String,) = self.fetch_scoped(KIND, tenant_id, id).await?;
+                let kind = ChannelType::try_from(kind).map_err(StoreError::Config)?;
+                Some(self.sealer().seal_config(id, kind, config)?)
+            }
+            None => None,
+        };
+        let stored: Channel = writer!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(id)
                 .bind(update.name.as_deref())
-                .bind(update.config.as_ref().map(sqlx::types::Json))
+                .bind(config.as_ref().map(sqlx::types::Json))
                 .bind(update.status.map(ChannelStatus::as_str))
-                .bind(update.secret.as_deref())
+                .bind(secret.as_deref())
                 .bind(Timestamp::now())
                 .fetch_one(pool)
                 .await
-        })?)
+        })?;
+        self.sealer().open(stored)
     }
 }

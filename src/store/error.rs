@@ -16,6 +16,14 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A channel's stored credential cannot be sealed or opened with the configured
+    /// keys.
+    #[error("channel {channel}: {field} {source}")]
+    Secret {
+        channel: crate::domain::ChannelId,
+        field: String,
+        source: crate::secrets::SecretError,
+    },
     /// Any other database failure.
     #[error("database error: {0}")]
     Db(sqlx::Error),

@@ -22,6 +22,7 @@ mod postgres;
 mod prune;
 mod queue;
 mod routes;
+mod sealing;
 mod sqlite;
 mod tenants;
 #[cfg(feature = "test-support")]
@@ -43,6 +44,7 @@ pub use conversations::{ConversationContext, ConversationFilter, NewConversation
 pub use error::StoreError;
 pub use queue::{AttemptContext, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
+pub use sealing::{CredentialFn, Reseal, Sealer};
 
 /// Connections of a node's pools, open and idle, and their ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +80,11 @@ pub enum Store {
         reader: SqlitePool,
         /// The task that appends activities in batches through `writer`.
         appender: appender::Appender,
+        /// Encrypts channel credentials at rest.
+        sealer: Sealer,
     },
-    /// Production and multi-node.
-    Postgres(PgPool),
+    /// Production and multi-node; with the sealer of channel credentials.
+    Postgres(PgPool, Sealer),
 }
 
 /// Which database a URL names.
@@ -126,7 +130,7 @@ macro_rules! reader {
     ($store:expr, |$pool:ident| $body:expr) => {
         match $store {
             $crate::store::Store::Sqlite { reader: $pool, .. } => $body,
-            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Postgres($pool, _) => $body,
         }
     };
 }
@@ -136,7 +140,7 @@ macro_rules! writer {
     ($store:expr, |$pool:ident| $body:expr) => {
         match $store {
             $crate::store::Store::Sqlite { writer: $pool, .. } => $body,
-            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Postgres($pool, _) => $body,
         }
     };
 }
@@ -215,14 +219,40 @@ impl Store {
     pub fn backend(&self) -> Backend {
         match self {
             Store::Sqlite { .. } => Backend::Sqlite,
-            Store::Postgres(_) => Backend::Postgres,
+            Store::Postgres(..) => Backend::Postgres,
+        }
+    }
+
+    /// This store sealing channel credentials with `sealer` (by default, it keeps
+    /// them in plaintext). Set once, before the store is shared.
+    pub fn with_sealer(self, sealer: Sealer) -> Self {
+        match self {
+            Store::Sqlite {
+                writer,
+                reader,
+                appender,
+                ..
+            } => Store::Sqlite {
+                writer,
+                reader,
+                appender,
+                sealer,
+            },
+            Store::Postgres(pool, _) => Store::Postgres(pool, sealer),
+        }
+    }
+
+    /// What seals and opens channel credentials.
+    pub fn sealer(&self) -> &Sealer {
+        match self {
+            Store::Sqlite { sealer, .. } | Store::Postgres(_, sealer) => sealer,
         }
     }
 
     /// The PostgreSQL pool, for the parts that need PostgreSQL itself (LISTEN/NOTIFY).
     pub fn pg_pool(&self) -> Option<&PgPool> {
         match self {
-            Store::Postgres(pool) => Some(pool),
+            Store::Postgres(pool, _) => Some(pool),
             Store::Sqlite { .. } => None,
         }
     }
@@ -242,7 +272,7 @@ impl Store {
                 let mut migrator = sqlx::migrate!("migrations/sqlite");
                 migrator.set_ignore_missing(true).run(writer).await?;
             }
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 let mut migrator = sqlx::migrate!("migrations/postgres");
                 // An index build on a large table may outlast the statement timeout of
                 // the pool's connections: migrations run on a connection without one.
@@ -279,7 +309,7 @@ impl Store {
                     max: w.max + r.max,
                 }
             }
-            Store::Postgres(pool) => of(pool),
+            Store::Postgres(pool, _) => of(pool),
         }
     }
 
@@ -302,7 +332,7 @@ impl Store {
                 writer.close().await;
                 reader.close().await;
             }
-            Store::Postgres(pool) => pool.close().await,
+            Store::Postgres(pool, _) => pool.close().await,
         }
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::heads::{PROMOTE_FIRST, lock_conversation};
-use super::{QueueDepth, Store, StoreError, StoreResult, reader, writer};
+use super::{QueueDepth, Sealer, Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{
     Activity, Channel, ChannelId, Conversation, ConversationId, Delivery, DeliveryId, Timestamp,
 };
@@ -127,7 +127,8 @@ fn bad_column(column: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl ClaimRow {
-    fn into_claimed(self) -> StoreResult<ClaimedDelivery> {
+    /// The claimed delivery, its channel's credentials opened by `sealer`.
+    fn into_claimed(self, sealer: &Sealer) -> StoreResult<ClaimedDelivery> {
         let d = &self.delivery;
         let activity = match (
             self.a_type,
@@ -196,7 +197,7 @@ impl ClaimRow {
                 Some(status),
                 Some(inserted_at),
                 Some(updated_at),
-            ) => Some(Channel {
+            ) => Some(sealer.open(Channel {
                 id: d.channel_id,
                 tenant_id: d.tenant_id,
                 name,
@@ -206,7 +207,7 @@ impl ClaimRow {
                 status: status.try_into().map_err(|e| bad_column("ch_status", e))?,
                 inserted_at,
                 updated_at,
-            }),
+            })?),
             _ => None,
         };
         let context = match (activity, conversation, channel) {
@@ -464,15 +465,16 @@ impl Store {
                     })
                     .collect()
             }
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, sealer) => {
                 let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_WITH_CONTEXT)
                     .bind(now)
                     .bind(lease_until)
                     .bind(limit)
                     .fetch_all(pool)
                     .await?;
+                // The channel's credentials are sealed at rest, as on every read.
                 rows.into_iter()
-                    .map(ClaimRow::into_claimed)
+                    .map(|row| row.into_claimed(sealer))
                     .collect::<StoreResult<Vec<_>>>()?
             }
         };
@@ -561,7 +563,7 @@ impl Store {
     /// writer: one commit, one fsync.
     pub async fn record_attempts(&self, batch: &[Completion<'_>]) -> StoreResult<Vec<bool>> {
         match self {
-            Store::Postgres(pool) => record_attempts_postgres(pool, batch).await,
+            Store::Postgres(pool, _) => record_attempts_postgres(pool, batch).await,
             Store::Sqlite { writer, .. } => {
                 let mut tx = writer.begin().await?;
                 let mut recorded = Vec::with_capacity(batch.len());

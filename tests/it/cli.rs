@@ -11,6 +11,7 @@ pub(crate) fn converger(db_url: &str, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("CONVERGER_DATABASE_URL", db_url)
         .env("CONVERGER_JWT_SECRET", crate::common::JWT_SECRET)
+        .env("CONVERGER_SECRET_KEY", crate::common::SECRET_KEY)
         .env("RUST_LOG", "error")
         .output()
         .expect("run converger")

@@ -34,7 +34,7 @@ async fn app_with_fast_retries(backend: Backend) -> TestApp {
 
 /// Verifies a Standard Webhooks request from the spec alone (protocols.md §4.3),
 /// independently of the server's signing code.
-fn verify_standard_webhook(
+pub(crate) fn verify_standard_webhook(
     secret: &str,
     id: &str,
     timestamp: &str,

@@ -25,6 +25,7 @@ mod ops;
 mod queue;
 mod realtime;
 mod routes;
+mod secrets;
 mod shutdown;
 mod tenancy;
 mod tls;

@@ -12,7 +12,7 @@ postgres_only!(postgres_sessions_on_this_host_skip_tls_and_time_out_statements);
 
 async fn postgres_sessions_on_this_host_skip_tls_and_time_out_statements(backend: Backend) {
     let app = TestApp::start(backend).await;
-    let converger::store::Store::Postgres(pool) = &app.store else {
+    let converger::store::Store::Postgres(pool, _) = &app.store else {
         unreachable!("a PostgreSQL test");
     };
     // The test server listens on 127.0.0.1 with TLS on; a URL without sslmode to this
@@ -135,7 +135,7 @@ async fn a_newer_schema_still_serves(backend: Backend) {
             .execute(writer)
             .await
             .map(|_| ()),
-        converger::store::Store::Postgres(pool) => sqlx::query(add)
+        converger::store::Store::Postgres(pool, _) => sqlx::query(add)
             .bind(vec![0u8; 48])
             .execute(pool)
             .await

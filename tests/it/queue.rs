@@ -128,7 +128,7 @@ async fn exec(store: &Store, sql: &'static str, id: DeliveryId) {
             .execute(writer)
             .await
             .map(|r| r.rows_affected()),
-        Store::Postgres(pool) => sqlx::query(sql)
+        Store::Postgres(pool, _) => sqlx::query(sql)
             .bind(id)
             .execute(pool)
             .await
@@ -154,7 +154,7 @@ async fn pending_by_pair(store: &Store) -> BTreeMap<(String, String), Vec<Pendin
          WHERE status = 'pending' ORDER BY conversation_id, channel_id, seq";
     let rows: Vec<PendingRow> = match store {
         Store::Sqlite { writer, .. } => sqlx::query_as(SQL).fetch_all(writer).await,
-        Store::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+        Store::Postgres(pool, _) => sqlx::query_as(SQL).fetch_all(pool).await,
     }
     .expect("pending rows");
     let mut pairs: BTreeMap<(String, String), Vec<PendingRow>> = BTreeMap::new();

@@ -44,7 +44,7 @@ async fn deliveries(store: &Store) -> Vec<(String, i32, bool)> {
         "SELECT status, attempts, locked_until IS NOT NULL FROM deliveries ORDER BY id";
     match store {
         Store::Sqlite { writer, .. } => sqlx::query_as(SQL).fetch_all(writer).await,
-        Store::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+        Store::Postgres(pool, _) => sqlx::query_as(SQL).fetch_all(pool).await,
     }
     .unwrap()
 }

@@ -29,6 +29,10 @@ pub const LOOPBACK: &str = "127.0.0.0/8,::1/128";
 /// The JWT secret of every test server, so tests can mint tokens of their own.
 pub const JWT_SECRET: &str = "integration-test-jwt-secret-0123456789abcdef";
 
+/// The key encrypting channel secrets on every test server and node (base64 of
+/// `integration-test-secret-key-0123`), so that both backends run encrypted.
+pub const SECRET_KEY: &str = "aW50ZWdyYXRpb24tdGVzdC1zZWNyZXQta2V5LTAxMjM=";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -203,6 +207,7 @@ impl TestApp {
         let (db, url) = TestDb::create(backend).await;
         let mut config = Config::new(url.clone());
         config.jwt_secret = Some(JWT_SECRET.into());
+        config.secret_key = Some(SECRET_KEY.into());
         config.database_max_connections = 8;
         // Sinks and fake providers listen on loopback, which the egress policy closes
         // by default.
@@ -433,7 +438,7 @@ impl TestApp {
                 tx.commit().await.expect("commit");
                 n.map(|r| r.rows_affected())
             }
-            Store::Postgres(pool) => {
+            Store::Postgres(pool, _) => {
                 let mut tx = pool.begin().await.expect("begin");
                 let n = sqlx::query(sql).bind(id).execute(&mut *tx).await;
                 sqlx::query(PROMOTE)

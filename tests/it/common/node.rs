@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use super::{JWT_SECRET, eventually};
+use super::{JWT_SECRET, SECRET_KEY, eventually};
 
 /// A node in a process of its own, killed when dropped.
 pub struct Node {
@@ -16,7 +16,7 @@ pub struct Node {
 
 impl Node {
     /// Starts `converger serve` on `database_url`, with the test JWT secret so tokens
-    /// issued by any node of the test work on this one.
+    /// issued by any node of the test work on this one, and the test encryption key.
     pub fn start(database_url: &str) -> Self {
         Self::start_with(database_url, &[], Stdio::null())
     }
@@ -34,6 +34,7 @@ impl Node {
             .env("CONVERGER_DATABASE_URL", database_url)
             .env("CONVERGER_LISTEN", format!("127.0.0.1:{port}"))
             .env("CONVERGER_JWT_SECRET", JWT_SECRET)
+            .env("CONVERGER_SECRET_KEY", SECRET_KEY)
             .env("CONVERGER_DELIVERY_LEASE_SECS", "2")
             .env("CONVERGER_DELIVERY_CONCURRENCY", "16")
             .env("CONVERGER_EGRESS_ALLOW", super::LOOPBACK)
