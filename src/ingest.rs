@@ -116,7 +116,7 @@ impl Ingestor {
         }
         let context = match self
             .store
-            .get_conversation_context(request.tenant_id, request.conversation_id)
+            .cached_conversation_context(request.tenant_id, request.conversation_id)
             .await
         {
             Ok(context) => context,

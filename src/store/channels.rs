@@ -151,6 +151,7 @@ impl Store {
                 .fetch_one(pool)
                 .await
         })?;
+        self.cache().invalidate();
         self.sealer().open(stored)
     }
 }

@@ -40,6 +40,11 @@ pub struct ConversationContext {
     pub channel_status: ChannelStatus,
 }
 
+const CONTEXT: &str = "SELECT c.id, c.tenant_id, c.channel_id, c.external_id, c.status, \
+     c.metadata, c.last_seq, c.inserted_at, c.updated_at, ch.type AS channel_type, \
+     ch.status AS channel_status FROM conversations c JOIN channels ch ON ch.id = c.channel_id \
+     WHERE c.tenant_id = $1 AND c.id = $2";
+
 impl Store {
     /// Inserts a conversation.
     pub async fn insert_conversation(
@@ -92,11 +97,25 @@ impl Store {
         tenant_id: TenantId,
         id: ConversationId,
     ) -> StoreResult<ConversationContext> {
-        const SQL: &str = "SELECT c.id, c.tenant_id, c.channel_id, c.external_id, c.status, c.metadata, \
-             c.last_seq, c.inserted_at, c.updated_at, ch.type AS channel_type, ch.status AS channel_status \
-             FROM conversations c JOIN channels ch ON ch.id = c.channel_id \
-             WHERE c.tenant_id = $1 AND c.id = $2";
-        self.fetch_scoped(SQL, tenant_id, id).await
+        self.fetch_scoped(CONTEXT, tenant_id, id).await
+    }
+
+    /// [`Store::get_conversation_context`], served from the read cache when this node
+    /// read it within the last second: for `ingest`, which checks the conversation's
+    /// status again in the append's transaction. Its `last_seq` may be behind.
+    pub async fn cached_conversation_context(
+        &self,
+        tenant_id: TenantId,
+        id: ConversationId,
+    ) -> StoreResult<ConversationContext> {
+        let cache = &self.cache().contexts;
+        let generation = self.cache().generation();
+        if let Some(context) = cache.get(&(tenant_id, id), generation) {
+            return Ok(context);
+        }
+        let context: ConversationContext = self.fetch_scoped(CONTEXT, tenant_id, id).await?;
+        cache.put((tenant_id, id), context.clone(), generation);
+        Ok(context)
     }
 
     /// The active conversation on a channel with an external party, if any.
@@ -159,13 +178,15 @@ impl Store {
              WHERE tenant_id = $1 AND id = $2 RETURNING ",
             COLUMNS
         );
-        Ok(writer!(self, |pool| {
+        let conversation = writer!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(id)
                 .bind(Timestamp::now())
                 .fetch_one(pool)
                 .await
-        })?)
+        })?;
+        self.cache().invalidate();
+        Ok(conversation)
     }
 }

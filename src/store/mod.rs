@@ -13,6 +13,7 @@
 mod activities;
 mod admin;
 mod appender;
+mod cache;
 mod channels;
 mod conversations;
 mod deliveries;
@@ -80,11 +81,19 @@ pub enum Store {
         reader: SqlitePool,
         /// The task that appends activities in batches through `writer`.
         appender: appender::Appender,
-        /// Encrypts channel credentials at rest.
-        sealer: Sealer,
+        shared: Shared,
     },
-    /// Production and multi-node; with the sealer of channel credentials.
-    Postgres(PgPool, Sealer),
+    /// Production and multi-node.
+    Postgres(PgPool, Shared),
+}
+
+/// What the clones of a store share besides its pools.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Encrypts channel credentials at rest.
+    sealer: Sealer,
+    /// Recent reads of rows that hardly change (see `cache.rs`).
+    cache: std::sync::Arc<cache::ReadCache>,
 }
 
 /// Which database a URL names.
@@ -231,21 +240,28 @@ impl Store {
                 writer,
                 reader,
                 appender,
-                ..
+                shared,
             } => Store::Sqlite {
                 writer,
                 reader,
                 appender,
-                sealer,
+                shared: Shared { sealer, ..shared },
             },
-            Store::Postgres(pool, _) => Store::Postgres(pool, sealer),
+            Store::Postgres(pool, shared) => Store::Postgres(pool, Shared { sealer, ..shared }),
         }
     }
 
     /// What seals and opens channel credentials.
     pub fn sealer(&self) -> &Sealer {
         match self {
-            Store::Sqlite { sealer, .. } | Store::Postgres(_, sealer) => sealer,
+            Store::Sqlite { shared, .. } | Store::Postgres(_, shared) => &shared.sealer,
+        }
+    }
+
+    /// The read cache of this store and its clones.
+    fn cache(&self) -> &cache::ReadCache {
+        match self {
+            Store::Sqlite { shared, .. } | Store::Postgres(_, shared) => &shared.cache,
         }
     }
 

@@ -465,7 +465,7 @@ impl Store {
                     })
                     .collect()
             }
-            Store::Postgres(pool, sealer) => {
+            Store::Postgres(pool, shared) => {
                 let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_WITH_CONTEXT)
                     .bind(now)
                     .bind(lease_until)
@@ -474,7 +474,7 @@ impl Store {
                     .await?;
                 // The channel's credentials are sealed at rest, as on every read.
                 rows.into_iter()
-                    .map(|row| row.into_claimed(sealer))
+                    .map(|row| row.into_claimed(&shared.sealer))
                     .collect::<StoreResult<Vec<_>>>()?
             }
         };

@@ -81,6 +81,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
+            self.cache().invalidate();
             Ok(route)
         })
     }
@@ -112,7 +113,8 @@ impl Store {
     }
 
     /// Where activities of conversations on `source` are forwarded: the targets of its
-    /// routes whose channel is active.
+    /// routes whose channel is active; served from the read cache when this node read
+    /// them within the last second.
     pub async fn list_route_targets(
         &self,
         tenant_id: TenantId,
@@ -121,13 +123,20 @@ impl Store {
         const SQL: &str = "SELECT r.target_channel_id, r.direction, t.type AS target_type \
              FROM routes r JOIN channels t ON t.id = r.target_channel_id \
              WHERE r.tenant_id = $1 AND r.source_channel_id = $2 AND t.status = 'active' ORDER BY r.id";
-        Ok(reader!(self, |pool| {
+        let cache = &self.cache().routes;
+        let generation = self.cache().generation();
+        if let Some(targets) = cache.get(&(tenant_id, source), generation) {
+            return Ok(targets);
+        }
+        let targets: Vec<RouteTarget> = reader!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(source)
                 .fetch_all(pool)
                 .await
-        })?)
+        })?;
+        cache.put((tenant_id, source), targets.clone(), generation);
+        Ok(targets)
     }
 
     /// Deletes a route of a tenant.
@@ -140,6 +149,7 @@ impl Store {
                 .await
                 .map(|r| r.rows_affected())
         })?;
+        self.cache().invalidate();
         if done == 0 {
             return Err(StoreError::NotFound);
         }

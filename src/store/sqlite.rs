@@ -35,7 +35,7 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> StoreResult<St
         writer,
         reader,
         appender,
-        sealer: super::Sealer::default(),
+        shared: super::Shared::default(),
     })
 }
 

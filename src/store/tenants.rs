@@ -42,12 +42,22 @@ impl Store {
     }
 
     /// The tenant owning the API key with this hash.
+    ///
+    /// Served from the read cache when this node read it within the last second.
     pub async fn get_tenant_by_key_hash(&self, api_key_hash: &str) -> StoreResult<Tenant> {
         const SQL: &str =
             const_format::concatcp!("SELECT ", COLUMNS, " FROM tenants WHERE api_key_hash = $1");
-        Ok(reader!(self, |pool| {
+        let cache = &self.cache().tenants;
+        let generation = self.cache().generation();
+        let key = api_key_hash.to_owned();
+        if let Some(tenant) = cache.get(&key, generation) {
+            return Ok(tenant);
+        }
+        let tenant: Tenant = reader!(self, |pool| {
             sqlx::query_as(SQL).bind(api_key_hash).fetch_one(pool).await
-        })?)
+        })?;
+        cache.put(key, tenant.clone(), generation);
+        Ok(tenant)
     }
 
     /// A tenant by id.
@@ -75,14 +85,16 @@ impl Store {
             "UPDATE tenants SET status = $2, updated_at = $3 WHERE id = $1 RETURNING ",
             COLUMNS
         );
-        Ok(writer!(self, |pool| {
+        let tenant = writer!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(id)
                 .bind(status.as_str())
                 .bind(Timestamp::now())
                 .fetch_one(pool)
                 .await
-        })?)
+        })?;
+        self.cache().invalidate();
+        Ok(tenant)
     }
 
     /// Replaces a tenant's API key; the old one stops working at once.
@@ -97,7 +109,7 @@ impl Store {
              WHERE id = $1 RETURNING ",
             COLUMNS
         );
-        Ok(writer!(self, |pool| {
+        let tenant = writer!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(id)
                 .bind(api_key_hash)
@@ -105,7 +117,9 @@ impl Store {
                 .bind(Timestamp::now())
                 .fetch_one(pool)
                 .await
-        })?)
+        })?;
+        self.cache().invalidate();
+        Ok(tenant)
     }
 
     /// Finds a tenant by id, name or API key prefix, for the CLI.
