@@ -210,9 +210,60 @@ async fn append_postgres(pool: &PgPool, append: &ActivityAppend) -> StoreResult<
         tx.rollback().await?;
         return Ok(AppendOutcome::Existing(existing));
     }
-    let created = insert_appended!(tx, append, seq, now);
+    let created = insert_postgres(&mut tx, append, seq, now).await?;
     tx.commit().await?;
     Ok(created)
+}
+
+/// PostgreSQL: inserts the activity numbered `seq` and its delivery rows in one
+/// statement, in the transaction that bumped `seq`. The head flags are decided in this
+/// statement, whose snapshot postdates the conversation's lock (see `heads.rs`).
+async fn insert_postgres(
+    tx: &mut sqlx::PgConnection,
+    append: &ActivityAppend,
+    seq: i64,
+    now: Timestamp,
+) -> StoreResult<AppendOutcome> {
+    const INSERT_ALL: &str = const_format::concatcp!(
+        "WITH deliveries_inserted AS (\
+         INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, conversation_id, seq, \
+         status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id, head) \
+         SELECT t.id, $3, $1, t.channel_id, $2, $4, 'pending', 0, $12, '{}', $12, $12, $13, (\
+         SELECT MIN(seq) FROM deliveries WHERE conversation_id = $2 AND channel_id = t.channel_id \
+         AND status = 'pending') IS NULL \
+         FROM UNNEST($14::uuid[], $15::uuid[]) AS t(id, channel_id)) \
+         INSERT INTO activities (id, conversation_id, tenant_id, seq, type, direction, sender, text, \
+         attachments, metadata, idempotency_key, inserted_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
+        COLUMNS
+    );
+    let new = &append.activity;
+    let ids: Vec<DeliveryId> = append.targets.iter().map(|_| DeliveryId::new()).collect();
+    let activity: Activity = sqlx::query_as(INSERT_ALL)
+        .bind(ActivityId::new())
+        .bind(append.conversation_id)
+        .bind(append.tenant_id)
+        .bind(seq)
+        .bind(new.kind.as_str())
+        .bind(new.direction.as_str())
+        .bind(&new.sender)
+        .bind(new.text.as_deref())
+        .bind(sqlx::types::Json(&new.attachments))
+        .bind(sqlx::types::Json(&new.metadata))
+        .bind(new.idempotency_key.as_deref())
+        .bind(now)
+        .bind(append.request_id.as_deref())
+        .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
+        .bind(append.targets.iter().map(|c| c.0).collect::<Vec<_>>())
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(AppendOutcome::Created {
+        activity,
+        deliveries: ids
+            .into_iter()
+            .zip(append.targets.iter().copied())
+            .collect(),
+    })
 }
 
 /// PostgreSQL, an append without idempotency key or delivery rows (chat on a
