@@ -91,18 +91,16 @@ macro_rules! find_by_key {
     }};
 }
 
-/// Inserts `$append`'s activity as number `$seq` and its delivery rows on `$conn`, a
-/// transaction of either backend; evaluates to the `Created` outcome. `?` returns
-/// database errors from the enclosing function.
-macro_rules! insert_appended {
-    ($conn:expr, $append:expr, $seq:expr, $now:expr) => {{
-        let (append, seq, now) = ($append, $seq, $now);
-        let new = &append.activity;
-        let activity: Activity = sqlx::query_as(INSERT)
+/// Binds `$1` to `$12` of an activity insert: a new id, then `$append`'s activity as
+/// number `$seq`, created `$now`, in the order of the `activities` columns.
+macro_rules! bind_activity {
+    ($query:expr, $append:expr, $seq:expr, $now:expr) => {{
+        let new = &$append.activity;
+        $query
             .bind(ActivityId::new())
-            .bind(append.conversation_id)
-            .bind(append.tenant_id)
-            .bind(seq)
+            .bind($append.conversation_id)
+            .bind($append.tenant_id)
+            .bind($seq)
             .bind(new.kind.as_str())
             .bind(new.direction.as_str())
             .bind(&new.sender)
@@ -110,7 +108,17 @@ macro_rules! insert_appended {
             .bind(sqlx::types::Json(&new.attachments))
             .bind(sqlx::types::Json(&new.metadata))
             .bind(new.idempotency_key.as_deref())
-            .bind(now)
+            .bind($now)
+    }};
+}
+
+/// Inserts `$append`'s activity as number `$seq` and its delivery rows on `$conn`, a
+/// transaction of either backend; evaluates to the `Created` outcome. `?` returns
+/// database errors from the enclosing function.
+macro_rules! insert_appended {
+    ($conn:expr, $append:expr, $seq:expr, $now:expr) => {{
+        let (append, seq, now) = ($append, $seq, $now);
+        let activity: Activity = bind_activity!(sqlx::query_as(INSERT), append, seq, now)
             .fetch_one(&mut *$conn)
             .await?;
         let mut deliveries = Vec::with_capacity(append.targets.len());
@@ -237,21 +245,8 @@ async fn insert_postgres(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
         COLUMNS
     );
-    let new = &append.activity;
     let ids: Vec<DeliveryId> = append.targets.iter().map(|_| DeliveryId::new()).collect();
-    let activity: Activity = sqlx::query_as(INSERT_ALL)
-        .bind(ActivityId::new())
-        .bind(append.conversation_id)
-        .bind(append.tenant_id)
-        .bind(seq)
-        .bind(new.kind.as_str())
-        .bind(new.direction.as_str())
-        .bind(&new.sender)
-        .bind(new.text.as_deref())
-        .bind(sqlx::types::Json(&new.attachments))
-        .bind(sqlx::types::Json(&new.metadata))
-        .bind(new.idempotency_key.as_deref())
-        .bind(now)
+    let activity: Activity = bind_activity!(sqlx::query_as(INSERT_ALL), append, seq, now)
         .bind(append.request_id.as_deref())
         .bind(ids.iter().map(|id| id.0).collect::<Vec<_>>())
         .bind(append.targets.iter().map(|c| c.0).collect::<Vec<_>>())

@@ -94,6 +94,23 @@ async fn raw_get(stream: &mut TcpStream) -> (u16, Value) {
     }
 }
 
+/// Opens up to `n` connections, each answering a request, until one is refused: the
+/// connections admitted, and the refusal's status and body. A refused connection is
+/// closed by the server after its answer.
+async fn connect_until_refused(app: &TestApp, n: usize) -> (Vec<TcpStream>, Option<(u16, Value)>) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(addr(app)).await.unwrap();
+        let (status, body) = raw_get(&mut stream).await;
+        if status != 200 {
+            read_until_closed(&mut stream).await;
+            return (held, Some((status, body)));
+        }
+        held.push(stream);
+    }
+    (held, None)
+}
+
 async fn slow_request_heads_are_closed(backend: Backend) {
     let app = TestApp::start_with(backend, |c| c.header_read_timeout_secs = 1).await;
     // A WebSocket handshake that never ends its head, on a fresh connection ...
@@ -139,19 +156,7 @@ async fn node_cap_answers_503_and_recovers(backend: Backend) {
     .await;
     // The test client's own pooled connection may hold a place: the refusal comes at
     // the fourth connection or the fifth.
-    let mut held = Vec::new();
-    let mut refusal = None;
-    for _ in 0..5 {
-        let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
-        let (status, body) = raw_get(&mut stream).await;
-        if status == 200 {
-            held.push(stream);
-        } else {
-            refusal = Some((status, body));
-            read_until_closed(&mut stream).await;
-            break;
-        }
-    }
+    let (mut held, refusal) = connect_until_refused(&app, 5).await;
     let (status, body) = refusal.expect("a connection beyond the cap is refused");
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "too_many_connections");
@@ -183,18 +188,7 @@ async fn node_cap_answers_503_and_recovers(backend: Backend) {
 
 async fn address_cap_answers_429(backend: Backend) {
     let app = TestApp::start_with(backend, |c| c.max_connections_per_ip = 3).await;
-    let mut held = Vec::new();
-    let mut refusal = None;
-    for _ in 0..4 {
-        let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
-        let (status, body) = raw_get(&mut stream).await;
-        if status == 200 {
-            held.push(stream);
-        } else {
-            refusal = Some((status, body));
-            break;
-        }
-    }
+    let (_held, refusal) = connect_until_refused(&app, 4).await;
     let (status, body) = refusal.expect("a fourth connection from one address is refused");
     assert_eq!(status, 429);
     assert_eq!(body["error"]["code"], "too_many_connections");
