@@ -6,16 +6,22 @@
 //!
 //! - `live` (default): create a `webhook` channel whose `url` is the sink and
 //!   `--conversations` conversations on it, post activities over REST open loop at
-//!   `--rate`/s for `--warmup` + `--duration` s, then wait up to `--drain` s for the
-//!   stragglers. Reports deliveries/s received by the sink during the measured window
-//!   and the latency of each measured activity from its REST 201 (and from its
-//!   `inserted_at`) to the sink (see `converger_loadgen::e2e::tracker`).
+//!   `--rate`/s (or, with `--rate 0`, closed loop with `--concurrency` requests in
+//!   flight) for `--warmup` + `--duration` s, then wait up to `--drain` s for the
+//!   stragglers. Reports activities created (201s) and deliveries received by the sink
+//!   per second of the measured window, and the latency of each measured activity from
+//!   its REST 201 (and from its `inserted_at`) to the sink (see
+//!   `converger_loadgen::e2e::tracker`).
 //! - `preload`: same set-up, then post `--count` activities as fast as possible and
 //!   exit without running the sink. Run it against a server started with
 //!   `CONVERGER_DELIVERY_ENABLED=false` to build a backlog.
 //! - `drain`: run only the sink until `--count` activities arrived (or `--drain` s
 //!   passed); start a delivering server meanwhile. Reports the worker-only delivery
 //!   rate from the first to the last arrival.
+//! - `count`: same set-up with the sink running, then run `--after-setup` (a shell
+//!   command, e.g. one that resets the database's statement statistics), post `--count`
+//!   activities closed loop with `--concurrency` in flight and wait (<= `--drain` s)
+//!   until the sink has all of them. For per-message cost accounting.
 //!
 //! Output: a human summary, then one JSON line starting with `{`. Deliveries of one
 //! conversation are serialized by converger, so use many conversations.
@@ -43,6 +49,7 @@ enum Mode {
     Live,
     Preload,
     Drain,
+    Count,
 }
 
 /// Webhook delivery benchmark: local sink + REST poster.
@@ -72,10 +79,10 @@ struct Args {
     /// Conversations the activities are spread over, round-robin.
     #[arg(long, default_value_t = 500)]
     conversations: usize,
-    /// `live`: activities posted per second.
+    /// `live`: activities posted per second; 0 = closed loop (`--concurrency` workers).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// `live`: most REST requests in flight.
+    /// Most REST requests in flight (`live`, `preload`, `count`).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// `live`: measured seconds after the warm-up.
@@ -88,12 +95,16 @@ struct Args {
     /// for all `--count` (`drain`).
     #[arg(long, default_value_t = 30.0)]
     drain: f64,
-    /// `preload`/`drain`: activities to post / to expect.
+    /// `preload`/`count`/`drain`: activities to post / to expect.
     #[arg(long, default_value_t = 20_000)]
     count: u64,
     /// Tokio worker threads (the generator shares the machine with the server).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// `count`: shell command run after the set-up, before posting (`sh -c`); a
+    /// failure aborts the run.
+    #[arg(long)]
+    after_setup: Option<String>,
     /// Free-form label copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
@@ -185,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Mode::Live => live(&args).await,
         Mode::Preload => preload(&args).await,
         Mode::Drain => drain(&args).await,
+        Mode::Count => count(&args).await,
     }
 }
 
@@ -203,8 +215,8 @@ fn api(args: &Args) -> anyhow::Result<Arc<Api>> {
 
 async fn live(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.rate.is_finite() && args.rate > 0.0,
-        "--rate must be > 0"
+        args.rate.is_finite() && args.rate >= 0.0,
+        "--rate must be >= 0"
     );
     let api = api(args)?;
     let tracker = Arc::new(Tracker::new(1));
@@ -215,23 +227,42 @@ async fn live(args: &Args) -> anyhow::Result<()> {
     )
     .await?;
     let urls = Arc::new(setup(&api, args).await?);
+    let closed = args.rate == 0.0;
     eprintln!(
-        "delivery: live, {}/s for {}s after {}s warm-up (sink delay {} ms)",
-        args.rate, args.duration, args.warmup, args.sink_delay_ms
+        "delivery: live, {} for {}s after {}s warm-up (sink delay {} ms)",
+        if closed {
+            format!("closed loop with {} in flight", args.concurrency)
+        } else {
+            format!("{}/s", args.rate)
+        },
+        args.duration,
+        args.warmup,
+        args.sink_delay_ms
     );
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let end = measure_from + Duration::from_secs_f64(args.duration);
     tracker.set_window(measure_from, end);
-    let stats = poster::open_loop(
-        Arc::clone(&api),
-        urls,
-        args.rate,
-        args.concurrency,
-        (start, measure_from, end),
-        Some(Arc::clone(&tracker)),
-    )
-    .await;
+    let stats = if closed {
+        poster::closed_loop(
+            Arc::clone(&api),
+            urls,
+            args.concurrency,
+            (measure_from, end),
+            Some(Arc::clone(&tracker)),
+        )
+        .await
+    } else {
+        poster::open_loop(
+            Arc::clone(&api),
+            urls,
+            args.rate,
+            args.concurrency,
+            (start, measure_from, end),
+            Some(Arc::clone(&tracker)),
+        )
+        .await
+    };
     let posted_done = Instant::now();
     let backlog_at_end = stats.created.saturating_sub(tracker.arrivals());
     let drain_deadline = posted_done + Duration::from_secs_f64(args.drain);
@@ -248,6 +279,8 @@ async fn live(args: &Args) -> anyhow::Result<()> {
         "label": args.label, "mode": "live", "target_rate": args.rate,
         "sink_delay_ms": args.sink_delay_ms, "conversations": args.conversations,
         "duration_s": args.duration, "post": stats.json(),
+        "closed_loop": closed, "concurrency": args.concurrency,
+        "created_per_s_in_window": (stats.created_in_window as f64 / args.duration * 100.0).round() / 100.0,
         "backlog_when_posting_stopped": backlog_at_end,
         "drain_s": (drained_after * 100.0).round() / 100.0,
         "undelivered_after_drain": stats.created.saturating_sub(tracker.arrivals()),
@@ -278,6 +311,60 @@ async fn preload(args: &Args) -> anyhow::Result<()> {
     });
     println!(
         "== delivery {}preload: {} created ({} errors) in {secs:.1} s",
+        label(args),
+        stats.created,
+        stats.errors.values().sum::<u64>()
+    );
+    println!("{out}");
+    Ok(())
+}
+
+async fn count(args: &Args) -> anyhow::Result<()> {
+    let api = api(args)?;
+    let tracker = Arc::new(Tracker::new(1));
+    start_sink(
+        args.sink,
+        Arc::clone(&tracker),
+        Duration::from_millis(args.sink_delay_ms),
+    )
+    .await?;
+    let urls = Arc::new(setup(&api, args).await?);
+    if let Some(cmd) = &args.after_setup {
+        let cmd = cmd.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh").arg("-c").arg(cmd).status()
+        })
+        .await??;
+        anyhow::ensure!(status.success(), "--after-setup failed: {status}");
+    }
+    let started = Instant::now();
+    let stats = poster::closed_count(
+        api,
+        urls,
+        args.count,
+        args.concurrency,
+        started + Duration::from_secs(600),
+    )
+    .await;
+    let posted_s = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.drain);
+    while tracker.arrivals() < stats.created && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered_s = started.elapsed().as_secs_f64();
+    // Let the last attempts get their 200 and be recorded as delivered.
+    tokio::time::sleep(Duration::from_millis(args.sink_delay_ms) + GRACE).await;
+    let arrivals = tracker.arrivals();
+    let out = json!({
+        "label": args.label, "mode": "count", "conversations": args.conversations,
+        "expected": args.count, "post": stats.json(),
+        "posted_s": (posted_s * 100.0).round() / 100.0,
+        "delivered_s": (delivered_s * 100.0).round() / 100.0,
+        "arrivals": arrivals,
+        "undelivered": stats.created.saturating_sub(arrivals),
+    });
+    println!(
+        "== delivery {}count: {} created ({} errors) in {posted_s:.1} s, {arrivals} delivered after {delivered_s:.1} s",
         label(args),
         stats.created,
         stats.errors.values().sum::<u64>()
@@ -343,11 +430,12 @@ fn print_human(out: &Value) {
     );
     if out["mode"] == "live" {
         println!(
-            "posted       {} (201: {}, errors: {}, unsent: {}), REST p99 {} ms",
+            "posted       {} (201: {}, errors: {}, unsent: {}), {} created/s in the measured window, REST p99 {} ms",
             out["post"]["sent"],
             out["post"]["created"],
             out["post"]["errors"],
             out["post"]["unsent"],
+            out["created_per_s_in_window"],
             out["post"]["rest_p99_ms"]
         );
         println!(

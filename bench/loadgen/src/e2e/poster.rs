@@ -1,6 +1,6 @@
 //! Posts `{"text": "bench message <n>"}` activities round-robin over conversations:
-//! open loop at a fixed rate ([`open_loop`]) or a fixed count as fast as possible
-//! ([`closed_count`]). Every 201 is handed to the [`Tracker`] with its id and
+//! open loop at a fixed rate ([`open_loop`]), closed loop for a fixed time
+//! ([`closed_loop`]) or a fixed count as fast as possible ([`closed_count`]). Every 201 is handed to the [`Tracker`] with its id and
 //! `inserted_at`.
 
 use std::collections::BTreeMap;
@@ -27,6 +27,8 @@ pub struct PostStats {
     pub errors: BTreeMap<String, u64>,
     /// Open loop: requests scheduled but never sent because every slot stayed busy.
     pub unsent: u64,
+    /// 201s whose response arrived inside the measured window.
+    pub created_in_window: u64,
     /// REST latency of measured requests from their intended send time, µs.
     pub latency_us: Option<Histogram<u64>>,
 }
@@ -42,9 +44,23 @@ impl PostStats {
         };
         json!({
             "sent": self.sent, "created": self.created, "errors": self.errors,
-            "unsent": self.unsent,
-            "rest_p50_ms": q(0.50), "rest_p99_ms": q(0.99),
+            "unsent": self.unsent, "created_in_window": self.created_in_window,
+            "rest_p50_ms": q(0.50), "rest_p95_ms": q(0.95), "rest_p99_ms": q(0.99),
         })
+    }
+
+    /// Adds another worker's counts (and latencies, if both keep them).
+    fn merge(&mut self, other: PostStats) {
+        self.sent += other.sent;
+        self.created += other.created;
+        self.unsent += other.unsent;
+        self.created_in_window += other.created_in_window;
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+        if let (Some(h), Some(o)) = (self.latency_us.as_mut(), other.latency_us.as_ref()) {
+            h.add(o).expect("same histogram bounds");
+        }
     }
 
     fn add(&mut self, outcome: Result<(), String>) {
@@ -158,6 +174,9 @@ pub async fn open_loop(
             if measured && let Some(h) = stats.latency_us.as_mut() {
                 h.saturating_record(u64::try_from((done - at).as_micros()).unwrap_or(u64::MAX));
             }
+            if outcome.is_ok() && done >= measure_from && done < end {
+                stats.created_in_window += 1;
+            }
             stats.add(outcome);
         });
         while in_flight.try_join_next().is_some() {}
@@ -175,6 +194,70 @@ pub async fn open_loop(
         .expect("stats lock poisoned");
     stats.unsent = unsent;
     stats
+}
+
+/// `concurrency` workers, each posting its next activity as soon as the previous one
+/// is answered, from `start` until `end`, round-robin over `urls`. Requests sent inside
+/// `[measure_from, end)` are measured (latency from the send); 201s answered inside
+/// that window count as `created_in_window`.
+pub async fn closed_loop(
+    api: Arc<Api>,
+    urls: Arc<Vec<String>>,
+    concurrency: usize,
+    (measure_from, end): (Instant, Instant),
+    tracker: Option<Arc<Tracker>>,
+) -> PostStats {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (api, urls, next, tracker) = (
+            Arc::clone(&api),
+            Arc::clone(&urls),
+            Arc::clone(&next),
+            tracker.clone(),
+        );
+        workers.spawn(async move {
+            let mut stats = PostStats {
+                latency_us: Some(
+                    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                        .expect("static bounds are valid"),
+                ),
+                ..PostStats::default()
+            };
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let url = &urls[(n % urls.len() as u64) as usize];
+                let measured = sent >= measure_from;
+                let outcome = post_one(&api, url, n, measured, tracker.as_deref()).await;
+                let done = Instant::now();
+                if measured && let Some(h) = stats.latency_us.as_mut() {
+                    h.saturating_record(
+                        u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX),
+                    );
+                }
+                if outcome.is_ok() && done >= measure_from && done < end {
+                    stats.created_in_window += 1;
+                }
+                stats.add(outcome);
+            }
+            stats
+        });
+    }
+    let mut total = PostStats {
+        latency_us: Some(
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid"),
+        ),
+        ..PostStats::default()
+    };
+    while let Some(stats) = workers.join_next().await {
+        let stats = stats.expect("a poster panicked");
+        total.merge(stats);
+    }
+    total
 }
 
 /// Posts `count` activities as fast as `concurrency` workers can, round-robin over
@@ -205,12 +288,7 @@ pub async fn closed_count(
     }
     let mut total = PostStats::default();
     while let Some(stats) = workers.join_next().await {
-        let stats = stats.expect("a poster panicked");
-        total.sent += stats.sent;
-        total.created += stats.created;
-        for (k, n) in stats.errors {
-            *total.errors.entry(k).or_default() += n;
-        }
+        total.merge(stats.expect("a poster panicked"));
     }
     total
 }
