@@ -25,7 +25,7 @@ use crate::domain::{ChannelStatus, Delivery, Timestamp};
 use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
-use crate::store::{AttemptContext, AttemptResult, ClaimedDelivery, Store, StoreError};
+use crate::store::{AttemptContext, AttemptResult, Backend, ClaimedDelivery, Store, StoreError};
 
 /// Most rows claimed in one query.
 const CLAIM_BATCH: usize = 64;
@@ -83,6 +83,17 @@ impl DeliveryEngine {
     /// Runs the loop until `stop`; attempts are spawned on `tasks`, so the node can
     /// wait for those in flight, and give their leases back when `abort` is cancelled.
     pub async fn run(self, stop: CancellationToken, abort: CancellationToken, tasks: TaskTracker) {
+        if self.store.backend() == Backend::Sqlite {
+            // The only node of its database: leases still held are its previous run's,
+            // which ended (perhaps killed) mid-attempt. Taken over now, not at expiry.
+            match self.store.release_all_leases().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(released = n, "leases of the previous run released"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release the previous run's leases; they expire instead")
+                }
+            }
+        }
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         tracing::info!(
             concurrency = self.settings.concurrency,

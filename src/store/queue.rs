@@ -576,6 +576,22 @@ impl Store {
         }
     }
 
+    /// Gives back every lease at once; returns how many there were. For a node that
+    /// is the only one on its database (SQLite) and has just started: whatever is
+    /// leased was leased by its own previous run, which died before recording it, and
+    /// waiting for those leases to expire would hold up their conversations.
+    pub async fn release_all_leases(&self) -> StoreResult<u64> {
+        Ok(writer!(self, |pool| {
+            sqlx::query(
+                "UPDATE deliveries SET locked_until = NULL \
+                 WHERE status = 'pending' AND locked_until IS NOT NULL",
+            )
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?)
+    }
+
     /// Gives a lease back without an attempt (shutdown), so another node may take the
     /// delivery at once.
     pub async fn release_delivery(&self, id: DeliveryId, lease: Timestamp) -> StoreResult<()> {

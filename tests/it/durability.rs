@@ -3,6 +3,7 @@
 //! still owed.
 
 use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -85,6 +86,54 @@ async fn fill_queue(
         }
     }
     ids
+}
+
+/// SQLite has one node: restarted after `kill -9`, it takes its own leases back at
+/// once instead of after `CONVERGER_DELIVERY_LEASE_SECS` (90 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sqlite_node_takes_its_leases_back_at_once() {
+    let (_db, url) = TestDb::create(Backend::Sqlite).await;
+    let store = converger::app::open_store(&converger::Config::new(url.clone()))
+        .await
+        .unwrap();
+    let key = converger::auth::generate_api_key();
+    store
+        .insert_tenant("acme", &key.hash, &key.prefix)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let sink = Sink::start().await;
+    // Slow enough that the kill lands while the first attempt waits on the receiver.
+    sink.always(Reply::status(200).delay(Duration::from_secs(3)));
+
+    // The default lease: a takeover by expiry would take 90 s.
+    let lease = [("CONVERGER_DELIVERY_LEASE_SECS", "90")];
+    let mut first = Node::start_with(&url, &lease, Stdio::null());
+    first.ready(&http).await;
+    // One conversation: everything queues behind its leased head.
+    let ids = fill_queue(&http, &first.base, &key.key, &sink, 1, 3).await;
+    sink.wait_for(1, Duration::from_secs(30)).await;
+    first.kill();
+    assert_eq!(delivered_count(&store).await, 0, "killed mid-attempt");
+
+    let second = Node::start_with(&url, &lease, Stdio::null());
+    second.ready(&http).await;
+    // Far below the 90 s lease the killed run left on its head.
+    sink.wait_for(2, Duration::from_secs(20)).await;
+    eventually(
+        Duration::from_secs(60),
+        "every delivery to be delivered",
+        || async { (delivered_count(&store).await == 3).then_some(()) },
+    )
+    .await;
+    let received: HashSet<String> = sink
+        .received()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(received, ids);
+    drop(second);
+    store.close().await;
 }
 
 async fn killed_node_loses_no_delivery(backend: Backend) {
