@@ -19,10 +19,7 @@ const BATCH: usize = 128;
 
 /// One outcome waiting to be written, and who waits for it.
 struct Pending {
-    delivery: Delivery,
-    lease: Timestamp,
-    now: Timestamp,
-    result: AttemptResult,
+    completion: Completion,
     done: oneshot::Sender<StoreResult<bool>>,
 }
 
@@ -41,8 +38,8 @@ impl Recorder {
         Self { tx }
     }
 
-    /// Records the end of an attempt under `lease`, as [`Store::record_attempt`]
-    /// does, in the next batch; returns once that batch is committed.
+    /// Records the end of an attempt under `lease` in the next batch (see
+    /// [`Store::record_attempts`]); returns once that batch is committed.
     pub(super) async fn record(
         &self,
         delivery: &Delivery,
@@ -52,10 +49,12 @@ impl Recorder {
     ) -> StoreResult<bool> {
         let (done, answer) = oneshot::channel();
         let pending = Pending {
-            delivery: delivery.clone(),
-            lease,
-            now,
-            result: result.clone(),
+            completion: Completion {
+                delivery: delivery.clone(),
+                lease,
+                now,
+                result: result.clone(),
+            },
             done,
         };
         if self.tx.send(pending).await.is_err() {
@@ -73,44 +72,35 @@ impl Recorder {
 
 async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut completions = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let completions: Vec<Completion<'_>> = batch
-            .iter()
-            .map(|p| Completion {
-                delivery: &p.delivery,
-                lease: p.lease,
-                now: p.now,
-                result: &p.result,
-            })
-            .collect();
+        let (dones, taken): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|p: Pending| (p.done, p.completion))
+            .unzip();
+        completions.extend(taken);
         match store.record_attempts(&completions).await {
             Ok(recorded) => {
-                drop(completions);
-                for (pending, recorded) in batch.drain(..).zip(recorded) {
-                    let _ = pending.done.send(Ok(recorded));
+                for (done, recorded) in dones.into_iter().zip(recorded) {
+                    let _ = done.send(Ok(recorded));
                 }
             }
-            Err(e) if batch.len() > 1 => {
-                drop(completions);
-                tracing::debug!(error = %e, size = batch.len(), "outcome batch refused; writing one by one");
-                for pending in batch.drain(..) {
+            Err(e) if completions.len() > 1 => {
+                tracing::debug!(error = %e, size = completions.len(), "outcome batch refused; writing one by one");
+                for (done, completion) in dones.into_iter().zip(&completions) {
                     let recorded = store
-                        .record_attempt(
-                            &pending.delivery,
-                            pending.lease,
-                            pending.now,
-                            &pending.result,
-                        )
-                        .await;
-                    let _ = pending.done.send(recorded);
+                        .record_attempts(std::slice::from_ref(completion))
+                        .await
+                        .map(|recorded| recorded.first().copied().unwrap_or(false));
+                    let _ = done.send(recorded);
                 }
             }
             Err(e) => {
-                drop(completions);
-                if let Some(pending) = batch.pop() {
-                    let _ = pending.done.send(Err(e));
+                if let Some(done) = dones.into_iter().next() {
+                    let _ = done.send(Err(e));
                 }
             }
         }
+        completions.clear();
     }
 }

@@ -9,7 +9,7 @@
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::heads::{PROMOTE_FIRST, lock_conversation};
+use super::heads::PROMOTE_FIRST;
 use super::{QueueDepth, Sealer, Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{
     Activity, Channel, ChannelId, Conversation, ConversationId, Delivery, DeliveryId, Timestamp,
@@ -234,16 +234,16 @@ pub enum AttemptResult {
 }
 
 /// The end of one attempt, to record.
-#[derive(Debug, Clone, Copy)]
-pub struct Completion<'a> {
-    pub delivery: &'a Delivery,
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub delivery: Delivery,
     /// The lease the attempt was made under: nothing is written if it was lost.
     pub lease: Timestamp,
     pub now: Timestamp,
-    pub result: &'a AttemptResult,
+    pub result: AttemptResult,
 }
 
-impl Completion<'_> {
+impl Completion {
     /// Whether the row leaves the queue (delivered or failed), moving its pair's head.
     fn ends(&self) -> bool {
         !matches!(self.result, AttemptResult::RetryAt { .. })
@@ -262,65 +262,55 @@ const FAILED: &str = "UPDATE deliveries SET status = 'failed', head = FALSE, \
      next_attempt_at = NULL, updated_at = $3 \
      WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
 
-/// Records one attempt ([`Completion`] `$c`) in `$tx`, a transaction of either
-/// backend that holds the conversation's lock if the row ends (PostgreSQL) or is the
-/// one writer's (SQLite); evaluates to whether the lease held. A delivered or failed
-/// row leaves the queue: its flag is cleared and the next pending delivery of its
-/// (conversation, channel) becomes the head (see `heads.rs` for the race the lock
-/// closes). A retry keeps the row pending and first in line: no flag moves. `?`
-/// returns database errors from the enclosing function.
-macro_rules! record_one {
-    ($tx:expr, $c:expr) => {{
-        let c: &Completion<'_> = $c;
-        let d = c.delivery;
-        let ended = match c.result {
-            AttemptResult::RetryAt { at, error } => {
-                let rows = sqlx::query(RETRY)
-                    .bind(d.id)
-                    .bind(c.lease)
-                    .bind(c.now)
-                    .bind(*at)
-                    .bind(error.as_str())
-                    .execute(&mut *$tx)
-                    .await?
-                    .rows_affected();
-                Err(rows == 1)
-            }
-            // `$4` is the external id of a delivered row, the error of a failed one.
-            AttemptResult::Delivered { external_id } => Ok((DELIVERED, external_id.as_deref())),
-            AttemptResult::Failed { error } => Ok((FAILED, Some(error.as_str()))),
-        };
-        match ended {
-            Err(recorded) => recorded,
-            Ok((sql, text)) => {
-                let rows = sqlx::query(sql)
-                    .bind(d.id)
-                    .bind(c.lease)
-                    .bind(c.now)
-                    .bind(text)
-                    .execute(&mut *$tx)
-                    .await?
-                    .rows_affected();
-                if rows == 1 {
-                    // The pair's other flags are right (the invariant held before,
-                    // under this lock), so marking its first pending row is all that
-                    // is left to do.
-                    sqlx::query(PROMOTE_FIRST)
-                        .bind(d.conversation_id)
-                        .bind(d.channel_id)
-                        .execute(&mut *$tx)
-                        .await?;
-                }
-                rows == 1
-            }
+/// SQLite: records one attempt in a transaction of the one writer, which orders it
+/// against every append; returns whether the lease held. A delivered or failed row
+/// leaves the queue: its flag is cleared and the next pending delivery of its
+/// (conversation, channel) becomes the head. A retry keeps the row pending and first
+/// in line: no flag moves.
+async fn record_sqlite(conn: &mut sqlx::SqliteConnection, c: &Completion) -> StoreResult<bool> {
+    let d = &c.delivery;
+    // `$4` is the external id of a delivered row, the error of a failed one.
+    let (sql, text) = match &c.result {
+        AttemptResult::RetryAt { at, error } => {
+            let rows = sqlx::query(RETRY)
+                .bind(d.id)
+                .bind(c.lease)
+                .bind(c.now)
+                .bind(*at)
+                .bind(error.as_str())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            return Ok(rows == 1);
         }
-    }};
+        AttemptResult::Delivered { external_id } => (DELIVERED, external_id.as_deref()),
+        AttemptResult::Failed { error } => (FAILED, Some(error.as_str())),
+    };
+    let rows = sqlx::query(sql)
+        .bind(d.id)
+        .bind(c.lease)
+        .bind(c.now)
+        .bind(text)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if rows != 1 {
+        return Ok(false);
+    }
+    // The pair's other flags are right (the invariant held before), so marking its
+    // first pending row is all that is left to do.
+    sqlx::query(PROMOTE_FIRST)
+        .bind(d.conversation_id)
+        .bind(d.channel_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
 }
 
 /// PostgreSQL: a batch of completions in one transaction of five statements.
 async fn record_attempts_postgres(
     pool: &sqlx::PgPool,
-    batch: &[Completion<'_>],
+    batch: &[Completion],
 ) -> StoreResult<Vec<bool>> {
     // Every outcome in one statement: the row's new state per completion, matched on
     // id and lease, as `record_one`'s three statements would write it.
@@ -361,11 +351,11 @@ async fn record_attempts_postgres(
     let mut locks = Vec::new();
     let mut pairs: Vec<(ConversationId, ChannelId)> = Vec::new();
     for c in batch {
-        let d = c.delivery;
+        let d = &c.delivery;
         ids.push(d.id.0);
         leases.push(c.lease.0);
         nows.push(c.now.0);
-        let (status, external_id, error, next_at) = match c.result {
+        let (status, external_id, error, next_at) = match &c.result {
             AttemptResult::Delivered { external_id } => {
                 ("delivered", external_id.clone(), None, None)
             }
@@ -423,17 +413,6 @@ async fn record_attempts_postgres(
 }
 
 impl Store {
-    /// Leases up to `limit` due deliveries until `lease_until`.
-    pub async fn claim_due_deliveries(
-        &self,
-        now: Timestamp,
-        lease_until: Timestamp,
-        limit: i64,
-    ) -> StoreResult<Vec<Delivery>> {
-        let claimed = self.claim_due(now, lease_until, limit).await?;
-        Ok(claimed.into_iter().map(|c| c.delivery).collect())
-    }
-
     /// Leases up to `limit` due deliveries until `lease_until`, in due order, each
     /// with the activity, conversation and channel its attempt needs where the claim
     /// could read them at no extra cost ([`Store::attempt_context`] reads the rest).
@@ -519,41 +498,14 @@ impl Store {
         Ok(row.0)
     }
 
-    /// Records the end of an attempt at `delivery` made under `lease`. Returns `false`
-    /// when the lease was lost (another worker took the row over) and nothing was
-    /// written.
+    /// Records the ends of many attempts at once; for each, in order, whether its
+    /// lease still held and the outcome was written (`false`: another worker took the
+    /// row over, and nothing of it was written).
     ///
     /// A delivered or failed row leaves the queue: in the same transaction its flag is
     /// cleared and the next pending delivery of its (conversation, channel) becomes the
     /// head, under the conversation's lock (see `heads.rs` for the race this closes).
     /// A retry keeps the row pending and first in line: no flag moves.
-    pub async fn record_attempt(
-        &self,
-        delivery: &Delivery,
-        lease: Timestamp,
-        now: Timestamp,
-        result: &AttemptResult,
-    ) -> StoreResult<bool> {
-        let completion = Completion {
-            delivery,
-            lease,
-            now,
-            result,
-        };
-        writer!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            if completion.ends() {
-                // First, before any delivery row: the lock order of every head change.
-                lock_conversation!(self, tx, delivery.conversation_id);
-            }
-            let recorded = record_one!(tx, &completion);
-            tx.commit().await?;
-            Ok::<bool, StoreError>(recorded)
-        })
-    }
-
-    /// Records the ends of many attempts at once; for each, in order, whether its
-    /// lease still held and the outcome was written (as [`Store::record_attempt`]).
     ///
     /// One transaction for the whole batch. On PostgreSQL it takes the locks of the
     /// conversations whose heads move (in id order, the order every multi-conversation
@@ -561,14 +513,14 @@ impl Store {
     /// flags on in another: five round trips however large the batch. SQLite runs
     /// [`Store::record_attempt`]'s statements for each in one transaction on its
     /// writer: one commit, one fsync.
-    pub async fn record_attempts(&self, batch: &[Completion<'_>]) -> StoreResult<Vec<bool>> {
+    pub async fn record_attempts(&self, batch: &[Completion]) -> StoreResult<Vec<bool>> {
         match self {
             Store::Postgres(pool, _) => record_attempts_postgres(pool, batch).await,
             Store::Sqlite { writer, .. } => {
                 let mut tx = writer.begin().await?;
                 let mut recorded = Vec::with_capacity(batch.len());
                 for c in batch {
-                    recorded.push(record_one!(tx, c));
+                    recorded.push(record_sqlite(&mut tx, c).await?);
                 }
                 tx.commit().await?;
                 Ok(recorded)

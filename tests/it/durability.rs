@@ -92,15 +92,7 @@ async fn fill_queue(
 /// once instead of after `CONVERGER_DELIVERY_LEASE_SECS` (90 s by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sqlite_node_takes_its_leases_back_at_once() {
-    let (_db, url) = TestDb::create(Backend::Sqlite).await;
-    let store = converger::app::open_store(&converger::Config::new(url.clone()))
-        .await
-        .unwrap();
-    let key = converger::auth::generate_api_key();
-    store
-        .insert_tenant("acme", &key.hash, &key.prefix)
-        .await
-        .unwrap();
+    let (_db, url, store, key) = TestDb::with_tenant(Backend::Sqlite).await;
     let http = reqwest::Client::new();
     let sink = Sink::start().await;
     // Slow enough that the kill lands while the first attempt waits on the receiver.
@@ -111,7 +103,7 @@ async fn a_restarted_sqlite_node_takes_its_leases_back_at_once() {
     let mut first = Node::start_with(&url, &lease, Stdio::null());
     first.ready(&http).await;
     // One conversation: everything queues behind its leased head.
-    let ids = fill_queue(&http, &first.base, &key.key, &sink, 1, 3).await;
+    let ids = fill_queue(&http, &first.base, &key, &sink, 1, 3).await;
     sink.wait_for(1, Duration::from_secs(30)).await;
     first.kill();
     assert_eq!(delivered_count(&store).await, 0, "killed mid-attempt");
@@ -137,22 +129,14 @@ async fn a_restarted_sqlite_node_takes_its_leases_back_at_once() {
 }
 
 async fn killed_node_loses_no_delivery(backend: Backend) {
-    let (_db, url) = TestDb::create(backend).await;
-    let store = converger::app::open_store(&converger::Config::new(url.clone()))
-        .await
-        .unwrap();
-    let key = converger::auth::generate_api_key();
-    store
-        .insert_tenant("acme", &key.hash, &key.prefix)
-        .await
-        .unwrap();
+    let (_db, url, store, key) = TestDb::with_tenant(backend).await;
     let http = reqwest::Client::new();
     let sink = Sink::start().await;
     sink.always(Reply::status(200).delay(Duration::from_millis(100)));
 
     let mut first = Node::start(&url);
     first.ready(&http).await;
-    let ids = fill_queue(&http, &first.base, &key.key, &sink, 20, 10).await;
+    let ids = fill_queue(&http, &first.base, &key, &sink, 20, 10).await;
     assert_eq!(ids.len(), 200);
     sink.wait_for(20, Duration::from_secs(30)).await;
     first.kill();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use converger::delivery::{DeliveryWaker, run_head_repair};
 use converger::domain::{ChannelId, ConversationId, Delivery, DeliveryId, Timestamp};
-use converger::store::{AppendOutcome, AttemptResult, Store, test_support};
+use converger::store::{AppendOutcome, AttemptResult, Completion, Store, test_support};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -77,12 +77,8 @@ async fn append_to(
 async fn claim(app: &TestApp) -> (Vec<Delivery>, Timestamp) {
     let now = Timestamp::now();
     let lease = now.plus(LEASE);
-    let claimed = app
-        .store
-        .claim_due_deliveries(now, lease, 100)
-        .await
-        .expect("claim");
-    (claimed, lease)
+    let claimed = app.store.claim_due(now, lease, 100).await.expect("claim");
+    (claimed.into_iter().map(|c| c.delivery).collect(), lease)
 }
 
 /// Claims the due heads of one conversation; the others' are given back.
@@ -100,11 +96,18 @@ async fn claim_of(app: &TestApp, conversation_id: ConversationId) -> (Vec<Delive
 }
 
 async fn record(app: &TestApp, d: &Delivery, lease: Timestamp, result: AttemptResult) {
-    assert!(
+    let completion = Completion {
+        delivery: d.clone(),
+        lease,
+        now: Timestamp::now(),
+        result,
+    };
+    assert_eq!(
         app.store
-            .record_attempt(d, lease, Timestamp::now(), &result)
+            .record_attempts(&[completion])
             .await
             .expect("record"),
+        [true],
         "lease of {} lost",
         d.id
     );
@@ -212,11 +215,14 @@ async fn a_backlog_in_one_pair_does_not_block_the_others(backend: Backend) {
     // Ten wanted, three claimable: each pair's first delivery, in next_attempt_at order.
     let now = Timestamp::now();
     let lease = now.plus(LEASE);
-    let claimed = app
+    let claimed: Vec<Delivery> = app
         .store
-        .claim_due_deliveries(now, lease, 10)
+        .claim_due(now, lease, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|c| c.delivery)
+        .collect();
     assert_eq!(claimed.len(), 3, "{claimed:?}");
     assert!(claimed.iter().all(|d| d.seq == 1), "{claimed:?}");
     let pairs: HashSet<ConversationId> = claimed.iter().map(|d| d.conversation_id).collect();

@@ -24,20 +24,6 @@ both_backends!(
     work_in_flight_finishes_before_the_deadline,
 );
 
-/// A fresh database with one tenant; returns it, a handle on it and the API key.
-async fn database(backend: Backend) -> (TestDb, String, Store, String) {
-    let (db, url) = TestDb::create(backend).await;
-    let store = converger::app::open_store(&converger::Config::new(url.clone()))
-        .await
-        .unwrap();
-    let key = converger::auth::generate_api_key();
-    store
-        .insert_tenant("acme", &key.hash, &key.prefix)
-        .await
-        .unwrap();
-    (db, url, store, key.key)
-}
-
 /// `(status, attempts, leased)` of every delivery, read past the API.
 async fn deliveries(store: &Store) -> Vec<(String, i32, bool)> {
     const SQL: &str =
@@ -164,7 +150,7 @@ async fn close_code(socket: &mut Socket, timeout: Duration) -> Option<CloseCode>
 async fn sigterm_drains_then_hands_unfinished_deliveries_over(backend: Backend) {
     const DELAY: u64 = 5;
     const TIMEOUT: u64 = 3;
-    let (_db, url, store, key) = database(backend).await;
+    let (_db, url, store, key) = TestDb::with_tenant(backend).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -266,7 +252,7 @@ async fn sigterm_drains_then_hands_unfinished_deliveries_over(backend: Backend) 
 
 async fn work_in_flight_finishes_before_the_deadline(backend: Backend) {
     const TIMEOUT: u64 = 30;
-    let (_db, url, store, key) = database(backend).await;
+    let (_db, url, store, key) = TestDb::with_tenant(backend).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

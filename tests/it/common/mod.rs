@@ -110,6 +110,21 @@ pub enum TestDb {
 }
 
 impl TestDb {
+    /// A fresh database with one tenant, for tests that run `converger` processes
+    /// over it: the database, its URL, a store on it and the tenant's API key.
+    pub async fn with_tenant(backend: Backend) -> (Self, String, Store, String) {
+        let (db, url) = TestDb::create(backend).await;
+        let store = converger::app::open_store(&Config::new(url.clone()))
+            .await
+            .unwrap();
+        let key = generate_api_key();
+        store
+            .insert_tenant("acme", &key.hash, &key.prefix)
+            .await
+            .unwrap();
+        (db, url, store, key.key)
+    }
+
     /// Creates a fresh database; returns it (dropped with the value) and its URL.
     pub async fn create(backend: Backend) -> (Self, String) {
         match backend {
