@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,15 +63,20 @@ impl AppState {
     /// trusted proxy says. Clients whose forwarded address cannot be read share the
     /// proxy's address, so a junk `X-Forwarded-For` never escapes the limits.
     pub fn client_ip(&self, request_parts: &Parts) -> Option<IpAddr> {
-        let peer = request_parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()?
-            .0
-            .ip();
-        Some(
-            access::client_ip(peer, &request_parts.headers, &self.config.trusted_proxies)
-                .unwrap_or(peer),
-        )
+        self.peer_and_client(&request_parts.extensions, &request_parts.headers)
+            .map(|(_, client)| client)
+    }
+
+    /// The TCP peer of a request and its client address as [`AppState::client_ip`]
+    /// reads it; `None` without connection info (a router served without it).
+    pub fn peer_and_client(
+        &self,
+        extensions: &Extensions,
+        headers: &HeaderMap,
+    ) -> Option<(IpAddr, IpAddr)> {
+        let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        let client = access::client_ip(peer, headers, &self.config.trusted_proxies).unwrap_or(peer);
+        Some((peer, client))
     }
 }
 

@@ -21,9 +21,7 @@ use axum::extract::ws::WebSocketUpgrade;
 /// Read buffer of one socket, in bytes: every idle socket holds it. Phoenix frames of
 /// chat are a few hundred bytes; a larger one grows the buffer of its socket.
 const SOCKET_READ_BUFFER: usize = 2 * 1024;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -163,12 +161,9 @@ fn forwarded_slot(
     extensions: &Extensions,
     headers: &HeaderMap,
 ) -> Result<Option<AddressSlot>, Refused> {
-    let Some(ConnectInfo(peer)) = extensions.get::<ConnectInfo<SocketAddr>>() else {
+    let Some((peer, client)) = state.peer_and_client(extensions, headers) else {
         return Ok(None);
     };
-    let peer = peer.ip();
-    let client =
-        crate::access::client_ip(peer, headers, &state.config.trusted_proxies).unwrap_or(peer);
     state.connections.admit_forwarded(peer, client)
 }
 
