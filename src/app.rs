@@ -254,6 +254,7 @@ pub async fn run(
     let tasks = state.tasks.clone();
     if state.config.delivery_enabled {
         let engine = DeliveryEngine::new(
+            state.node.id,
             store.clone(),
             state.adapters.clone(),
             state.ingest.clone(),
@@ -263,6 +264,17 @@ pub async fn run(
         );
         tasks.spawn(engine.run(stop.clone(), abort.clone(), tasks.clone()));
     }
+    // Outside the tracker: the node keeps beating while the tasks drain, so that its
+    // leases stay its own until it has given them back, and leaves the registry last.
+    let beat_stop = CancellationToken::new();
+    let _beat_stop_on_exit = beat_stop.clone().drop_guard();
+    let heartbeat = tokio::spawn(crate::delivery::run_heartbeat(
+        store.clone(),
+        state.node.clone(),
+        Duration::from_secs(state.config.node_heartbeat_secs),
+        state.waker.clone(),
+        beat_stop.clone(),
+    ));
     let limits = state.limits.clone();
     every(
         &tasks,
@@ -363,6 +375,13 @@ pub async fn run(
         {
             tracing::warn!(remaining = tasks.len(), "tasks still running at exit");
         }
+    }
+    beat_stop.cancel();
+    if tokio::time::timeout(RELEASE_GRACE, heartbeat)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the node registry was not told this node stopped; its row ages out");
     }
     store.close().await;
     tracing::info!("converger stopped");

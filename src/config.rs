@@ -243,6 +243,17 @@ pub struct Config {
     )]
     pub delivery_lease_secs: u64,
 
+    /// Seconds between this node's heartbeats in the node registry. A node silent for
+    /// three of them is taken for dead, and its delivery leases are given back at once
+    /// instead of at expiry.
+    #[arg(
+        long,
+        env = "CONVERGER_NODE_HEARTBEAT_SECS",
+        default_value_t = 2,
+        global = true
+    )]
+    pub node_heartbeat_secs: u64,
+
     /// API requests per second from one client address (bursts of twice that); 0 = off.
     /// Limits hold per node.
     #[arg(
@@ -513,6 +524,9 @@ impl Config {
         if self.delivery_lease_secs == 0 {
             problems.push("CONVERGER_DELIVERY_LEASE_SECS must be at least 1".into());
         }
+        if self.node_heartbeat_secs == 0 {
+            problems.push("CONVERGER_NODE_HEARTBEAT_SECS must be at least 1".into());
+        }
         if self.socket_max_frame_bytes < 1024 {
             problems.push("CONVERGER_SOCKET_MAX_FRAME_BYTES must be at least 1024".into());
         }
@@ -642,6 +656,7 @@ impl std::fmt::Debug for Config {
             .field("delivery_concurrency", &self.delivery_concurrency)
             .field("delivery_backoff_scale", &self.delivery_backoff_scale)
             .field("delivery_lease_secs", &self.delivery_lease_secs)
+            .field("node_heartbeat_secs", &self.node_heartbeat_secs)
             .field("prune_after_days", &self.prune_after_days)
             .field("rate_limit_per_ip", &self.rate_limit_per_ip)
             .field("rate_limit_per_tenant", &self.rate_limit_per_tenant)

@@ -7,6 +7,7 @@
 //! delivery at the same time.
 
 mod backoff;
+mod nodes;
 mod outcome;
 mod pruner;
 mod recorder;
@@ -19,6 +20,7 @@ use crate::config::Config;
 
 pub use crate::ingest::DeliveryWaker;
 pub use backoff::{MAX_ATTEMPTS, next_delay};
+pub use nodes::{MISSED_BEATS, NodeIdentity, run_heartbeat, stale_before};
 pub use outcome::{
     StatusApplied, apply_provider_status, attempt_result, retry_all_failed, retry_failed,
 };

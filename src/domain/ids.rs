@@ -58,4 +58,6 @@ id_type!(
     ActivityId,
     /// Identifies a delivery of one activity to one channel; also the `webhook-id`.
     DeliveryId,
+    /// Identifies a running node (one `serve` process) for as long as it runs.
+    NodeId,
 );

@@ -16,6 +16,7 @@ use crate::access::{self, SessionSigner};
 use crate::adapters::Adapters;
 use crate::auth::JwtKeys;
 use crate::config::Config;
+use crate::delivery::NodeIdentity;
 use crate::egress::EgressPolicy;
 use crate::ingest::{DeliveryWaker, Ingestor};
 use crate::pubsub::PubSub;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub admin: Arc<SessionSigner>,
     /// Wakes this node's delivery workers.
     pub waker: DeliveryWaker,
+    /// This node in the node registry; its delivery leases carry its id.
+    pub node: NodeIdentity,
     pub config: Arc<Config>,
     pub store: Store,
     pub adapters: Adapters,
@@ -111,6 +114,7 @@ impl AppState {
             connections: Arc::new(ConnectionLimits::new(&config)),
             admin: Arc::new(admin),
             waker,
+            node: NodeIdentity::new(),
             config: Arc::new(config),
             store,
             adapters,

@@ -19,6 +19,8 @@ mod conversations;
 mod deliveries;
 mod error;
 mod heads;
+mod health;
+mod nodes;
 mod postgres;
 mod prune;
 mod queue;
@@ -43,6 +45,8 @@ pub use admin::{ChannelDeliveryStats, FailedDelivery};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
 pub use error::StoreError;
+pub use health::{PROBE_INTERVAL, PROBE_TIMEOUT};
+pub use nodes::{NodeRow, Reaped};
 pub use queue::{AttemptContext, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
 pub use sealing::{CredentialFn, Reseal, Sealer};
@@ -94,6 +98,8 @@ pub struct Shared {
     sealer: Sealer,
     /// Recent reads of rows that hardly change (see `cache.rs`).
     cache: std::sync::Arc<cache::ReadCache>,
+    /// Whether the database is reachable (see `health.rs`).
+    availability: std::sync::Arc<health::Availability>,
 }
 
 /// Which database a URL names.
@@ -260,8 +266,13 @@ impl Store {
 
     /// The read cache of this store and its clones.
     fn cache(&self) -> &cache::ReadCache {
+        &self.shared().cache
+    }
+
+    /// What this store's clones share besides the pools.
+    fn shared(&self) -> &Shared {
         match self {
-            Store::Sqlite { shared, .. } | Store::Postgres(_, shared) => &shared.cache,
+            Store::Sqlite { shared, .. } | Store::Postgres(_, shared) => shared,
         }
     }
 

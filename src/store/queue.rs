@@ -12,7 +12,8 @@ use sqlx::types::Json;
 use super::heads::PROMOTE_FIRST;
 use super::{QueueDepth, Sealer, Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{
-    Activity, Channel, ChannelId, Conversation, ConversationId, Delivery, DeliveryId, Timestamp,
+    Activity, Channel, ChannelId, Conversation, ConversationId, Delivery, DeliveryId, NodeId,
+    Timestamp,
 };
 
 /// The columns of a [`Delivery`] the workers read, as a literal for `concat!`.
@@ -39,7 +40,7 @@ macro_rules! claimable {
 macro_rules! claim_sql {
     ($lock:literal) => {
         concat!(
-            "UPDATE deliveries SET locked_until = $2, updated_at = $1 WHERE id IN (\
+            "UPDATE deliveries SET locked_until = $2, locked_by = $4, updated_at = $1 WHERE id IN (\
              SELECT d.id FROM deliveries d WHERE ",
             claimable!(),
             " ORDER BY d.next_attempt_at, d.id LIMIT $3",
@@ -413,7 +414,7 @@ async fn record_attempts_postgres(
 }
 
 impl Store {
-    /// Leases up to `limit` due deliveries until `lease_until`, in due order, each
+    /// Leases up to `limit` due deliveries to `node` until `lease_until`, in due order, each
     /// with the activity, conversation and channel its attempt needs where the claim
     /// could read them at no extra cost ([`Store::attempt_context`] reads the rest).
     ///
@@ -423,6 +424,7 @@ impl Store {
     /// its local readers side by side instead of on the writer's turn.
     pub async fn claim_due(
         &self,
+        node: NodeId,
         now: Timestamp,
         lease_until: Timestamp,
         limit: i64,
@@ -434,6 +436,7 @@ impl Store {
                     .bind(now)
                     .bind(lease_until)
                     .bind(limit)
+                    .bind(node)
                     .fetch_all(writer)
                     .await?;
                 deliveries
@@ -449,6 +452,7 @@ impl Store {
                     .bind(now)
                     .bind(lease_until)
                     .bind(limit)
+                    .bind(node)
                     .fetch_all(pool)
                     .await?;
                 // The channel's credentials are sealed at rest, as on every read.

@@ -21,7 +21,10 @@ both_backends!(
 );
 
 // One SQLite file serves one node: sharing a queue between nodes is PostgreSQL's.
-postgres_only!(nodes_share_the_queue_without_double_attempts);
+postgres_only!(
+    nodes_share_the_queue_without_double_attempts,
+    a_surviving_node_takes_a_killed_nodes_leases_within_seconds,
+);
 
 async fn delivered_count(store: &converger::store::Store) -> i64 {
     store
@@ -125,6 +128,66 @@ async fn a_restarted_sqlite_node_takes_its_leases_back_at_once() {
         .collect();
     assert_eq!(received, ids);
     drop(second);
+    store.close().await;
+}
+
+/// PostgreSQL, two nodes: one is killed mid-attempt and not restarted. The other sees
+/// its heartbeat stop and takes its leases over within a few heartbeats, not after
+/// `CONVERGER_DELIVERY_LEASE_SECS` (90 s by default).
+async fn a_surviving_node_takes_a_killed_nodes_leases_within_seconds(backend: Backend) {
+    let (_db, url, store, key) = TestDb::with_tenant(backend).await;
+    let http = reqwest::Client::new();
+    let sink = Sink::start().await;
+    // The first attempt waits on the receiver long enough for the kill to land in it
+    // (and less than the attempt's 15 s timeout); the others are answered at once.
+    sink.script([Reply::status(200).delay(Duration::from_secs(12))]);
+
+    // The default lease and heartbeat: a takeover by expiry would take 90 s.
+    let env = [
+        ("CONVERGER_DELIVERY_LEASE_SECS", "90"),
+        ("CONVERGER_NODE_HEARTBEAT_SECS", "2"),
+    ];
+    let mut doomed = Node::start_with(&url, &env, Stdio::null());
+    doomed.ready(&http).await;
+    // One conversation: the doomed node leases its head, and the rest waits behind
+    // it, so the survivor started now has nothing it may deliver before the kill.
+    let ids = fill_queue(&http, &doomed.base, &key, &sink, 1, 3).await;
+    sink.wait_for(1, Duration::from_secs(30)).await;
+    let survivor = Node::start_with(&url, &env, Stdio::null());
+    survivor.ready(&http).await;
+    let live = || async {
+        store
+            .live_nodes(converger::domain::Timestamp::now().minus(Duration::from_secs(6)))
+            .await
+            .expect("nodes")
+    };
+    eventually(
+        Duration::from_secs(10),
+        "both nodes to be registered",
+        || async { (live().await.len() == 2).then_some(()) },
+    )
+    .await;
+    doomed.kill();
+    assert_eq!(delivered_count(&store).await, 0, "killed mid-attempt");
+
+    // Three missed 2 s beats, one beat of the survivor to notice, the attempt: about
+    // 10 s, where waiting for the lease the killed node left would take 90 s.
+    sink.wait_for(2, Duration::from_secs(30)).await;
+    eventually(
+        Duration::from_secs(60),
+        "every delivery to be delivered",
+        || async { (delivered_count(&store).await == 3).then_some(()) },
+    )
+    .await;
+    let received: HashSet<String> = sink
+        .received()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(received, ids);
+    let left = live().await;
+    assert_eq!(left.len(), 1, "the dead node left the registry: {left:?}");
+    drop(survivor);
     store.close().await;
 }
 

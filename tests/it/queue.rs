@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use converger::delivery::{DeliveryWaker, run_head_repair};
-use converger::domain::{ChannelId, ConversationId, Delivery, DeliveryId, Timestamp};
+use converger::domain::{ChannelId, ConversationId, Delivery, DeliveryId, NodeId, Timestamp};
 use converger::store::{AppendOutcome, AttemptResult, Completion, Store, test_support};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -77,7 +77,11 @@ async fn append_to(
 async fn claim(app: &TestApp) -> (Vec<Delivery>, Timestamp) {
     let now = Timestamp::now();
     let lease = now.plus(LEASE);
-    let claimed = app.store.claim_due(now, lease, 100).await.expect("claim");
+    let claimed = app
+        .store
+        .claim_due(NodeId::new(), now, lease, 100)
+        .await
+        .expect("claim");
     (claimed.into_iter().map(|c| c.delivery).collect(), lease)
 }
 
@@ -217,7 +221,7 @@ async fn a_backlog_in_one_pair_does_not_block_the_others(backend: Backend) {
     let lease = now.plus(LEASE);
     let claimed: Vec<Delivery> = app
         .store
-        .claim_due(now, lease, 10)
+        .claim_due(NodeId::new(), now, lease, 10)
         .await
         .unwrap()
         .into_iter()

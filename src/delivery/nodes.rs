@@ -1,0 +1,109 @@
+//! This node in the node registry ([`crate::store::NodeRow`]): its heartbeat, and the
+//! takeover of the leases of nodes that stopped beating.
+//!
+//! A node killed mid-attempt leaves its deliveries leased for the lease's length
+//! (90 s by default), and with per-conversation order everything queued behind them
+//! waits as long. With a heartbeat every `interval`, a node silent for
+//! [`MISSED_BEATS`] intervals is taken for dead by the next live node to look, and its
+//! leases are given back at once: its deliveries are due again within a few
+//! intervals of its death.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::DeliveryWaker;
+use crate::domain::{NodeId, Timestamp};
+use crate::store::Store;
+
+/// Heartbeats a node may miss before it is taken for dead.
+pub const MISSED_BEATS: u32 = 3;
+
+/// Who this node is in the registry.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub id: NodeId,
+    /// `host:pid`, for people reading the registry and the logs.
+    pub name: String,
+    pub started_at: Timestamp,
+}
+
+impl NodeIdentity {
+    /// A new identity for a node starting now.
+    pub fn new() -> Self {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        Self {
+            id: NodeId::new(),
+            name: format!("{host}:{}", std::process::id()),
+            started_at: Timestamp::now(),
+        }
+    }
+}
+
+impl Default for NodeIdentity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How old a heartbeat may be, at `now`, before its node is taken for dead.
+pub fn stale_before(now: Timestamp, interval: Duration) -> Timestamp {
+    now.minus(interval * MISSED_BEATS)
+}
+
+/// Beats every `interval` until `stop`, and after each beat gives back the leases of
+/// nodes that stopped beating, waking the workers when there were any. On `stop` the
+/// node's row is removed: its workers have given their leases back by then.
+pub async fn run_heartbeat(
+    store: Store,
+    node: NodeIdentity,
+    interval: Duration,
+    waker: DeliveryWaker,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let now = Timestamp::now();
+        match store
+            .heartbeat_node(node.id, &node.name, node.started_at, now)
+            .await
+        {
+            Ok(true) if !first => tracing::warn!(
+                node = %node.name,
+                "this node was taken for dead while it could not beat; its leases were given to others"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write this node's heartbeat");
+                continue;
+            }
+        }
+        first = false;
+        match store.reap_dead_nodes(stale_before(now, interval)).await {
+            Ok(reaped) if reaped.nodes > 0 => {
+                tracing::warn!(
+                    nodes = reaped.nodes,
+                    leases = reaped.leases,
+                    "nodes stopped beating: their delivery leases are given back"
+                );
+                if reaped.leases > 0 {
+                    waker.wake();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for dead nodes"),
+        }
+    }
+    if let Err(e) = store.deregister_node(node.id).await {
+        tracing::warn!(error = %e, "cannot remove this node from the registry; it ages out");
+    }
+}
