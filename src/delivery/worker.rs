@@ -21,7 +21,7 @@ use super::recorder::Recorder;
 use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
 use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
-use crate::domain::{ChannelStatus, Delivery, Timestamp};
+use crate::domain::{ChannelStatus, Delivery, NodeId, Timestamp};
 use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
@@ -31,6 +31,10 @@ use crate::store::{AttemptContext, AttemptResult, Backend, ClaimedDelivery, Stor
 const CLAIM_BATCH: usize = 64;
 /// Pause after a failing queue query before the next look.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// First and longest pause between tries of an outcome write the database refused
+/// for being out of reach.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What one claim found.
 enum Claimed {
@@ -52,12 +56,15 @@ pub struct DeliveryEngine {
     http: EgressClient,
     settings: Arc<DeliverySettings>,
     recorder: Recorder,
+    /// The node whose leases this engine takes.
+    node: NodeId,
 }
 
 impl DeliveryEngine {
-    /// An engine over the node's store and adapters. Its outcome recorder runs on
-    /// `tasks` until the engine and every attempt it started are gone.
+    /// An engine of node `node` over the node's store and adapters. Its outcome
+    /// recorder runs on `tasks` until the engine and every attempt it started are gone.
     pub fn new(
+        node: NodeId,
         store: Store,
         adapters: Adapters,
         ingest: Ingestor,
@@ -77,6 +84,7 @@ impl DeliveryEngine {
             waker,
             http,
             settings: Arc::new(settings),
+            node,
         }
     }
 
@@ -116,6 +124,9 @@ impl DeliveryEngine {
                 Ok(Claimed::Some) => self.settings.poll_interval,
                 Ok(Claimed::None) => self.time_to_next_due().await,
                 Err(e) => {
+                    if e.is_unavailable() {
+                        self.store.report_unavailable();
+                    }
                     tracing::warn!(error = %e, "delivery queue unavailable");
                     ERROR_PAUSE
                 }
@@ -146,7 +157,10 @@ impl DeliveryEngine {
         }
         let now = Timestamp::now();
         let lease = now.plus(self.settings.lease);
-        let claimed = self.store.claim_due(now, lease, free as i64).await?;
+        let claimed = self
+            .store
+            .claim_due(self.node, now, lease, free as i64)
+            .await?;
         let got = match claimed.len() {
             0 => Claimed::None,
             n if n == free => Claimed::Full,
@@ -195,16 +209,28 @@ impl DeliveryEngine {
     }
 
     /// One attempt of one leased delivery, recorded; or, when `abort` comes first,
-    /// abandoned and its lease given back without counting it.
+    /// abandoned and its lease given back without counting it. An attempt that cannot
+    /// start because the database is out of reach is not counted either.
     async fn attempt(&self, claimed: ClaimedDelivery, lease: Timestamp, abort: &CancellationToken) {
         let ClaimedDelivery { delivery, context } = claimed;
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
         let started = Instant::now();
+        let loaded = match context {
+            Some(context) => Ok(context),
+            None => match self.store.attempt_context(&delivery).await {
+                Ok(Some(context)) => Ok(context),
+                Ok(None) => Err(AdapterError::permanent(
+                    "the activity or channel no longer exists",
+                )),
+                // The receiver was not tried: nothing to count. The lease goes back
+                // (or, with the database away, expires) and the delivery is retried.
+                Err(e) => {
+                    self.unattempted(&delivery, lease, &e).await;
+                    return;
+                }
+            },
+        };
         let attempted = async {
-            let loaded = match context {
-                Some(context) => Ok(context),
-                None => self.load(&delivery).await,
-            };
             match loaded {
                 Ok(loaded) => (
                     loaded.channel.kind.as_str(),
@@ -244,7 +270,7 @@ impl DeliveryEngine {
             }
         };
         let elapsed = started.elapsed();
-        match self.recorder.record(&delivery, lease, now, &recorded).await {
+        match self.record(&delivery, lease, now, &recorded, abort).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(delivery_id = %delivery.id, "lease lost before the outcome was recorded")
@@ -258,14 +284,49 @@ impl DeliveryEngine {
         crate::metrics::record_delivery_attempt(adapter, outcome, elapsed);
     }
 
-    /// What an attempt needs from the store, when the claim did not read it.
-    async fn load(&self, delivery: &Delivery) -> Result<AttemptContext, AdapterError> {
-        match self.store.attempt_context(delivery).await {
-            Ok(Some(context)) => Ok(context),
-            Ok(None) => Err(AdapterError::permanent(
-                "the activity or channel no longer exists",
-            )),
-            Err(e) => Err(AdapterError::retryable(format!("database: {e}"))),
+    /// Records an attempt's outcome. While the database is out of reach the write is
+    /// tried again, for as long as the lease holds and the node is not aborting: the
+    /// receiver has had this attempt, and an outcome that is never written would have
+    /// it make the same delivery again once the lease expires.
+    async fn record(
+        &self,
+        delivery: &Delivery,
+        lease: Timestamp,
+        now: Timestamp,
+        result: &AttemptResult,
+        abort: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let mut pause = RECORD_RETRY_FIRST;
+        loop {
+            match self.recorder.record(delivery, lease, now, result).await {
+                Err(e) if e.is_unavailable() => {
+                    self.store.report_unavailable();
+                    // Past the lease another node may have the delivery, and the
+                    // write would be refused anyway.
+                    if Timestamp::now().plus(pause) >= lease || abort.is_cancelled() {
+                        return Err(e);
+                    }
+                    tracing::warn!(delivery_id = %delivery.id, error = %e, "cannot record the outcome yet; trying again");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = abort.cancelled() => return Err(e),
+                    }
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// An attempt that could not start for a store error: gives the lease back without
+    /// counting an attempt, so the delivery is due again for any node.
+    async fn unattempted(&self, delivery: &Delivery, lease: Timestamp, error: &StoreError) {
+        if error.is_unavailable() {
+            self.store.report_unavailable();
+        }
+        tracing::warn!(delivery_id = %delivery.id, %error, "cannot read what the attempt needs; not attempted");
+        if let Err(e) = self.store.release_delivery(delivery.id, lease).await {
+            tracing::warn!(delivery_id = %delivery.id, error = %e, "cannot release the lease; it expires instead");
         }
     }
 

@@ -82,6 +82,18 @@ impl ApiError {
         err
     }
 
+    /// 503 `store_unavailable` with `Retry-After: 1`: the database is out of reach
+    /// right now; the same request may be sent again.
+    pub fn store_unavailable() -> Self {
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the database is unavailable; retry shortly (a retry with the same idempotency key never writes twice)",
+        );
+        err.retry_after = Some(1);
+        err
+    }
+
     /// The body of this error, as its response carries it.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
@@ -168,9 +180,17 @@ impl ApiError {
     }
 }
 
+/// Marks a response that failed because the database was out of reach, so the
+/// availability layer ([`super::availability`]) can have the store probed.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreUnavailable;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
+        if self.code == "store_unavailable" {
+            response.extensions_mut().insert(StoreUnavailable);
+        }
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -211,6 +231,10 @@ impl From<StoreError> for ApiError {
                     format!("the request conflicts with existing data ({constraint})"),
                 ),
             },
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::store_unavailable()
+            }
             other => ApiError::internal(&other),
         }
     }

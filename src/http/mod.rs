@@ -32,7 +32,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::telemetry;
-use error::ApiError;
+use error::{ApiError, StoreUnavailable};
 use state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -178,6 +178,7 @@ pub fn router(
 ) -> Router {
     let (routes, mut doc) = api_with_openapi(&state);
     doc.merge(edges_doc);
+    openapi::document_common_errors(&mut doc);
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     routes
@@ -189,6 +190,10 @@ pub fn router(
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            availability,
+        ))
         // After routing, so requests are counted by route template, not path.
         .route_layer(axum::middleware::from_fn(count_request))
         .fallback(not_found)
@@ -214,4 +219,26 @@ pub fn router(
         )
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Refuses requests that need the database at once while it is known to be out of
+/// reach (`503 store_unavailable`, see `store/health.rs`), instead of letting each
+/// wait for the pool's timeout; and has the store probed when a request fails that
+/// way. Liveness, readiness, metrics, the spec and static assets do not need it.
+async fn availability(
+    State(state): State<AppState>,
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    const WITHOUT_STORE: &[&str] = &["/health", "/ready", "/metrics", "/openapi.json"];
+    let path = request.uri().path();
+    let needs_store = !WITHOUT_STORE.contains(&path) && !path.starts_with("/admin/static/");
+    if needs_store && !state.store.is_available() {
+        return ApiError::store_unavailable().into_response();
+    }
+    let response = next.run(request).await;
+    if response.extensions().get::<StoreUnavailable>().is_some() {
+        state.store.report_unavailable();
+    }
+    response
 }

@@ -38,18 +38,29 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<HealthO
             }),
         );
     }
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, axum::Json(HealthOut { status: "ready" })),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(HealthOut {
-                    status: "database_unavailable",
-                }),
-            )
-        }
+    // Known down: answered at once. Otherwise asked, for at most a second.
+    let ready = state.store.is_available()
+        && match tokio::time::timeout(crate::store::PROBE_TIMEOUT, state.store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("readiness check: the database did not answer in time");
+                false
+            }
+        };
+    if ready {
+        return (StatusCode::OK, axum::Json(HealthOut { status: "ready" }));
     }
+    state.store.report_unavailable();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(HealthOut {
+            status: "database_unavailable",
+        }),
+    )
 }
 
 /// How long a scrape waits for the queue-depth sample before answering without it.

@@ -54,10 +54,15 @@ impl Refusal {
     }
 }
 
-/// The REST error codes, reused as reasons so one failure has one name everywhere.
+/// The REST error codes, reused as reasons so one failure has one name everywhere. A
+/// refusal worth retrying as it is (`store_unavailable`, `rate_limited`) carries the
+/// REST answer's `Retry-After` as `retry_after`, in seconds.
 impl From<ApiError> for Refusal {
     fn from(err: ApiError) -> Self {
         let mut response = json!({ "reason": err.code, "message": err.message });
+        if let (Some(secs), Value::Object(map)) = (err.retry_after, &mut response) {
+            map.insert("retry_after".into(), secs.into());
+        }
         if let (Some(Value::Object(details)), Value::Object(map)) = (err.details, &mut response) {
             map.extend(details);
         }
@@ -372,5 +377,14 @@ mod tests {
         let refusal = Refusal::from(ApiError::invalid_field("text", "too long"));
         assert_eq!(refusal.0["reason"], "validation_failed");
         assert_eq!(refusal.0["fields"][0]["field"], "text");
+        assert_eq!(refusal.0.get("retry_after"), None);
+    }
+
+    #[test]
+    fn an_unreachable_store_is_a_retryable_reason() {
+        let err = sqlx::Error::PoolTimedOut;
+        let refusal = Refusal::from(StoreError::from(err));
+        assert_eq!(refusal.0["reason"], "store_unavailable");
+        assert_eq!(refusal.0["retry_after"], 1);
     }
 }

@@ -24,9 +24,42 @@ pub enum StoreError {
         field: String,
         source: crate::secrets::SecretError,
     },
+    /// The database cannot be reached or is refusing work right now (connections
+    /// refused or dropped, the pool exhausted, the server shutting down or starting):
+    /// the same request may succeed in a moment.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
     /// Any other database failure.
     #[error("database error: {0}")]
     Db(sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the failure is the database being out of reach rather than this
+    /// request's doing: worth retrying the same request later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Whether `err` says the database is out of reach, not that the statement failed.
+fn unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // PostgreSQL: connection exceptions (class 08), the server shutting down
+            // or starting (57P01-57P03), out of connections (53300). SQLite: the
+            // database is locked or busy past the busy timeout (5, 6).
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                || matches!(&*code, "5" | "6" | "261" | "262" | "517" | "773")
+        }),
+        _ => false,
+    }
 }
 
 /// SQLite names the columns of a failed UNIQUE constraint, not the constraint: this maps
@@ -73,6 +106,9 @@ fn sqlite_constraint(message: &str) -> Option<String> {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
+        if unavailable(&err) {
+            return StoreError::Unavailable(err);
+        }
         match &err {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             sqlx::Error::Database(db) => {

@@ -22,6 +22,7 @@ mod limits;
 mod nul;
 mod observability;
 mod ops;
+mod outage;
 mod queue;
 mod realtime;
 mod routes;

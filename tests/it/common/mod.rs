@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod node;
+pub mod proxy;
 pub mod sink;
 pub mod socket;
 
