@@ -7,7 +7,11 @@ use serde_json::Value;
 
 use crate::common::{Backend, TestApp, both_backends, postgres_only};
 
-both_backends!(health_ready_and_openapi, a_newer_schema_still_serves);
+both_backends!(
+    health_ready_and_openapi,
+    a_newer_schema_still_serves,
+    the_spec_documents_every_status_the_probes_get,
+);
 postgres_only!(postgres_sessions_on_this_host_skip_tls_and_time_out_statements);
 
 async fn postgres_sessions_on_this_host_skip_tls_and_time_out_statements(backend: Backend) {
@@ -155,4 +159,107 @@ async fn a_newer_schema_still_serves(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// Every operation of the spec, probed the ways a client gets wrong (no credentials, a
+/// malformed id, an unknown id, a body that is not JSON or of another media type, an
+/// empty JSON object), must answer with a status its entry documents: a client
+/// generated from the spec is never surprised by an error it could not know of.
+async fn the_spec_documents_every_status_the_probes_get(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let doc: Value = app
+        .anon(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let mut undocumented = Vec::new();
+    let mut probed = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Ok(method) = method.to_uppercase().parse::<Method>() else {
+                continue;
+            };
+            if op.get("responses").is_none() {
+                continue;
+            }
+            let documented: BTreeSet<&str> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let with_ids = |id: &str| path.replace("{id}", id);
+            let has_body = op.get("requestBody").is_some();
+            let mut probes: Vec<(&str, reqwest::RequestBuilder)> = vec![
+                (
+                    "no credentials",
+                    app.anon(method.clone(), &with_ids(&unknown)),
+                ),
+                ("unknown id", app.req(method.clone(), &with_ids(&unknown))),
+            ];
+            if path.contains("{id}") {
+                probes.push((
+                    "malformed id",
+                    app.req(method.clone(), &with_ids("not-a-uuid")),
+                ));
+            }
+            // A query parameter of a number type given a word.
+            let numeric_query = op["parameters"].as_array().into_iter().flatten().find(|p| {
+                p["in"] == "query"
+                    && matches!(p["schema"]["type"].as_str(), Some("integer" | "number"))
+            });
+            if let Some(param) = numeric_query {
+                let name = param["name"].as_str().unwrap();
+                probes.push((
+                    "malformed query",
+                    app.req(
+                        method.clone(),
+                        &format!("{}?{name}=many", with_ids(&unknown)),
+                    ),
+                ));
+            }
+            if has_body {
+                probes.push((
+                    "text body",
+                    app.req(method.clone(), &with_ids(&unknown))
+                        .header("content-type", "text/plain")
+                        .body("hello"),
+                ));
+                probes.push((
+                    "malformed JSON",
+                    app.req(method.clone(), &with_ids(&unknown))
+                        .header("content-type", "application/json")
+                        .body("{"),
+                ));
+                probes.push((
+                    "empty object",
+                    app.req(method.clone(), &with_ids(&unknown))
+                        .header("content-type", "application/json")
+                        .body("{}"),
+                ));
+            }
+            for (probe, request) in probes {
+                probed += 1;
+                let status = request.send().await.unwrap().status();
+                assert_ne!(
+                    status,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "{method} {path} ({probe})"
+                );
+                if !documented.contains(status.as_str()) {
+                    undocumented.push(format!("{method} {path} ({probe}): {status}"));
+                }
+            }
+        }
+    }
+    assert!(probed > 100, "only {probed} probes");
+    assert!(
+        undocumented.is_empty(),
+        "answers the spec does not document:\n{}",
+        undocumented.join("\n")
+    );
 }
