@@ -20,12 +20,14 @@ use super::outcome::attempt_result;
 use super::recorder::Recorder;
 use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
-use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
+use crate::adapters::{AdapterError, Adapters, Delivered, Exchange, Outbound};
 use crate::domain::{ChannelStatus, Delivery, Timestamp};
 use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
-use crate::store::{AttemptContext, AttemptResult, Backend, ClaimedDelivery, Store, StoreError};
+use crate::store::{
+    AttemptContext, AttemptLog, AttemptResult, Backend, ClaimedDelivery, Store, StoreError,
+};
 
 /// Most rows claimed in one query.
 const CLAIM_BATCH: usize = 64;
@@ -194,12 +196,20 @@ impl DeliveryEngine {
         }
     }
 
-    /// One attempt of one leased delivery, recorded; or, when `abort` comes first,
-    /// abandoned and its lease given back without counting it.
+    /// One attempt of one leased delivery, recorded with its row of the attempt log;
+    /// or, when `abort` comes first, abandoned and its lease given back without
+    /// counting it.
     async fn attempt(&self, claimed: ClaimedDelivery, lease: Timestamp, abort: &CancellationToken) {
         let ClaimedDelivery { delivery, context } = claimed;
+        // Numbered over the delivery's life; the budget counts from the last manual
+        // retry.
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
+        let in_budget = attempt
+            .saturating_sub(u32::try_from(delivery.budget_start).unwrap_or(0))
+            .max(1);
+        let started_at = Timestamp::now();
         let started = Instant::now();
+        let exchange = Exchange::default();
         let attempted = async {
             let loaded = match context {
                 Some(context) => Ok(context),
@@ -208,7 +218,7 @@ impl DeliveryEngine {
             match loaded {
                 Ok(loaded) => (
                     loaded.channel.kind.as_str(),
-                    self.deliver(&delivery, attempt, loaded).await,
+                    self.deliver(&delivery, attempt, loaded, &exchange).await,
                 ),
                 Err(e) => ("unknown", Err(e)),
             }
@@ -228,7 +238,7 @@ impl DeliveryEngine {
             }
         };
         let now = Timestamp::now();
-        let recorded = attempt_result(&result, attempt, now, self.settings.backoff_scale);
+        let recorded = attempt_result(&result, in_budget, now, self.settings.backoff_scale);
         let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
                 tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");
@@ -244,7 +254,19 @@ impl DeliveryEngine {
             }
         };
         let elapsed = started.elapsed();
-        match self.recorder.record(&delivery, lease, now, &recorded).await {
+        let answer = exchange.take();
+        let log = AttemptLog {
+            started_at,
+            duration_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+            http_status: answer.as_ref().map(|a| i32::from(a.status)),
+            response_body: answer.map(|a| a.body),
+            node: self.settings.node.clone(),
+        };
+        match self
+            .recorder
+            .record(&delivery, lease, now, &recorded, log)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(delivery_id = %delivery.id, "lease lost before the outcome was recorded")
@@ -274,6 +296,7 @@ impl DeliveryEngine {
         delivery: &Delivery,
         attempt: u32,
         loaded: AttemptContext,
+        exchange: &Exchange,
     ) -> Result<Delivered, AdapterError> {
         let tenant = delivery.tenant_id;
         let AttemptContext {
@@ -292,6 +315,7 @@ impl DeliveryEngine {
             channel: &channel,
             http: &self.http,
             max_timeout: self.settings.lease.mul_f64(0.8),
+            exchange,
         };
         let delivered = self.adapters.get(channel.kind).deliver(&outbound).await?;
         if let Some(reply) = delivered.reply.clone() {

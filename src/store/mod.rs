@@ -13,6 +13,7 @@
 mod activities;
 mod admin;
 mod appender;
+mod attempts;
 mod cache;
 mod channels;
 mod conversations;
@@ -43,7 +44,7 @@ pub use admin::{ChannelDeliveryStats, FailedDelivery};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
 pub use error::StoreError;
-pub use queue::{AttemptContext, AttemptResult, ClaimedDelivery, Completion};
+pub use queue::{AttemptContext, AttemptLog, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
 pub use sealing::{CredentialFn, Reseal, Sealer};
 
