@@ -31,7 +31,7 @@ use crate::egress::{EgressClient, EgressPolicy, EgressRefused};
 
 pub use config::{
     ConfigSpec, FieldSpec, FieldType, HttpUrl, MASK, credential_pointers, mask_config,
-    merge_config_patch,
+    masked_paths, merge_config_patch, replace_config,
 };
 pub use inbound::{InboundBatch, InboundError, InboundMessage, StatusUpdate};
 pub use whatsapp::ProviderStatus;
