@@ -63,8 +63,7 @@ pub async fn replay_failed(
             .requeue_failed_batch(
                 tenant_id,
                 channel_id,
-                since,
-                until,
+                since..until,
                 after,
                 batch,
                 Timestamp::now(),

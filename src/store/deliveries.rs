@@ -134,19 +134,17 @@ impl Store {
 
     /// Puts up to `limit` failed deliveries of a tenant's channel back in the queue, as
     /// [`Store::retry_delivery`] does for one: those of activities created in
-    /// `[since, until)`, with ids above `after`, lowest ids first. Returns how many,
-    /// and the highest id among them (where the next batch starts).
+    /// `created`, with ids above `after`, lowest ids first. Returns how many, and the
+    /// highest id among them (where the next batch starts).
     ///
     /// One transaction: the rows, then the head of each (conversation, channel) they
     /// belong to, taking the conversations' locks in id order so that two replays, or a
     /// replay and the workers, never wait on each other in a cycle (`heads.rs`).
-    #[allow(clippy::too_many_arguments)]
     pub async fn requeue_failed_batch(
         &self,
         tenant_id: TenantId,
         channel_id: ChannelId,
-        since: Timestamp,
-        until: Timestamp,
+        created: std::ops::Range<Timestamp>,
         after: Option<DeliveryId>,
         limit: i64,
         now: Timestamp,
@@ -165,8 +163,8 @@ impl Store {
             let requeued: Vec<(DeliveryId, ConversationId)> = sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(channel_id)
-                .bind(since)
-                .bind(until)
+                .bind(created.start)
+                .bind(created.end)
                 .bind(after)
                 .bind(limit)
                 .bind(now)
