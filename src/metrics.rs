@@ -173,23 +173,8 @@ pub fn record_activity_ingested(channel_type: ChannelType, direction: Direction)
     .increment(1);
 }
 
-/// What an attempt recorded on its delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    Delivered,
-    Retry,
-    Failed,
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::Retry => "retry",
-            AttemptOutcome::Failed => "failed",
-        }
-    }
-}
+/// What an attempt recorded on its delivery: the `outcome` label.
+pub use crate::domain::AttemptOutcome;
 
 /// One finished delivery attempt. `adapter` is `unknown` when the channel could not
 /// be loaded.

@@ -147,6 +147,16 @@ pub async fn with_request_id<F: Future>(id: String, future: F) -> F::Output {
     REQUEST_ID.scope(id, future).await
 }
 
+/// What names this node in the records it leaves (the attempt log): its host name and
+/// process id, `host:pid`. Two processes on one host differ by pid; a restarted
+/// process gets a new name.
+pub fn node_name() -> String {
+    let uname = rustix::system::uname();
+    let host = uname.nodename().to_string_lossy();
+    let host = if host.is_empty() { "unknown" } else { &host };
+    format!("{host}:{}", std::process::id())
+}
+
 /// The id of the request the current task serves, if any: set for HTTP handlers,
 /// socket sessions (their upgrade request) and delivery attempts (the request that
 /// created the activity).
@@ -157,6 +167,14 @@ pub fn current_request_id() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_is_named_by_host_and_process() {
+        let name = node_name();
+        let (host, pid) = name.rsplit_once(':').expect("host:pid");
+        assert!(!host.is_empty());
+        assert_eq!(pid, std::process::id().to_string());
+    }
 
     #[test]
     fn only_short_plain_ids_are_taken() {

@@ -502,6 +502,59 @@ pub fn merge_config_patch(current: &Value, patch: &Value) -> Value {
     }
 }
 
+/// The config an editor of the whole (masked) config means: `submitted` replaces
+/// `current`, removals included, except that a value sent back as it was shown (masked
+/// whole, or a URL with its password masked) keeps the stored value.
+pub fn replace_config(current: &Value, submitted: &Value) -> Value {
+    match (current, submitted) {
+        (Value::Object(current_map), Value::Object(submitted_map)) => Value::Object(
+            submitted_map
+                .iter()
+                .map(|(key, value)| {
+                    let stored = current_map.get(key);
+                    let kept = match value {
+                        Value::String(s) if s == MASK => stored.cloned(),
+                        Value::String(s)
+                            if stored
+                                .and_then(Value::as_str)
+                                .and_then(mask_url_password)
+                                .is_some_and(|masked| masked == *s) =>
+                        {
+                            stored.cloned()
+                        }
+                        _ => None,
+                    };
+                    let value = kept
+                        .unwrap_or_else(|| replace_config(stored.unwrap_or(&Value::Null), value));
+                    (key.clone(), value)
+                })
+                .collect(),
+        ),
+        (_, submitted) => submitted.clone(),
+    }
+}
+
+/// The paths (`config.<path>`) of values left masked in a config: sent back masked
+/// where nothing is stored to keep.
+pub fn masked_paths(config: &Value) -> Vec<String> {
+    fn walk(at: &str, value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::String(s) if s == MASK || s.contains(&format!(":{MASK}@")) => {
+                found.push(at.to_owned());
+            }
+            Value::Object(map) => {
+                for (key, value) in map {
+                    walk(&format!("{at}.{key}"), value, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk("config", config, &mut found);
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,6 +578,46 @@ mod tests {
         // URLs without a password are shown as they are.
         let plain = json!({"url": "https://user@hooks.example.com/"});
         assert_eq!(mask_config(&plain, &[]), plain);
+    }
+
+    #[test]
+    fn a_replaced_config_keeps_what_came_back_masked() {
+        let stored = json!({
+            "url": "https://bot:s3cret@hooks.example.com/in",
+            "access_token": "EAAG",
+            "headers": {"Authorization": "Bearer x", "X-Team": "a", "X-Old": "o"},
+            "timeout_ms": 1000
+        });
+        let shown = mask_config(&stored, &["access_token"]);
+        // Sent back unchanged: nothing changes.
+        assert_eq!(replace_config(&stored, &shown), stored);
+        // Edited: removals go, new values replace, masked ones stay.
+        let mut edited = shown.clone();
+        edited["headers"].as_object_mut().unwrap().remove("X-Old");
+        edited["headers"]["X-Team"] = json!("b");
+        edited.as_object_mut().unwrap().remove("timeout_ms");
+        let replaced = replace_config(&stored, &edited);
+        assert_eq!(
+            replaced,
+            json!({
+                "url": "https://bot:s3cret@hooks.example.com/in",
+                "access_token": "EAAG",
+                "headers": {"Authorization": "Bearer x", "X-Team": "b"}
+            })
+        );
+        assert!(masked_paths(&replaced).is_empty());
+        // A masked value with nothing stored behind it stays masked, and is named.
+        let fresh = replace_config(&json!({}), &shown);
+        let mut named = masked_paths(&fresh);
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                "config.access_token",
+                "config.headers.Authorization",
+                "config.url"
+            ]
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::egress::{EgressClient, EgressPolicy, EgressRefused};
 
 pub use config::{
     ConfigSpec, FieldSpec, FieldType, HttpUrl, MASK, credential_pointers, mask_config,
-    merge_config_patch,
+    masked_paths, merge_config_patch, replace_config,
 };
 pub use inbound::{InboundBatch, InboundError, InboundMessage, StatusUpdate};
 pub use whatsapp::ProviderStatus;
@@ -49,6 +49,63 @@ pub struct Outbound<'a> {
     pub http: &'a EgressClient,
     /// Upper bound for this attempt's request, below the worker's lease.
     pub max_timeout: Duration,
+    /// Where the adapter notes the receiver's answer, for the attempt log.
+    pub exchange: &'a Exchange,
+}
+
+/// The most of a receiver's answer the attempt log keeps, in bytes.
+pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
+
+/// What the receiver answered to one attempt, for the attempt log: noted by the
+/// adapter that made the request, taken by the worker once the attempt is over. Empty
+/// when no answer came (a transport error, a timeout) or the channel speaks no HTTP.
+#[derive(Debug, Default)]
+pub struct Exchange(std::sync::Mutex<Option<Answer>>);
+
+/// A receiver's answer, as the attempt log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// The start of the body ([`excerpt`]).
+    pub body: String,
+}
+
+impl Exchange {
+    /// Notes the answer: its status and (the start of) its body. A later answer
+    /// replaces an earlier one.
+    pub fn answered(&self, status: u16, body: &[u8]) {
+        let answer = Answer {
+            status,
+            body: excerpt(body),
+        };
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(answer);
+    }
+
+    /// The answer noted, if any.
+    pub fn take(&self) -> Option<Answer> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// The start of a response body as text that any store keeps: invalid UTF-8 and
+/// U+0000 replaced by U+FFFD, then cut at the last character boundary within
+/// [`RESPONSE_EXCERPT_BYTES`].
+pub fn excerpt(body: &[u8]) -> String {
+    // Replacements only lengthen the text, so decoding a few bytes more than the limit
+    // is enough, and a character cut at their end falls beyond the limit.
+    let read = &body[..body.len().min(RESPONSE_EXCERPT_BYTES + 4)];
+    let text = String::from_utf8_lossy(read).replace('\0', "\u{FFFD}");
+    let mut end = text.len().min(RESPONSE_EXCERPT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// A successful delivery.
@@ -392,6 +449,37 @@ mod tests {
                         prop_assert!(e.field.starts_with("config"), "{}", e.field);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn excerpts_are_storable_text_cut_at_a_character() {
+        assert_eq!(excerpt(b"plain"), "plain");
+        assert_eq!(excerpt(b"a\0b\xffc"), "a\u{FFFD}b\u{FFFD}c");
+        // 1023 ASCII bytes then a two-byte character: it does not fit, and is not
+        // split.
+        let mut body = vec![b'x'; RESPONSE_EXCERPT_BYTES - 1];
+        body.extend("é and more".as_bytes());
+        let cut = excerpt(&body);
+        assert_eq!(cut.len(), RESPONSE_EXCERPT_BYTES - 1);
+        assert!(cut.bytes().all(|b| b == b'x'));
+        let long = "ü".repeat(2000);
+        let cut = excerpt(long.as_bytes());
+        assert_eq!(cut.len(), RESPONSE_EXCERPT_BYTES);
+        assert!(cut.chars().all(|c| c == 'ü'));
+    }
+
+    proptest! {
+        /// Whatever the bytes, the excerpt is UTF-8 (a `String`), without U+0000, at
+        /// most the limit long, and a prefix of the body when the body is clean text.
+        #[test]
+        fn excerpts_stay_within_the_limit(body in prop::collection::vec(any::<u8>(), 0..3000)) {
+            let cut = excerpt(&body);
+            prop_assert!(cut.len() <= RESPONSE_EXCERPT_BYTES);
+            prop_assert!(!cut.contains('\0'));
+            if let Ok(text) = std::str::from_utf8(&body) && !text.contains('\0') {
+                prop_assert!(text.starts_with(&cut));
             }
         }
     }

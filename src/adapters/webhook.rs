@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use super::config::{ConfigSpec, HttpUrl, stored};
 use super::signing::{standard_webhooks_signature, verify_converger_signature};
 use super::{
-    AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, InboundMessage, Outbound,
+    AdapterError, ChannelAdapter, Delivered, Exchange, InboundBatch, InboundError, InboundMessage,
+    Outbound, RESPONSE_EXCERPT_BYTES,
 };
 use crate::domain::{ActivityType, Channel, ChannelType, Direction};
 
@@ -138,7 +139,7 @@ impl ChannelAdapter for WebhookAdapter {
             .send()
             .await
             .map_err(|e| transport_error(&e))?;
-        classify(response).await
+        classify(response, out.exchange).await
     }
 
     fn verify_inbound(
@@ -242,16 +243,21 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .ok()
 }
 
-async fn classify(response: reqwest::Response) -> Result<Delivered, AdapterError> {
+async fn classify(
+    response: reqwest::Response,
+    exchange: &Exchange,
+) -> Result<Delivered, AdapterError> {
     let status = response.status();
+    let after = retry_after(response.headers());
+    // Only the start is kept, in the attempt log and the error, so only that is read.
+    // A success stays one whatever happens to its body.
+    let body = crate::egress::read_capped(response, RESPONSE_EXCERPT_BYTES + 4)
+        .await
+        .unwrap_or_default();
+    exchange.answered(status.as_u16(), &body);
     if status.is_success() {
         return Ok(Delivered::default());
     }
-    let after = retry_after(response.headers());
-    // Only the excerpt is kept, so only about that much is read.
-    let body = crate::egress::read_capped(response, ERROR_BODY_CHARS * 4)
-        .await
-        .unwrap_or_default();
     let excerpt: String = String::from_utf8_lossy(&body)
         .chars()
         .take(ERROR_BODY_CHARS)

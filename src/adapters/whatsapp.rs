@@ -18,12 +18,6 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 /// Request timeout of one send, below the worker's lease.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Sends one message to a provider: `request` is the provider's URL with its
-/// credentials, `body` the provider's JSON. Returns the answer's status, `Retry-After`
-/// and body, which each provider reads its own way.
-///
-/// # Errors
-/// Retryable for transport failures and timeouts.
 /// How much of a provider's answer is read; the rest is never downloaded.
 const RESPONSE_BODY_LIMIT: usize = 64 * 1024;
 
@@ -35,13 +29,20 @@ pub fn endpoint(url: String) -> Result<url::Url, AdapterError> {
     url::Url::parse(&url).map_err(|e| AdapterError::permanent(format!("bad provider URL: {e}")))
 }
 
+/// Sends one message to a provider: `request` is the provider's URL with its
+/// credentials, `body` the provider's JSON. Returns the answer's status, `Retry-After`
+/// and body, which each provider reads its own way; notes the answer in the attempt's
+/// exchange.
+///
+/// # Errors
+/// Retryable for transport failures and timeouts.
 pub async fn send(
     request: reqwest::RequestBuilder,
     body: &Value,
-    max_timeout: Duration,
+    out: &Outbound<'_>,
 ) -> Result<(u16, Option<Duration>, String), AdapterError> {
     let response = request
-        .timeout(REQUEST_TIMEOUT.min(max_timeout))
+        .timeout(REQUEST_TIMEOUT.min(out.max_timeout))
         .json(body)
         .send()
         .await
@@ -51,6 +52,7 @@ pub async fn send(
     let body = crate::egress::read_capped(response, RESPONSE_BODY_LIMIT)
         .await
         .unwrap_or_default();
+    out.exchange.answered(status, &body);
     Ok((status, after, String::from_utf8_lossy(&body).into_owned()))
 }
 

@@ -85,7 +85,7 @@ impl ChannelAdapter for WhatsappInfobipAdapter {
                 format!("App {}", config.api_key),
             )
             .header(reqwest::header::ACCEPT, "application/json");
-        let (status, after, text) = whatsapp::send(request, &body, out.max_timeout).await?;
+        let (status, after, text) = whatsapp::send(request, &body, out).await?;
         classify(status, after, &text)
     }
 

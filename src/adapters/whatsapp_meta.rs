@@ -159,7 +159,7 @@ impl ChannelAdapter for WhatsappMetaAdapter {
             .http
             .request(reqwest::Method::POST, &url)?
             .bearer_auth(&config.access_token);
-        let (status, after, text) = whatsapp::send(request, &body, out.max_timeout).await?;
+        let (status, after, text) = whatsapp::send(request, &body, out).await?;
         classify(status, after, &text)
     }
 

@@ -78,6 +78,14 @@ pub fn router(state: AppState, api: Router<AppState>) -> Router<AppState> {
             post(pages::retry_channel_failures),
         )
         .route(
+            "/admin/channels/{id}/replay",
+            post(pages::replay_channel_failures),
+        )
+        .route(
+            "/admin/channels/{id}/config",
+            post(pages::edit_channel_config),
+        )
+        .route(
             "/admin/routes",
             get(pages::routes).post(pages::create_route),
         )

@@ -22,7 +22,7 @@ pub use crate::ingest::DeliveryWaker;
 pub use backoff::{MAX_ATTEMPTS, next_delay};
 pub use nodes::{MISSED_BEATS, NodeIdentity, run_heartbeat, stale_before};
 pub use outcome::{
-    StatusApplied, apply_provider_status, attempt_result, retry_all_failed, retry_failed,
+    REPLAY_BATCH, StatusApplied, apply_provider_status, attempt_result, replay_failed, retry_now,
 };
 pub use pruner::{PRUNE_BATCH, run_pruner};
 pub use repair::{HEAD_REPAIR_INTERVAL, run_head_repair};
@@ -42,11 +42,13 @@ pub struct DeliverySettings {
     pub poll_interval: Duration,
     /// How often the head flags of the queue are checked (see [`run_head_repair`]).
     pub head_repair_interval: Duration,
+    /// What names this node in the attempt log ([`crate::telemetry::node_name`]).
+    pub node: String,
 }
 
 impl DeliverySettings {
     /// The settings `config` asks for (`CONVERGER_DELIVERY_*`); the poll and repair
-    /// intervals are fixed.
+    /// intervals are fixed, the node's name is its host's and process's.
     pub fn from_config(config: &Config) -> Self {
         Self {
             concurrency: config.delivery_concurrency,
@@ -54,6 +56,7 @@ impl DeliverySettings {
             lease: Duration::from_secs(config.delivery_lease_secs),
             poll_interval: Duration::from_secs(1),
             head_repair_interval: HEAD_REPAIR_INTERVAL,
+            node: crate::telemetry::node_name(),
         }
     }
 }

@@ -23,7 +23,7 @@ pub const MISSED_BEATS: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
     pub id: NodeId,
-    /// `host:pid`, for people reading the registry and the logs.
+    /// `host:pid` ([`crate::telemetry::node_name`]), as in the attempt log.
     pub name: String,
     pub started_at: Timestamp,
 }
@@ -31,13 +31,9 @@ pub struct NodeIdentity {
 impl NodeIdentity {
     /// A new identity for a node starting now.
     pub fn new() -> Self {
-        let host = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
         Self {
             id: NodeId::new(),
-            name: format!("{host}:{}", std::process::id()),
+            name: crate::telemetry::node_name(),
             started_at: Timestamp::now(),
         }
     }

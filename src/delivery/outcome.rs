@@ -9,39 +9,76 @@ use crate::pubsub::{Event, PubSub};
 use crate::store::{AttemptResult, Store, StoreResult};
 
 use super::DeliveryWaker;
+use super::backoff::next_delay;
 
-/// An operator's retry of a failed delivery: back to `pending` with its attempts
-/// reset, due now; the workers are woken after the commit.
+/// An operator's retry of a delivery: a failed one queued again, a pending one waiting
+/// for its next attempt made due; either is due now with a fresh budget of
+/// [`MAX_ATTEMPTS`](super::MAX_ATTEMPTS) attempts, numbered on from its last one. The
+/// workers are woken after the commit.
 ///
 /// # Errors
-/// `NotFound` when the tenant has no failed delivery with this id.
-pub async fn retry_failed(
+/// `NotFound` when the tenant has no delivery with this id that is failed, or pending
+/// without an attempt under way.
+pub async fn retry_now(
     store: &Store,
     waker: &DeliveryWaker,
     tenant_id: TenantId,
     id: DeliveryId,
 ) -> StoreResult<Delivery> {
-    let delivery = store.retry_failed_delivery(tenant_id, id).await?;
+    let delivery = store
+        .retry_delivery(tenant_id, id, Timestamp::now())
+        .await?;
     waker.wake();
     Ok(delivery)
 }
 
-use super::backoff::next_delay;
+/// Most deliveries a replay requeues in one transaction.
+pub const REPLAY_BATCH: i64 = 1000;
 
-/// An operator's retry of every failed delivery of a channel; returns how many.
+/// An operator's replay of a tenant's channel's failed deliveries, those of activities
+/// created in `[since, until)` (unbounded where `None`): each is queued again as by
+/// [`retry_now`], in order of id, `batch` rows per transaction so that no replay holds
+/// a long one; the workers are woken after each. Returns how many were requeued.
 ///
 /// # Errors
-/// Database failures.
-pub async fn retry_all_failed(
+/// Database failures; the batches committed before one stay committed.
+pub async fn replay_failed(
     store: &Store,
     waker: &DeliveryWaker,
-    channel_id: crate::domain::ChannelId,
+    tenant_id: TenantId,
+    channel_id: ChannelId,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+    batch: i64,
 ) -> StoreResult<u64> {
-    let n = store.retry_failed_deliveries_of_channel(channel_id).await?;
-    if n > 0 {
-        waker.wake();
+    // Bounds both stores order correctly (SQLite compares fixed-width text).
+    let since = since.unwrap_or(Timestamp(chrono::DateTime::UNIX_EPOCH));
+    let until = until.unwrap_or_else(|| {
+        Timestamp(chrono::DateTime::from_timestamp(253_402_300_799, 0).unwrap_or_default())
+    });
+    let batch = batch.max(1);
+    let (mut total, mut after) = (0, None);
+    loop {
+        let (n, last) = store
+            .requeue_failed_batch(
+                tenant_id,
+                channel_id,
+                since..until,
+                after,
+                batch,
+                Timestamp::now(),
+            )
+            .await?;
+        total += n;
+        if n > 0 {
+            waker.wake();
+        }
+        if n < batch as u64 {
+            return Ok(total);
+        }
+        after = last;
+        tokio::task::yield_now().await;
     }
-    Ok(n)
 }
 
 /// What a provider's status report did.
@@ -165,19 +202,22 @@ fn reported_recently(update: &StatusUpdate) -> bool {
         .is_none_or(|at| chrono::Utc::now().signed_duration_since(at) < EARLY_WINDOW)
 }
 
-/// What to record after attempt number `attempt` (1-based) ended with `result`.
+/// What to record after the `attempt`-th attempt (1-based) of the delivery's current
+/// budget ended with `result`. Error texts are made storable: a receiver's answer
+/// quoted in one may hold U+0000, which PostgreSQL's `text` cannot.
 pub fn attempt_result(
     result: &Result<Delivered, AdapterError>,
     attempt: u32,
     now: Timestamp,
     backoff_scale: f64,
 ) -> AttemptResult {
+    let storable = |message: &str| message.replace('\0', "\u{FFFD}");
     match result {
         Ok(delivered) => AttemptResult::Delivered {
             external_id: delivered.external_id.clone(),
         },
         Err(AdapterError::Permanent { message }) => AttemptResult::Failed {
-            error: message.clone(),
+            error: storable(message),
         },
         Err(AdapterError::Retryable {
             message,
@@ -185,10 +225,10 @@ pub fn attempt_result(
         }) => match next_delay(attempt, *retry_after, backoff_scale) {
             Some(wait) => AttemptResult::RetryAt {
                 at: now.plus(wait),
-                error: message.clone(),
+                error: storable(message),
             },
             None => AttemptResult::Failed {
-                error: format!("{message} (gave up after {attempt} attempts)"),
+                error: storable(&format!("{message} (gave up after {attempt} attempts)")),
             },
         },
     }
@@ -219,6 +259,13 @@ mod tests {
             attempt_result(&err, MAX_ATTEMPTS, now, 1.0),
             AttemptResult::Failed { error } if error.contains("gave up after 5 attempts")
         ));
+        let quoted = Err(AdapterError::permanent("HTTP 400: a\0b"));
+        assert_eq!(
+            attempt_result(&quoted, 1, now, 1.0),
+            AttemptResult::Failed {
+                error: "HTTP 400: a\u{FFFD}b".into()
+            }
+        );
         let permanent = Err(AdapterError::permanent("HTTP 404"));
         assert_eq!(
             attempt_result(&permanent, 1, now, 1.0),

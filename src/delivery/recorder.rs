@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{Delivery, Timestamp};
-use crate::store::{AttemptResult, Completion, Store, StoreResult};
+use crate::store::{AttemptLog, AttemptResult, Completion, Store, StoreResult};
 
 /// Most outcomes written in one transaction.
 const BATCH: usize = 128;
@@ -38,14 +38,16 @@ impl Recorder {
         Self { tx }
     }
 
-    /// Records the end of an attempt under `lease` in the next batch (see
-    /// [`Store::record_attempts`]); returns once that batch is committed.
+    /// Records the end of an attempt under `lease`, and its row of the attempt log, in
+    /// the next batch (see [`Store::record_attempts`]); returns once that batch is
+    /// committed.
     pub(super) async fn record(
         &self,
         delivery: &Delivery,
         lease: Timestamp,
         now: Timestamp,
         result: &AttemptResult,
+        log: AttemptLog,
     ) -> StoreResult<bool> {
         let (done, answer) = oneshot::channel();
         let pending = Pending {
@@ -54,6 +56,7 @@ impl Recorder {
                 lease,
                 now,
                 result: result.clone(),
+                log,
             },
             done,
         };

@@ -20,12 +20,14 @@ use super::outcome::attempt_result;
 use super::recorder::Recorder;
 use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
-use crate::adapters::{AdapterError, Adapters, Delivered, Outbound};
+use crate::adapters::{AdapterError, Adapters, Delivered, Exchange, Outbound};
 use crate::domain::{ChannelStatus, Delivery, NodeId, Timestamp};
 use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
-use crate::store::{AttemptContext, AttemptResult, Backend, ClaimedDelivery, Store, StoreError};
+use crate::store::{
+    AttemptContext, AttemptLog, AttemptResult, Backend, ClaimedDelivery, Store, StoreError,
+};
 
 /// Most rows claimed in one query.
 const CLAIM_BATCH: usize = 64;
@@ -208,12 +210,19 @@ impl DeliveryEngine {
         }
     }
 
-    /// One attempt of one leased delivery, recorded; or, when `abort` comes first,
-    /// abandoned and its lease given back without counting it. An attempt that cannot
-    /// start because the database is out of reach is not counted either.
+    /// One attempt of one leased delivery, recorded with its row of the attempt log;
+    /// or, when `abort` comes first, abandoned and its lease given back without
+    /// counting it. An attempt that cannot start because the database is out of
+    /// reach is not counted either.
     async fn attempt(&self, claimed: ClaimedDelivery, lease: Timestamp, abort: &CancellationToken) {
         let ClaimedDelivery { delivery, context } = claimed;
+        // Numbered over the delivery's life; the budget counts from the last manual
+        // retry.
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
+        let in_budget = attempt
+            .saturating_sub(u32::try_from(delivery.budget_start).unwrap_or(0))
+            .max(1);
+        let started_at = Timestamp::now();
         let started = Instant::now();
         let loaded = match context {
             Some(context) => Ok(context),
@@ -230,11 +239,12 @@ impl DeliveryEngine {
                 }
             },
         };
+        let exchange = Exchange::default();
         let attempted = async {
             match loaded {
                 Ok(loaded) => (
                     loaded.channel.kind.as_str(),
-                    self.deliver(&delivery, attempt, loaded).await,
+                    self.deliver(&delivery, attempt, loaded, &exchange).await,
                 ),
                 Err(e) => ("unknown", Err(e)),
             }
@@ -254,7 +264,7 @@ impl DeliveryEngine {
             }
         };
         let now = Timestamp::now();
-        let recorded = attempt_result(&result, attempt, now, self.settings.backoff_scale);
+        let recorded = attempt_result(&result, in_budget, now, self.settings.backoff_scale);
         let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
                 tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");
@@ -270,7 +280,18 @@ impl DeliveryEngine {
             }
         };
         let elapsed = started.elapsed();
-        match self.record(&delivery, lease, now, &recorded, abort).await {
+        let answer = exchange.take();
+        let log = AttemptLog {
+            started_at,
+            duration_ms: i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX),
+            http_status: answer.as_ref().map(|a| i32::from(a.status)),
+            response_body: answer.map(|a| a.body),
+            node: self.settings.node.clone(),
+        };
+        match self
+            .record(&delivery, lease, now, &recorded, log, abort)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(delivery_id = %delivery.id, "lease lost before the outcome was recorded")
@@ -294,11 +315,16 @@ impl DeliveryEngine {
         lease: Timestamp,
         now: Timestamp,
         result: &AttemptResult,
+        log: AttemptLog,
         abort: &CancellationToken,
     ) -> Result<bool, StoreError> {
         let mut pause = RECORD_RETRY_FIRST;
         loop {
-            match self.recorder.record(delivery, lease, now, result).await {
+            match self
+                .recorder
+                .record(delivery, lease, now, result, log.clone())
+                .await
+            {
                 Err(e) if e.is_unavailable() => {
                     self.store.report_unavailable();
                     // Past the lease another node may have the delivery, and the
@@ -335,6 +361,7 @@ impl DeliveryEngine {
         delivery: &Delivery,
         attempt: u32,
         loaded: AttemptContext,
+        exchange: &Exchange,
     ) -> Result<Delivered, AdapterError> {
         let tenant = delivery.tenant_id;
         let AttemptContext {
@@ -353,6 +380,7 @@ impl DeliveryEngine {
             channel: &channel,
             http: &self.http,
             max_timeout: self.settings.lease.mul_f64(0.8),
+            exchange,
         };
         let delivered = self.adapters.get(channel.kind).deliver(&outbound).await?;
         if let Some(reply) = delivered.reply.clone() {

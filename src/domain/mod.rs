@@ -18,7 +18,7 @@ pub use activity::{
 };
 pub use channel::{Channel, ChannelStatus, ChannelType, Route, RouteDirection};
 pub use conversation::{Conversation, ConversationStatus};
-pub use delivery::{Delivery, DeliveryStatus};
+pub use delivery::{AttemptOutcome, Delivery, DeliveryAttempt, DeliveryStatus};
 pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, NodeId, RouteId, TenantId};
 pub use tenant::{MAX_TENANT_NAME_CHARS, Tenant, TenantStatus, check_tenant_name};
 pub use text::{check_json_no_nul, check_no_nul};

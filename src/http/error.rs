@@ -271,9 +271,13 @@ impl From<OpError> for ApiError {
             OpError::Invalid(errors) => ApiError::validation(errors),
             OpError::DeliveryNotFailed { status } => ApiError::conflict(
                 "delivery_not_failed",
-                format!("only failed deliveries can be retried; this one is {status}"),
+                format!("only failed or pending deliveries can be retried; this one is {status}"),
             )
             .with_details(json!({ "status": status })),
+            OpError::DeliveryInFlight => ApiError::conflict(
+                "delivery_in_flight",
+                "an attempt of this delivery is under way; retry once it has ended",
+            ),
             OpError::Store(e) => e.into(),
         }
     }

@@ -30,9 +30,12 @@ pub enum OpError {
     /// The input broke these rules, every one of them listed.
     #[error("{}", summary(.0))]
     Invalid(Vec<FieldError>),
-    /// Only a failed delivery can be retried; this one is in `status`.
-    #[error("only failed deliveries can be retried; this one is {status}")]
+    /// Only a failed or pending delivery can be retried; this one is in `status`.
+    #[error("only failed or pending deliveries can be retried; this one is {status}")]
     DeliveryNotFailed { status: DeliveryStatus },
+    /// An attempt of the delivery is under way: its outcome decides what comes next.
+    #[error("an attempt of this delivery is under way; retry once it has ended")]
+    DeliveryInFlight,
     /// Any other store failure, constraint violations included (named for the edges).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -1,9 +1,8 @@
 //! Operator queries for the admin panel: counts and lists across tenants. Only the
 //! IP-restricted admin edge calls these; tenant-facing code never does.
 
-use super::heads::{lock_conversation, settle_heads};
 use super::{Store, StoreResult, reader, writer};
-use crate::domain::{Channel, ChannelId, ChannelType, ConversationId, Delivery, Timestamp};
+use crate::domain::{Channel, ChannelId, ChannelType, Delivery, Timestamp};
 
 /// Delivery counts of one channel.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -108,38 +107,6 @@ impl Store {
                 .fetch_all(pool)
                 .await
         })?)
-    }
-
-    /// Puts every failed delivery of a channel back in the queue, as
-    /// [`Store::retry_failed_delivery`] does for one; returns how many.
-    ///
-    /// Then, in the same transaction, settles the head of each (conversation, channel)
-    /// it touched, taking the conversations' locks in id order so that two retries, or
-    /// a retry and the workers, never wait on each other in a cycle (`heads.rs`).
-    pub async fn retry_failed_deliveries_of_channel(
-        &self,
-        channel_id: ChannelId,
-    ) -> StoreResult<u64> {
-        const SQL: &str = "UPDATE deliveries SET status = 'pending', head = FALSE, attempts = 0, \
-             next_attempt_at = $2, locked_until = NULL, updated_at = $2 \
-             WHERE channel_id = $1 AND status = 'failed' RETURNING conversation_id";
-        writer!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let retried: Vec<(ConversationId,)> = sqlx::query_as(SQL)
-                .bind(channel_id)
-                .bind(Timestamp::now())
-                .fetch_all(&mut *tx)
-                .await?;
-            let mut conversations: Vec<ConversationId> = retried.iter().map(|r| r.0).collect();
-            conversations.sort_unstable();
-            conversations.dedup();
-            for conversation_id in conversations {
-                lock_conversation!(self, tx, conversation_id);
-                let _moved = settle_heads!(tx, conversation_id, channel_id);
-            }
-            tx.commit().await?;
-            Ok(retried.len() as u64)
-        })
     }
 }
 

@@ -5,7 +5,8 @@ use serde_json::Value;
 use super::heads::{lock_conversation, settle_heads};
 use super::{Store, StoreResult, reader, writer};
 use crate::domain::{
-    ActivityId, ChannelId, Delivery, DeliveryId, DeliveryStatus, TenantId, Timestamp,
+    ActivityId, ChannelId, ConversationId, Delivery, DeliveryId, DeliveryStatus, TenantId,
+    Timestamp,
 };
 
 const COLUMNS: &str = "id, tenant_id, activity_id, channel_id, conversation_id, seq, status, attempts, \
@@ -91,22 +92,29 @@ impl Store {
         })?)
     }
 
-    /// Puts a failed delivery of a tenant back in the queue: `pending`, due now, with
-    /// its attempts reset and its lease cleared; `last_error` stays for the record.
-    /// `NotFound` when the tenant has no *failed* delivery with this id.
+    /// An operator's retry of a tenant's delivery: a failed one goes back in the queue,
+    /// a pending one waiting for its next attempt becomes due; either is due at `now`
+    /// with a fresh attempt budget (`budget_start = attempts`: the numbering goes on),
+    /// its lease cleared and `last_error` kept for the record. `NotFound` when the
+    /// tenant has no delivery with this id that is failed, or pending and not leased
+    /// (leased: an attempt is under way).
     ///
-    /// An earlier delivery is first in line again: in the same transaction, under its
+    /// A failed delivery is first in line again: in the same transaction, under its
     /// conversation's lock, the head of its (conversation, channel) is settled, so a
-    /// later pending delivery waits behind it (`heads.rs`).
-    pub async fn retry_failed_delivery(
+    /// later pending delivery waits behind it (`heads.rs`). A pending one keeps its
+    /// place; settling its pair changes nothing.
+    pub async fn retry_delivery(
         &self,
         tenant_id: TenantId,
         id: DeliveryId,
+        now: Timestamp,
     ) -> StoreResult<Delivery> {
         const SQL: &str = const_format::concatcp!(
-            "UPDATE deliveries SET status = 'pending', head = FALSE, attempts = 0, \
-             next_attempt_at = $3, locked_until = NULL, updated_at = $3 \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'failed' RETURNING ",
+            "UPDATE deliveries SET head = CASE WHEN status = 'pending' THEN head ELSE FALSE END, \
+             status = 'pending', budget_start = attempts, next_attempt_at = $3, \
+             locked_until = NULL, updated_at = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND (status = 'failed' OR (status = 'pending' \
+             AND (locked_until IS NULL OR locked_until < $3))) RETURNING ",
             COLUMNS
         );
         writer!(self, |pool| {
@@ -114,13 +122,64 @@ impl Store {
             let delivery: Delivery = sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(id)
-                .bind(Timestamp::now())
+                .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
             lock_conversation!(self, tx, delivery.conversation_id);
             let _moved = settle_heads!(tx, delivery.conversation_id, delivery.channel_id);
             tx.commit().await?;
             Ok(delivery)
+        })
+    }
+
+    /// Puts up to `limit` failed deliveries of a tenant's channel back in the queue, as
+    /// [`Store::retry_delivery`] does for one: those of activities created in
+    /// `created`, with ids above `after`, lowest ids first. Returns how many, and the
+    /// highest id among them (where the next batch starts).
+    ///
+    /// One transaction: the rows, then the head of each (conversation, channel) they
+    /// belong to, taking the conversations' locks in id order so that two replays, or a
+    /// replay and the workers, never wait on each other in a cycle (`heads.rs`).
+    pub async fn requeue_failed_batch(
+        &self,
+        tenant_id: TenantId,
+        channel_id: ChannelId,
+        created: std::ops::Range<Timestamp>,
+        after: Option<DeliveryId>,
+        limit: i64,
+        now: Timestamp,
+    ) -> StoreResult<(u64, Option<DeliveryId>)> {
+        // The inner select walks `deliveries_channel_status_idx` in id order; the outer
+        // condition is checked again on rows that changed meanwhile.
+        const SQL: &str = "UPDATE deliveries SET status = 'pending', head = FALSE, \
+             budget_start = attempts, next_attempt_at = $7, locked_until = NULL, updated_at = $7 \
+             WHERE status = 'failed' AND id IN (SELECT id FROM deliveries \
+                 WHERE channel_id = $2 AND status = 'failed' AND id > $5 AND tenant_id = $1 \
+                 AND inserted_at >= $3 AND inserted_at < $4 ORDER BY id LIMIT $6) \
+             RETURNING id, conversation_id";
+        let after = after.unwrap_or(DeliveryId(uuid::Uuid::nil()));
+        writer!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let requeued: Vec<(DeliveryId, ConversationId)> = sqlx::query_as(SQL)
+                .bind(tenant_id)
+                .bind(channel_id)
+                .bind(created.start)
+                .bind(created.end)
+                .bind(after)
+                .bind(limit)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut conversations: Vec<ConversationId> = requeued.iter().map(|(_, c)| *c).collect();
+            conversations.sort_unstable();
+            conversations.dedup();
+            for conversation_id in conversations {
+                lock_conversation!(self, tx, conversation_id);
+                let _moved = settle_heads!(tx, conversation_id, channel_id);
+            }
+            tx.commit().await?;
+            let last = requeued.iter().map(|(id, _)| *id).max();
+            Ok((requeued.len() as u64, last))
         })
     }
 

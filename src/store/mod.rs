@@ -13,6 +13,7 @@
 mod activities;
 mod admin;
 mod appender;
+mod attempts;
 mod cache;
 mod channels;
 mod conversations;
@@ -47,7 +48,7 @@ pub use conversations::{ConversationContext, ConversationFilter, NewConversation
 pub use error::StoreError;
 pub use health::{PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use nodes::{NodeRow, Reaped};
-pub use queue::{AttemptContext, AttemptResult, ClaimedDelivery, Completion};
+pub use queue::{AttemptContext, AttemptLog, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
 pub use sealing::{CredentialFn, Reseal, Sealer};
 

@@ -4,7 +4,9 @@
 //! A claim sets `locked_until`; outcomes are recorded only while that lease is still
 //! the row's, so a worker whose lease expired and was taken over cannot overwrite the
 //! newer attempt's result. Only the head of each (conversation, channel) is claimed;
-//! completing it hands the flag on (`heads.rs`).
+//! completing it hands the flag on (`heads.rs`). Every outcome written is logged, in
+//! the same transaction, as a row of `delivery_attempts` numbered by the delivery's
+//! new `attempts`.
 
 use serde_json::Value;
 use sqlx::types::Json;
@@ -12,8 +14,8 @@ use sqlx::types::Json;
 use super::heads::PROMOTE_FIRST;
 use super::{QueueDepth, Sealer, Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{
-    Activity, Channel, ChannelId, Conversation, ConversationId, Delivery, DeliveryId, NodeId,
-    Timestamp,
+    Activity, AttemptOutcome, Channel, ChannelId, Conversation, ConversationId, Delivery,
+    DeliveryId, NodeId, Timestamp,
 };
 
 /// The columns of a [`Delivery`] the workers read, as a literal for `concat!`.
@@ -21,7 +23,7 @@ macro_rules! columns {
     () => {
         "id, tenant_id, activity_id, channel_id, conversation_id, seq, status, attempts, \
          next_attempt_at, locked_until, last_error, delivered_at, external_id, metadata, \
-         inserted_at, updated_at, request_id"
+         inserted_at, updated_at, request_id, budget_start"
     };
 }
 const COLUMNS: &str = columns!();
@@ -234,6 +236,38 @@ pub enum AttemptResult {
     Failed { error: String },
 }
 
+impl AttemptResult {
+    /// What the attempt log calls this end.
+    pub fn outcome(&self) -> AttemptOutcome {
+        match self {
+            AttemptResult::Delivered { .. } => AttemptOutcome::Delivered,
+            AttemptResult::RetryAt { .. } => AttemptOutcome::Retry,
+            AttemptResult::Failed { .. } => AttemptOutcome::Failed,
+        }
+    }
+
+    /// Why the attempt did not deliver, if it did not.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            AttemptResult::Delivered { .. } => None,
+            AttemptResult::RetryAt { error, .. } | AttemptResult::Failed { error } => Some(error),
+        }
+    }
+}
+
+/// What the attempt log keeps of an attempt besides its outcome and error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptLog {
+    pub started_at: Timestamp,
+    pub duration_ms: i64,
+    /// The receiver's HTTP status, when it answered.
+    pub http_status: Option<i32>,
+    /// The start of the receiver's answer, when it answered.
+    pub response_body: Option<String>,
+    /// The node that made the attempt.
+    pub node: String,
+}
+
 /// The end of one attempt, to record.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -242,6 +276,7 @@ pub struct Completion {
     pub lease: Timestamp,
     pub now: Timestamp,
     pub result: AttemptResult,
+    pub log: AttemptLog,
 }
 
 impl Completion {
@@ -254,57 +289,87 @@ impl Completion {
 const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', head = FALSE, \
      attempts = attempts + 1, delivered_at = $3, external_id = COALESCE($4, external_id), \
      last_error = NULL, locked_until = NULL, next_attempt_at = NULL, updated_at = $3 \
-     WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
+     WHERE id = $1 AND locked_until = $2 AND status = 'pending' RETURNING attempts";
 const RETRY: &str = "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $4, \
      last_error = $5, locked_until = NULL, updated_at = $3 \
-     WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
+     WHERE id = $1 AND locked_until = $2 AND status = 'pending' RETURNING attempts";
 const FAILED: &str = "UPDATE deliveries SET status = 'failed', head = FALSE, \
      attempts = attempts + 1, last_error = $4, locked_until = NULL, \
      next_attempt_at = NULL, updated_at = $3 \
-     WHERE id = $1 AND locked_until = $2 AND status = 'pending'";
+     WHERE id = $1 AND locked_until = $2 AND status = 'pending' RETURNING attempts";
+/// One row of the attempt log (SQLite; PostgreSQL writes a batch's rows in its
+/// outcome statement). A number already logged (a retry by a node of an older
+/// release restarts `attempts` at 0) keeps its first row: the outcome is recorded
+/// all the same.
+const LOG_ATTEMPT: &str = "INSERT INTO delivery_attempts (delivery_id, tenant_id, attempt, \
+     started_at, duration_ms, outcome, http_status, error, response_body, node) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (delivery_id, attempt) DO NOTHING";
 
 /// SQLite: records one attempt in a transaction of the one writer, which orders it
 /// against every append; returns whether the lease held. A delivered or failed row
 /// leaves the queue: its flag is cleared and the next pending delivery of its
 /// (conversation, channel) becomes the head. A retry keeps the row pending and first
-/// in line: no flag moves.
+/// in line: no flag moves. The attempt is logged under the row's new `attempts`.
 async fn record_sqlite(conn: &mut sqlx::SqliteConnection, c: &Completion) -> StoreResult<bool> {
     let d = &c.delivery;
-    // `$4` is the external id of a delivered row, the error of a failed one.
-    let (sql, text) = match &c.result {
+    let attempt: Option<(i32,)> = match &c.result {
         AttemptResult::RetryAt { at, error } => {
-            let rows = sqlx::query(RETRY)
+            sqlx::query_as(RETRY)
                 .bind(d.id)
                 .bind(c.lease)
                 .bind(c.now)
                 .bind(*at)
                 .bind(error.as_str())
-                .execute(&mut *conn)
+                .fetch_optional(&mut *conn)
                 .await?
-                .rows_affected();
-            return Ok(rows == 1);
         }
-        AttemptResult::Delivered { external_id } => (DELIVERED, external_id.as_deref()),
-        AttemptResult::Failed { error } => (FAILED, Some(error.as_str())),
+        // `$4` is the external id of a delivered row, the error of a failed one.
+        AttemptResult::Delivered { external_id } => {
+            sqlx::query_as(DELIVERED)
+                .bind(d.id)
+                .bind(c.lease)
+                .bind(c.now)
+                .bind(external_id.as_deref())
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        AttemptResult::Failed { error } => {
+            sqlx::query_as(FAILED)
+                .bind(d.id)
+                .bind(c.lease)
+                .bind(c.now)
+                .bind(error.as_str())
+                .fetch_optional(&mut *conn)
+                .await?
+        }
     };
-    let rows = sqlx::query(sql)
-        .bind(d.id)
-        .bind(c.lease)
-        .bind(c.now)
-        .bind(text)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    if rows != 1 {
+    let Some((attempt,)) = attempt else {
         return Ok(false);
-    }
-    // The pair's other flags are right (the invariant held before), so marking its
-    // first pending row is all that is left to do.
-    sqlx::query(PROMOTE_FIRST)
-        .bind(d.conversation_id)
-        .bind(d.channel_id)
+    };
+    let log = &c.log;
+    sqlx::query(LOG_ATTEMPT)
+        .bind(d.id)
+        .bind(d.tenant_id)
+        .bind(attempt)
+        .bind(log.started_at)
+        .bind(log.duration_ms)
+        .bind(c.result.outcome().as_str())
+        .bind(log.http_status)
+        .bind(c.result.error())
+        .bind(log.response_body.as_deref())
+        .bind(log.node.as_str())
         .execute(&mut *conn)
         .await?;
+    if c.ends() {
+        // The pair's other flags are right (the invariant held before), so marking its
+        // first pending row is all that is left to do.
+        sqlx::query(PROMOTE_FIRST)
+            .bind(d.conversation_id)
+            .bind(d.channel_id)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(true)
 }
 
@@ -314,8 +379,10 @@ async fn record_attempts_postgres(
     batch: &[Completion],
 ) -> StoreResult<Vec<bool>> {
     // Every outcome in one statement: the row's new state per completion, matched on
-    // id and lease, as `record_one`'s three statements would write it.
-    const RECORD: &str = "UPDATE deliveries d SET \
+    // id and lease, as `record_sqlite`'s statements would write it; and the attempt
+    // log's row of each outcome written, numbered by the row's new `attempts` (a
+    // number already logged keeps its row, as in `LOG_ATTEMPT`).
+    const RECORD: &str = "WITH recorded AS (UPDATE deliveries d SET \
          status = u.status, \
          head = CASE WHEN u.status = 'pending' THEN d.head ELSE FALSE END, \
          attempts = d.attempts + 1, \
@@ -324,9 +391,18 @@ async fn record_attempts_postgres(
              ELSE d.external_id END, \
          last_error = u.error, locked_until = NULL, next_attempt_at = u.next_at, updated_at = u.now \
          FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[], \
-             $6::text[], $7::timestamptz[]) AS u(id, lease, now, status, external_id, error, next_at) \
+             $6::text[], $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::text[], \
+             $11::int[], $12::text[], $13::text[]) \
+             AS u(id, lease, now, status, external_id, error, next_at, started_at, duration_ms, \
+             outcome, http_status, response_body, node) \
          WHERE d.id = u.id AND d.locked_until = u.lease AND d.status = 'pending' \
-         RETURNING d.id";
+         RETURNING d.id, d.tenant_id, d.attempts, u.started_at, u.duration_ms, u.outcome, \
+             u.http_status, u.error, u.response_body, u.node), \
+         logged AS (INSERT INTO delivery_attempts (delivery_id, tenant_id, attempt, started_at, \
+             duration_ms, outcome, http_status, error, response_body, node) \
+             SELECT id, tenant_id, attempts, started_at, duration_ms, outcome, http_status, error, \
+             response_body, node FROM recorded ON CONFLICT (delivery_id, attempt) DO NOTHING) \
+         SELECT id FROM recorded";
     // The first pending row of each pair whose head left, marked if it is not yet.
     const PROMOTE: &str = "UPDATE deliveries SET head = TRUE WHERE id IN (\
          SELECT first.id FROM UNNEST($1::uuid[], $2::uuid[]) AS p(conversation_id, channel_id) \
@@ -345,6 +421,16 @@ async fn record_attempts_postgres(
     );
     let (mut statuses, mut external_ids, mut errors, mut next_ats) = (
         Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut started, mut durations, mut outcomes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut http_statuses, mut bodies, mut nodes) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -369,6 +455,12 @@ async fn record_attempts_postgres(
         external_ids.push(external_id);
         errors.push(error);
         next_ats.push(next_at);
+        started.push(c.log.started_at.0);
+        durations.push(c.log.duration_ms);
+        outcomes.push(c.result.outcome().as_str());
+        http_statuses.push(c.log.http_status);
+        bodies.push(c.log.response_body.as_deref());
+        nodes.push(c.log.node.as_str());
         if c.ends() {
             locks.push(d.conversation_id.0);
             pairs.push((d.conversation_id, d.channel_id));
@@ -392,6 +484,12 @@ async fn record_attempts_postgres(
         .bind(&external_ids)
         .bind(&errors)
         .bind(&next_ats)
+        .bind(&started)
+        .bind(&durations)
+        .bind(&outcomes)
+        .bind(&http_statuses)
+        .bind(&bodies)
+        .bind(&nodes)
         .fetch_all(&mut *tx)
         .await?;
     if !pairs.is_empty() {
@@ -511,12 +609,16 @@ impl Store {
     /// head, under the conversation's lock (see `heads.rs` for the race this closes).
     /// A retry keeps the row pending and first in line: no flag moves.
     ///
+    /// Each outcome written is logged as a row of `delivery_attempts`, numbered by the
+    /// row's new `attempts`, in the same transaction; an outcome not written (lease
+    /// lost) logs nothing.
+    ///
     /// One transaction for the whole batch. On PostgreSQL it takes the locks of the
     /// conversations whose heads move (in id order, the order every multi-conversation
-    /// transaction uses), writes every outcome in one statement and hands the head
-    /// flags on in another: five round trips however large the batch. SQLite runs
-    /// [`Store::record_attempt`]'s statements for each in one transaction on its
-    /// writer: one commit, one fsync.
+    /// transaction uses), writes every outcome and its log row in one statement and
+    /// hands the head flags on in another: five round trips however large the batch.
+    /// SQLite runs the statements of each completion in one transaction on its writer:
+    /// one commit, one fsync.
     pub async fn record_attempts(&self, batch: &[Completion]) -> StoreResult<Vec<bool>> {
         match self {
             Store::Postgres(pool, _) => record_attempts_postgres(pool, batch).await,

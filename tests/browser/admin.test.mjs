@@ -1,6 +1,7 @@
 // The operator's admin panel (/admin) in headless Chromium, clicked through as an
 // operator would: tenants, channels (type-dependent fields, validation errors), routes,
-// conversations, deliveries (failure, retry) and the live dashboard.
+// conversations, deliveries (failure, attempt log, retry), the live dashboard, retry
+// now of a delivery in backoff, editing a channel's config and replaying failures.
 //
 // It starts `converger serve` (CONVERGER_BIN, default ../../target/debug/converger)
 // on a free loopback port with a temporary SQLite database, and a local HTTP sink that
@@ -65,16 +66,19 @@ async function until(what, fn, timeoutMs = WAIT_MS, everyMs = 200) {
   }
 }
 
-/** The local webhook receiver: answers `status` (500 or 200) and records requests. */
+/** The local webhook receiver: answers `status` (with `retryAfter` as Retry-After when
+ * set) and records requests. */
 function startSink() {
-  const sink = { status: 500, requests: [], server: null, url: "" };
+  const sink = { status: 500, retryAfter: null, requests: [], server: null, url: "" };
   sink.server = http.createServer((req, res) => {
     const chunks = [];
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
       const status = sink.status;
-      sink.requests.push({ method: req.method, url: req.url, status, body: Buffer.concat(chunks).toString("utf8") });
-      res.writeHead(status, { "content-type": "text/plain" });
+      sink.requests.push({ method: req.method, url: req.url, headers: req.headers, status, body: Buffer.concat(chunks).toString("utf8") });
+      const headers = { "content-type": "text/plain" };
+      if (sink.retryAfter) headers["retry-after"] = sink.retryAfter;
+      res.writeHead(status, headers);
       res.end(status === 200 ? "ok" : "sink says no");
     });
   });
@@ -506,7 +510,7 @@ describe("admin panel in headless Chromium", () => {
     await expectText(d.locator(".badge"), "failed");
     await expectText(d, "5 attempt(s)");
     await expectText(d, "Bot");
-    const err = (await d.locator(".err").innerText()).trim();
+    const err = (await d.locator(":scope > .err").innerText()).trim();
     assert.match(err, /500/, `last error names the status: ${err}`);
     assert.ok(await d.getByRole("button", { name: "Retry" }).isVisible());
     await shoot("conversation-failed");
@@ -533,16 +537,32 @@ describe("admin panel in headless Chromium", () => {
 
     await sleep(500);
     await visit(`/admin/conversations/${S.conversationId}`);
-    const badge = page.locator(`.delivery[data-delivery="${S.deliveryId}"] .badge`);
+    const badge = page.locator(`.delivery[data-delivery="${S.deliveryId}"] > .badge`);
     await until("the delivery to show delivered", async () => {
       if ((await badge.innerText()).trim() === "delivered") return true;
       await page.reload({ waitUntil: "load" });
       return false;
     }, WAIT_MS, 500);
     const d = page.locator(`.delivery[data-delivery="${S.deliveryId}"]`);
-    await expectText(d, "1 attempt(s)"); // a retry starts the count again
+    await expectText(d, "6 attempt(s)"); // a retry grants new attempts; numbering goes on
     assert.equal(await d.getByRole("button", { name: "Retry" }).count(), 0, "no retry for delivered");
-    await shoot("conversation-delivered");
+    // The attempt log, folded away until opened.
+    const log = d.locator("details.attempts");
+    const rows = log.locator("tr[data-attempt]");
+    assert.equal(await rows.first().isVisible(), false, "the attempts start folded");
+    await log.locator("summary").click();
+    assert.equal(await rows.count(), 6);
+    for (let n = 1; n <= 5; n++) {
+      const row = log.locator(`tr[data-attempt="${n}"]`);
+      await expectText(row.locator("td[data-http]"), "500");
+      await expectText(row, n === 5 ? "failed" : "retry");
+      await expectText(row.locator("pre.answer"), "sink says no");
+    }
+    const last = log.locator('tr[data-attempt="6"]');
+    await expectText(last.locator("td[data-http]"), "200");
+    await expectText(last, "delivered");
+    await expectText(last.locator("pre.answer"), "ok");
+    await shoot("conversation-delivered-attempts");
     assert.ok(S.sink.requests.some((r) => r.status === 200), "the sink got the retried delivery");
   });
 
@@ -568,6 +588,107 @@ describe("admin panel in headless Chromium", () => {
     const cells = await page.locator("tbody[data-live-rows=channels] tr", { hasText: "Bot" }).locator("td").allInnerTexts();
     assert.equal(cells[3].trim(), String(after), "Bot's delivered cell follows");
     await shoot("dashboard-live");
+  });
+
+  step("10. retry now: a delivery waiting in backoff is delivered at once", async () => {
+    const page = S.page;
+    // The receiver asks for a long pause (100 s at this server's backoff scale of
+    // 0.001): without a retry by hand nothing happens within this step's waits.
+    S.sink.status = 503;
+    S.sink.retryAfter = "100000";
+    const activity = await postActivity("Waiting in backoff");
+    const waiting = await until("the first attempt to be recorded", async () => {
+      const r = await api("GET", `/activities/${activity.id}/deliveries`);
+      return r.data.find((d) => d.attempts === 1 && d.status === "pending");
+    }, 30_000, 250);
+    assert.ok(Date.parse(waiting.next_attempt_at) - Date.now() > 60_000, `next attempt far off: ${waiting.next_attempt_at}`);
+    await visit(`/admin/conversations/${S.conversationId}`);
+    const d = page.locator(`.delivery[data-delivery="${waiting.id}"]`);
+    await expectText(d.locator(":scope > .badge"), "pending");
+    await expectText(d.locator("[data-next-attempt]"), "next attempt");
+    await shoot("conversation-waiting");
+
+    S.sink.status = 200;
+    S.sink.retryAfter = null;
+    await clickAndLoad(d.getByRole("button", { name: "Retry now" }));
+    await expectText(page.locator(".notice"), "Delivery queued again.");
+    await until("the delivery to show delivered", async () => {
+      const badge = page.locator(`.delivery[data-delivery="${waiting.id}"] > .badge`);
+      if ((await badge.innerText()).trim() === "delivered") return true;
+      await page.reload({ waitUntil: "load" });
+      return false;
+    }, WAIT_MS, 500);
+    const log = page.locator(`.delivery[data-delivery="${waiting.id}"] details.attempts`);
+    await log.locator("summary").click();
+    await expectText(log.locator('tr[data-attempt="1"] td[data-http]'), "503");
+    await expectText(log.locator('tr[data-attempt="2"] td[data-http]'), "200");
+    assert.equal(await page.getByRole("button", { name: "Retry now" }).count(), 0, "nothing waits any more");
+    await shoot("conversation-retried-now");
+  });
+
+  step("11. channel config: the JSON editor refuses a bad URL next to it, then saves", async () => {
+    const page = S.page;
+    await visit(`/admin/channels/${S.botId}`);
+    const editor = page.locator('#config-form textarea[name="config"]');
+    const config = JSON.parse(await editor.inputValue());
+    assert.equal(config.url, S.sink.url + "/hooks/bot");
+
+    await editor.fill(JSON.stringify({ ...config, url: "not a url" }, null, 2));
+    await clickAndLoad(page.getByRole("button", { name: "Save config" }));
+    const err = page.locator('#config-form .field-error[data-field="config.url"]');
+    assert.ok(await err.isVisible(), "the url error is shown");
+    assert.match(await err.innerText(), /http/);
+    assert.equal(JSON.parse(await editor.inputValue()).url, "not a url", "what was entered is kept");
+    assert.equal(JSON.parse(await fact("Config")).url, S.sink.url + "/hooks/bot", "nothing was saved");
+    await shoot("channel-config-error");
+
+    const edited = { ...config, timeout_ms: 2000, headers: { "X-Team": "support" } };
+    await page.locator('#config-form textarea[name="config"]').fill(JSON.stringify(edited, null, 2));
+    await clickAndLoad(page.getByRole("button", { name: "Save config" }));
+    await expectText(page.locator(".notice"), "Config saved.");
+    const shown = JSON.parse(await fact("Config"));
+    assert.equal(shown.timeout_ms, 2000);
+    assert.deepEqual(shown.headers, { "X-Team": "support" });
+    const viaApi = await api("GET", `/channels/${S.botId}`);
+    assert.equal(viaApi.data.config.timeout_ms, 2000);
+    await shoot("channel-config-saved");
+
+    // Deliveries go out with the new header.
+    S.sink.status = 200;
+    const before = S.sink.requests.length;
+    await postActivity("After the config change");
+    await until("a delivery with the new config", async () => S.sink.requests.length > before, WAIT_MS, 200);
+    assert.equal(S.sink.requests[before].headers["x-team"], "support");
+  });
+
+  step("12. replay: the channel's failed deliveries since a time are queued again", async () => {
+    const page = S.page;
+    const since = new Date(Date.now() - 60_000).toISOString().slice(0, 19);
+    S.sink.status = 400;
+    const first = await postActivity("Replay me first");
+    const second = await postActivity("Replay me second");
+    for (const a of [first, second]) {
+      await until(`${a.text} to fail`, async () => {
+        const r = await api("GET", `/activities/${a.id}/deliveries`);
+        return r.data[0].status === "failed";
+      }, 30_000, 250);
+    }
+    S.sink.status = 200;
+    const before = S.sink.requests.length;
+    await visit(`/admin/channels/${S.botId}`);
+    await page.locator('#replay-form input[name="since"]').fill(since);
+    await shoot("channel-replay");
+    await clickAndLoad(page.getByRole("button", { name: "Replay failed deliveries" }));
+    await expectText(page.locator(".notice"), "2 failed deliveries queued again.");
+    for (const a of [first, second]) {
+      await until(`${a.text} to be delivered`, async () => {
+        const r = await api("GET", `/activities/${a.id}/deliveries`);
+        return r.data[0].status === "delivered";
+      }, 30_000, 250);
+    }
+    const texts = S.sink.requests.slice(before).map((r) => JSON.parse(r.body).text);
+    assert.deepEqual(texts, ["Replay me first", "Replay me second"], "in conversation order");
+    await shoot("channel-replayed");
   });
 });
 

@@ -1,6 +1,7 @@
 //! The admin guard over real HTTP: IP allow-list, trusted proxies, IPv6, password
-//! login, CSRF; the admin JSON API for scripts; and the rules the panel, the admin API
-//! and the CLI share.
+//! login, CSRF; the admin JSON API for scripts; the rules the panel, the admin API
+//! and the CLI share; editing a channel's config, retrying and replaying deliveries
+//! from the panel.
 
 use reqwest::header::{COOKIE, HOST, LOCATION, RETRY_AFTER, SET_COOKIE};
 use reqwest::{Method, StatusCode};
@@ -20,6 +21,8 @@ both_backends!(
     same_site_json_posts_need_the_csrf_token,
     a_new_admin_password_ends_old_sessions,
     logged_out_sessions_stay_out,
+    the_panel_edits_a_channel_config_as_the_api_validates,
+    the_panel_retries_now_replays_and_shows_attempts,
 );
 
 /// After logout the old cookie, signed and unexpired, no longer opens the panel.
@@ -839,4 +842,314 @@ async fn tenant_name_rule_is_the_same_for_cli_api_and_form(backend: Backend) {
         assert!(names.contains(&longest(c)), "{c} x 200 stored trimmed");
     }
     assert_eq!(tenant_count(&app).await, before + 3);
+}
+
+/// The text of the first `<textarea name="NAME">` of a page, unescaped.
+fn textarea(html: &str, name: &str) -> String {
+    let open = format!("<textarea name=\"{name}\"");
+    let at = html.find(&open).expect("the textarea") + open.len();
+    let start = at + html[at..].find('>').unwrap() + 1;
+    let end = start + html[start..].find("</textarea>").unwrap();
+    html[start..end]
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// A session on the admin panel: its cookie and CSRF token, from `page`.
+async fn admin_session(http: &reqwest::Client, base: &str, page: &str) -> (String, String) {
+    let resp = http.get(format!("{base}{page}")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = cookie_of(&resp);
+    let csrf = csrf_in(&resp.text().await.unwrap());
+    (cookie, csrf)
+}
+
+async fn the_panel_edits_a_channel_config_as_the_api_validates(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let http = no_redirects();
+    let channel = app
+        .create_channel(
+            "whatsapp_meta",
+            json!({"phone_number_id": "1001", "access_token": "EAAG-stored-token", "verify_token": "v-1"}),
+        )
+        .await;
+    let id = channel["id"].as_str().unwrap().to_owned();
+    let page_path = format!("/admin/channels/{id}");
+    let (cookie, csrf) = admin_session(&http, &app.base, &page_path).await;
+    let page = http
+        .get(format!("{}{page_path}", app.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("EAAG-stored-token"), "secrets stay masked");
+    let shown: Value = serde_json::from_str(&textarea(&page, "config")).unwrap();
+    assert_eq!(shown["access_token"], "********");
+    assert_eq!(shown["phone_number_id"], "1001");
+
+    let submit = |config: String, csrf: Option<&str>| {
+        let mut fields = vec![("config", config)];
+        if let Some(token) = csrf {
+            fields.push(("_csrf", token.to_owned()));
+        }
+        http.post(format!("{}/admin/channels/{id}/config", app.base))
+            .header(COOKIE, &cookie)
+            .form(&fields)
+            .send()
+    };
+    let stored = || async {
+        app.store
+            .get_channel(app.tenant_id, id.parse().unwrap())
+            .await
+            .unwrap()
+            .config
+    };
+
+    // Edited as shown: the masked token is kept, the number replaced.
+    let mut edited = shown.clone();
+    edited["phone_number_id"] = json!("2002");
+    let saved = submit(edited.to_string(), Some(&csrf)).await.unwrap();
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        saved.headers()[LOCATION],
+        format!("/admin/channels/{id}?notice=Config+saved.")
+    );
+    let config = stored().await;
+    assert_eq!(config["phone_number_id"], "2002");
+    assert_eq!(config["access_token"], "EAAG-stored-token");
+    assert_eq!(config["verify_token"], "v-1");
+    let via_api = expect_data(
+        app.req(Method::GET, &format!("/api/v1/channels/{id}"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(via_api["config"]["phone_number_id"], "2002");
+
+    // Refused, with the adapter's rules, and nothing written; a secret typed in is not
+    // written back into the page.
+    let before = stored().await;
+    let mut bad = shown.clone();
+    bad["api_base_url"] = json!("not a url");
+    bad["access_token"] = json!("EAAG-typed-token");
+    let refused = submit(bad.to_string(), Some(&csrf)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::OK);
+    let html = refused.text().await.unwrap();
+    assert!(
+        html.contains("data-field=\"config.api_base_url\""),
+        "the field's error is shown"
+    );
+    assert!(!html.contains("EAAG-typed-token") && !html.contains("EAAG-stored-token"));
+    assert!(
+        html.contains("type them again"),
+        "the typed secret is asked for again"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&textarea(&html, "config")).unwrap()["api_base_url"],
+        "not a url",
+        "what was entered is kept"
+    );
+    for (config, field, message) in [
+        ("{".to_owned(), "config", "is not valid JSON"),
+        ("[]".to_owned(), "config", "must be a JSON object"),
+        (
+            json!({"phone_number_id": "3", "access_token": "********", "verify_token": "********", "app_secret": "********"})
+                .to_string(),
+            "config.app_secret",
+            "no value is stored",
+        ),
+        (
+            json!({"phone_number_id": "3", "access_token": "********", "verify_token": "********", "surprise": 1})
+                .to_string(),
+            "config.surprise",
+            "",
+        ),
+    ] {
+        let resp = submit(config.clone(), Some(&csrf)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let html = resp.text().await.unwrap();
+        assert!(
+            html.contains(&format!("data-field=\"{field}\"")) && html.contains(message),
+            "{config}: no error on {field}"
+        );
+    }
+    assert_eq!(stored().await, before, "nothing refused was written");
+
+    // Without the CSRF token nothing is done; an unknown channel is not found.
+    let forged = submit(edited.to_string(), None).await.unwrap();
+    expect_error(forged, StatusCode::FORBIDDEN, "csrf_rejected").await;
+    let missing = uuid::Uuid::now_v7();
+    let resp = http
+        .post(format!("{}/admin/channels/{missing}/config", app.base))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("config", "{}")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+async fn the_panel_retries_now_replays_and_shows_attempts(backend: Backend) {
+    use crate::common::eventually;
+    use crate::common::sink::{Reply, Sink};
+    use std::time::Duration;
+
+    let app = TestApp::start(backend).await;
+    let http = no_redirects();
+    let sink = Sink::start().await;
+    // The first attempt is asked to wait an hour.
+    sink.script([Reply::status(503)
+        .header("retry-after", "3600")
+        .body("down for maintenance")]);
+    let channel = app
+        .create_channel("webhook", json!({"url": format!("{}/hook", sink.url)}))
+        .await;
+    let channel_id = channel["id"].as_str().unwrap().to_owned();
+    let conv = app.create_conversation(&channel_id, None).await;
+    let conv_id = conv["id"].as_str().unwrap().to_owned();
+    let post = |text: &'static str| {
+        let (app, conv_id) = (&app, &conv_id);
+        async move {
+            let activity = expect_data(
+                app.post_activity(conv_id, json!({ "text": text })).await,
+                StatusCode::CREATED,
+            )
+            .await;
+            let list = expect_data(
+                app.req(
+                    Method::GET,
+                    &format!(
+                        "/api/v1/activities/{}/deliveries",
+                        activity["id"].as_str().unwrap()
+                    ),
+                )
+                .send()
+                .await
+                .unwrap(),
+                StatusCode::OK,
+            )
+            .await;
+            list[0]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let status_of = |id: String| {
+        let app = &app;
+        async move {
+            let list = expect_data(
+                app.req(Method::GET, "/api/v1/deliveries?limit=500")
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::OK,
+            )
+            .await;
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == id.as_str())
+                .cloned()
+                .unwrap()
+        }
+    };
+    let waiting = post("wait for it").await;
+    eventually(Duration::from_secs(20), "the first attempt", || async {
+        (status_of(waiting.clone()).await["attempts"] == 1).then_some(())
+    })
+    .await;
+
+    let page_path = format!("/admin/conversations/{conv_id}");
+    let (cookie, csrf) = admin_session(&http, &app.base, &page_path).await;
+    let page = http
+        .get(format!("{}{page_path}", app.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Retry now"),
+        "a waiting delivery can be retried now"
+    );
+    assert!(page.contains("<details class=\"attempts\">"));
+    assert!(page.contains("data-attempt=\"1\"") && page.contains("down for maintenance"));
+
+    let retried = http
+        .post(format!("{}/admin/deliveries/{waiting}/retry", app.base))
+        .header(COOKIE, &cookie)
+        .form(&[
+            ("_csrf", csrf.as_str()),
+            ("tenant", &app.tenant_id.to_string()),
+            ("back", &page_path),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), StatusCode::SEE_OTHER);
+    assert!(
+        retried.headers()[LOCATION]
+            .to_str()
+            .unwrap()
+            .contains("Delivery+queued+again.")
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the delivery after retry now",
+        || async { (status_of(waiting.clone()).await["status"] == "delivered").then_some(()) },
+    )
+    .await;
+
+    // A failure for good, replayed from the channel page once the receiver is fixed.
+    sink.always(Reply::status(400));
+    let failing = post("refused").await;
+    eventually(Duration::from_secs(20), "the failure", || async {
+        (status_of(failing.clone()).await["status"] == "failed").then_some(())
+    })
+    .await;
+    sink.always(Reply::status(200));
+    let replay = |since: &'static str| {
+        http.post(format!("{}/admin/channels/{channel_id}/replay", app.base))
+            .header(COOKIE, &cookie)
+            .form(&[("_csrf", csrf.as_str()), ("since", since), ("until", "")])
+            .send()
+    };
+    let refused = replay("last week").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SEE_OTHER);
+    assert!(
+        refused.headers()[LOCATION]
+            .to_str()
+            .unwrap()
+            .contains("Replay+refused")
+    );
+    assert_eq!(status_of(failing.clone()).await["status"], "failed");
+    let replayed = replay("2000-01-01T00:00").await.unwrap();
+    assert_eq!(replayed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        replayed.headers()[LOCATION],
+        format!("/admin/channels/{channel_id}?notice=1+failed+deliveries+queued+again.")
+    );
+    eventually(Duration::from_secs(20), "the replayed delivery", || async {
+        (status_of(failing.clone()).await["status"] == "delivered").then_some(())
+    })
+    .await;
+    let page = http
+        .get(format!("{}{page_path}", app.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("Retry now"), "nothing waits any more");
 }

@@ -1,5 +1,6 @@
 //! The tenant's deliveries: listing by status and channel, keyset pages, and the
-//! operator's retry of a failed delivery (DESIGN.md §3 "Delivery", §5).
+//! operator's retry of a failed delivery, or of a pending one now (DESIGN.md §3
+//! "Delivery", §5).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::common::{Backend, TestApp, both_backends, eventually, expect_data, ex
 both_backends!(
     list_filters_by_status_and_channel,
     list_is_paginated_newest_first,
-    only_failed_deliveries_are_retried,
+    only_failed_and_idle_pending_deliveries_are_retried,
     a_retried_delivery_is_delivered_again,
 );
 
@@ -212,8 +213,9 @@ async fn list_is_paginated_newest_first(backend: Backend) {
     assert_eq!(page["next_cursor"], Value::Null);
 }
 
-async fn only_failed_deliveries_are_retried(backend: Backend) {
-    let app = TestApp::start(backend).await;
+async fn only_failed_and_idle_pending_deliveries_are_retried(backend: Backend) {
+    // No workers: the test alone leases deliveries.
+    let app = TestApp::start_with(backend, |c| c.delivery_enabled = false).await;
     let (_, conv) = webhook_conversation(&app, UNROUTABLE).await;
     let failed = delivered_message(&app, &conv, "to be failed").await;
     let pending = delivered_message(&app, &conv, "stays pending").await;
@@ -244,32 +246,66 @@ async fn only_failed_deliveries_are_retried(backend: Backend) {
     )
     .await;
 
-    // Pending and delivered ones are not failed.
-    for (id, status) in [(&pending, "pending"), (&delivered, "delivered")] {
-        let err = expect_error(
-            retry(&app, &app.api_key, id).await,
-            StatusCode::CONFLICT,
-            "delivery_not_failed",
-        )
-        .await;
-        assert_eq!(err["details"]["status"], status);
-    }
-
-    // The failed one is queued again: pending, attempts reset, due now, error kept.
-    let retried = expect_data(retry(&app, &app.api_key, &failed).await, StatusCode::OK).await;
-    assert_eq!(retried["id"], failed.as_str());
-    assert_eq!(retried["status"], "pending");
-    assert_eq!(retried["attempts"], 0);
-    assert_eq!(retried["last_error"], "boom");
-    assert!(retried["next_attempt_at"].is_string());
-    assert_eq!(retried["delivered_at"], Value::Null);
-    // Retrying it again while it is pending is a conflict.
-    expect_error(
-        retry(&app, &app.api_key, &failed).await,
+    // A delivered one has nothing to retry.
+    let err = expect_error(
+        retry(&app, &app.api_key, &delivered).await,
         StatusCode::CONFLICT,
         "delivery_not_failed",
     )
     .await;
+    assert_eq!(err["details"]["status"], "delivered");
+
+    // A pending one whose attempt is under way (leased) is left to that attempt.
+    let now = converger::domain::Timestamp::now();
+    let lease = now.plus(Duration::from_secs(60));
+    let claimed = app
+        .store
+        .claim_due(converger::domain::NodeId::new(), now, lease, 10)
+        .await
+        .unwrap();
+    let ids: Vec<String> = claimed.iter().map(|c| c.delivery.id.to_string()).collect();
+    assert_eq!(ids, [pending.as_str()], "the head is the pending one");
+    expect_error(
+        retry(&app, &app.api_key, &pending).await,
+        StatusCode::CONFLICT,
+        "delivery_in_flight",
+    )
+    .await;
+    app.store
+        .release_delivery(claimed[0].delivery.id, lease)
+        .await
+        .unwrap();
+    // Not leased, it is made due now, as often as asked.
+    for _ in 0..2 {
+        let retried = expect_data(retry(&app, &app.api_key, &pending).await, StatusCode::OK).await;
+        assert_eq!(retried["status"], "pending");
+        assert_eq!(retried["attempts"], 0);
+        assert!(retried["next_attempt_at"].is_string());
+    }
+
+    // The failed one is queued again: pending, due now, its attempts counted on (the
+    // budget starts again, the numbering does not), its error kept.
+    let retried = expect_data(retry(&app, &app.api_key, &failed).await, StatusCode::OK).await;
+    assert_eq!(retried["id"], failed.as_str());
+    assert_eq!(retried["status"], "pending");
+    assert_eq!(retried["attempts"], 5);
+    assert_eq!(retried["last_error"], "boom");
+    assert!(retried["next_attempt_at"].is_string());
+    assert_eq!(retried["delivered_at"], Value::Null);
+    // It is first in line again, ahead of the later pending one.
+    let now = converger::domain::Timestamp::now();
+    let claimed = app
+        .store
+        .claim_due(
+            converger::domain::NodeId::new(),
+            now,
+            now.plus(Duration::from_secs(60)),
+            10,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = claimed.iter().map(|c| c.delivery.id.to_string()).collect();
+    assert_eq!(ids, [failed.as_str()]);
     // The other rows were not touched.
     assert_eq!(
         list_ids(&app, "?status=delivered").await,
@@ -310,7 +346,10 @@ async fn a_retried_delivery_is_delivered_again(backend: Backend) {
 
     let retried = expect_data(retry(&app, &app.api_key, &id).await, StatusCode::OK).await;
     assert_eq!(retried["status"], "pending");
-    assert_eq!(retried["attempts"], 0);
+    assert_eq!(
+        retried["attempts"], 1,
+        "attempts are counted on across retries"
+    );
     // Due now, without a backoff wait; the sink accepts this time.
     let received = sink.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(
@@ -319,6 +358,6 @@ async fn a_retried_delivery_is_delivered_again(backend: Backend) {
         "same id across retries"
     );
     let delivered = state("delivered").await;
-    assert_eq!(delivered["attempts"], 1);
+    assert_eq!(delivered["attempts"], 2);
     assert!(delivered["delivered_at"].is_string());
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod activities;
 mod admin;
+mod attempts;
 mod channels;
 mod cli;
 mod concurrency;

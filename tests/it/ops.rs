@@ -74,6 +74,8 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/api/v1/activities/{id}/deliveries",
         "/api/v1/deliveries",
         "/api/v1/deliveries/{id}/retry",
+        "/api/v1/deliveries/{id}/attempts",
+        "/api/v1/channels/{id}/deliveries/retry",
         "/api/v1/routes",
         "/api/v1/routes/{id}",
         "/api/v1/tokens",
@@ -113,6 +115,9 @@ async fn health_ready_and_openapi(backend: Backend) {
         "Route",
         "RouteIn",
         "Delivery",
+        "DeliveryAttempt",
+        "ReplayIn",
+        "ReplayOut",
     ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use converger::delivery::{DeliveryWaker, run_head_repair};
+use converger::delivery::{DeliveryWaker, replay_failed, run_head_repair};
 use converger::domain::{ChannelId, ConversationId, Delivery, DeliveryId, NodeId, Timestamp};
-use converger::store::{AppendOutcome, AttemptResult, Completion, Store, test_support};
+use converger::store::{AppendOutcome, AttemptLog, AttemptResult, Completion, Store, test_support};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +105,13 @@ async fn record(app: &TestApp, d: &Delivery, lease: Timestamp, result: AttemptRe
         lease,
         now: Timestamp::now(),
         result,
+        log: AttemptLog {
+            started_at: Timestamp::now(),
+            duration_ms: 1,
+            http_status: None,
+            response_body: None,
+            node: "test".into(),
+        },
     };
     assert_eq!(
         app.store
@@ -314,8 +321,8 @@ async fn a_retried_earlier_delivery_becomes_the_head_again(backend: Backend) {
     record(&app, &next[0], lease, delivered()).await;
     assert_eq!(head_of(&app.store, conv).await, ids[1]);
 
-    // A channel-wide retry of two failed deliveries of another conversation makes
-    // the earlier of them the head, ahead of the pending third.
+    // A channel-wide replay of two failed deliveries of another conversation, one per
+    // transaction, makes the earlier of them the head, ahead of the pending third.
     let other = conversation(&app, channel).await;
     let more: Vec<DeliveryId> = [
         append(&app, other, &[channel]).await[0],
@@ -329,9 +336,9 @@ async fn a_retried_earlier_delivery_becomes_the_head_again(backend: Backend) {
         record(&app, &got[0], lease, failed()).await;
     }
     assert_eq!(head_of(&app.store, other).await, more[2]);
+    let waker = DeliveryWaker::default();
     assert_eq!(
-        app.store
-            .retry_failed_deliveries_of_channel(channel)
+        replay_failed(&app.store, &waker, app.tenant_id, channel, None, None, 1)
             .await
             .unwrap(),
         2

@@ -1,6 +1,7 @@
 //! Channels: the list (all tenants or one, by type), the new-channel form whose fields
 //! follow the selected type, a channel's page, and its actions (enable/disable, rotate
-//! the secret, retry its failed deliveries), through [`crate::operations::channels`].
+//! the secret, edit its config, retry or replay its failed deliveries), through
+//! [`crate::operations::channels`] and [`crate::operations::deliveries`].
 
 use std::collections::HashMap;
 
@@ -12,16 +13,18 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{Chrome, Notice, PAGE, Pager, back_to, form_status, go, opt_parse, pretty};
+use crate::adapters::mask_config;
 use crate::admin::forms::{
     ConfigField, CsrfForm, FieldKind, config_fields, config_from_form, input_name,
 };
 use crate::admin::guard::AdminContext;
-use crate::domain::{Channel, ChannelId, ChannelType, FieldError, Tenant, TenantId};
+use crate::domain::{Channel, ChannelId, ChannelType, FieldError, Tenant, TenantId, Timestamp};
 use crate::http::error::ApiResult;
 use crate::http::extract::ApiPath;
 use crate::http::state::AppState;
+use crate::operations::OpError;
 use crate::operations::channels::{self as ops, ChannelIn};
-use crate::operations::{OpError, deliveries};
+use crate::operations::deliveries::{self, ReplayWindow};
 use crate::store::{ChannelDeliveryStats, ChannelFilter};
 
 /// A channel row with its tenant's name.
@@ -223,6 +226,13 @@ pub struct ChannelPage {
     /// A secret to show once (new channel or rotated secret).
     secret: Option<String>,
     stats: Option<ChannelDeliveryStats>,
+    /// The config editor's text: the masked config, or what was submitted (masked
+    /// again) when it was refused.
+    config_input: String,
+    /// Why the submitted config was refused.
+    config_errors: Vec<FieldError>,
+    /// The replay form's default start, a day ago, as `datetime-local` writes it.
+    replay_since: String,
 }
 
 async fn channel_page(
@@ -242,15 +252,19 @@ async fn channel_page(
         .await?
         .into_iter()
         .next();
+    let config = pretty(&shown.config);
     Ok(ChannelPage {
         chrome: Chrome::new(ctx, "channels", notice),
         token: shown.token,
         inbound_url: shown.inbound_url,
-        config: pretty(&shown.config),
+        config_input: config.clone(),
+        config,
         tenant_name: tenant.name,
         channel,
         secret,
         stats,
+        config_errors: Vec::new(),
+        replay_since: form_time(Timestamp::now().minus(std::time::Duration::from_secs(86_400))),
     })
 }
 
@@ -357,4 +371,127 @@ pub async fn retry_channel_failures(
         &back_to(&form),
         &format!("{n} failed deliveries queued again."),
     ))
+}
+
+/// The admin's edit of a channel's config: the whole JSON document, as the editor
+/// shows it with credentials masked. Refused input comes back with its errors, and
+/// credentials in it masked again.
+pub async fn edit_channel_config(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<AdminContext>,
+    ApiPath(id): ApiPath<ChannelId>,
+    form: CsrfForm,
+) -> ApiResult<Response> {
+    let text = form.get("config").unwrap_or_default();
+    let (shown_back, errors) = match serde_json::from_str::<serde_json::Value>(text) {
+        Err(e) => (
+            text.to_owned(),
+            vec![FieldError::new("config", format!("is not valid JSON: {e}"))],
+        ),
+        Ok(submitted) => {
+            match ops::edit_config(&state.store, &state.adapters, id, &submitted).await {
+                Ok(_) => return Ok(go(&format!("/admin/channels/{id}"), "Config saved.")),
+                Err(OpError::Invalid(mut errors)) => {
+                    let channel = ops::get(&state.store, id).await?;
+                    let secrets = state.adapters.get(channel.kind).secret_fields();
+                    let replaced = crate::adapters::replace_config(&channel.config, &submitted);
+                    // Credentials typed in are not written back into the page.
+                    let typed = crate::adapters::credential_pointers(&replaced, secrets)
+                        .iter()
+                        .any(|at| replaced.pointer(at) != channel.config.pointer(at));
+                    if typed {
+                        errors.push(FieldError::new(
+                        "config",
+                        "secret values you typed are not shown again: type them again before saving",
+                    ));
+                    }
+                    (pretty(&mask_config(&replaced, secrets)), errors)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let mut page = channel_page(&state, &ctx, id, None, None).await?;
+    page.config_input = shown_back;
+    page.config_errors = errors;
+    Ok(page.into_response())
+}
+
+/// The admin's replay of a channel's failed deliveries of activities created in a
+/// window (UTC): `since` required, `until` optional.
+pub async fn replay_channel_failures(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+    form: CsrfForm,
+) -> ApiResult<Response> {
+    let back = format!("/admin/channels/{id}");
+    let channel = ops::get(&state.store, id).await?;
+    let Some(since) = form.get("since").and_then(parse_form_time) else {
+        return Ok(go(
+            &back,
+            "Replay refused: since must be a date and time (UTC).",
+        ));
+    };
+    let until = match form.get("until") {
+        None => None,
+        Some(text) => match parse_form_time(text) {
+            Some(until) => Some(until),
+            None => {
+                return Ok(go(
+                    &back,
+                    "Replay refused: until must be a date and time (UTC).",
+                ));
+            }
+        },
+    };
+    let window = ReplayWindow {
+        since: Some(since),
+        until,
+    };
+    match deliveries::replay_channel(&state.store, &state.waker, channel.tenant_id, id, window)
+        .await
+    {
+        Ok(n) => Ok(go(&back, &format!("{n} failed deliveries queued again."))),
+        Err(OpError::Invalid(errors)) => Ok(go(
+            &back,
+            &format!("Replay refused: {}", crate::operations::summary(&errors)),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A time as a `datetime-local` input writes it, to the second, in UTC.
+fn form_time(t: Timestamp) -> String {
+    t.0.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+/// A time from a form: RFC 3339, or a `datetime-local` value read as UTC.
+fn parse_form_time(text: &str) -> Option<Timestamp> {
+    use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|t| t.and_utc())
+        })?;
+    Some(Timestamp(parsed.trunc_subsecs(6)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_times_are_read_as_utc() {
+        let minute = parse_form_time("2026-12-03T09:30").unwrap();
+        assert_eq!(minute.0.to_rfc3339(), "2026-12-03T09:30:00+00:00");
+        let second = parse_form_time("2026-12-03T09:30:15").unwrap();
+        assert_eq!(form_time(second), "2026-12-03T09:30:15");
+        let zoned = parse_form_time("2026-12-03T10:30:00+01:00").unwrap();
+        assert_eq!(zoned, minute);
+        assert_eq!(parse_form_time("yesterday"), None);
+    }
 }

@@ -1,6 +1,6 @@
 //! Conversations: the list of a tenant's (by channel and status), one conversation's
-//! activities with their deliveries, and closing it through
-//! [`crate::operations::conversations`].
+//! activities with their deliveries and each delivery's attempt log, and closing it
+//! through [`crate::operations::conversations`].
 
 use std::collections::HashMap;
 
@@ -18,7 +18,7 @@ use crate::admin::forms::CsrfForm;
 use crate::admin::guard::AdminContext;
 use crate::domain::{
     Activity, Channel, ChannelId, Conversation, ConversationId, ConversationStatus, Delivery,
-    Tenant, TenantId,
+    DeliveryAttempt, DeliveryId, DeliveryStatus, Tenant, TenantId, Timestamp,
 };
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiPath;
@@ -81,7 +81,46 @@ pub async fn conversations(
 /// An activity with its deliveries, for the conversation page.
 pub struct ActivityRow {
     pub activity: Activity,
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// Attempts shown per delivery; the API lists them all.
+const ATTEMPTS_SHOWN: usize = 20;
+
+/// A delivery with the latest of its attempts.
+pub struct DeliveryRow {
+    pub delivery: Delivery,
+    /// Oldest first, the latest [`ATTEMPTS_SHOWN`].
+    pub attempts: Vec<DeliveryAttempt>,
+    /// Attempts older than those shown.
+    pub earlier: usize,
+    /// Pending and waiting for its next attempt after a failed one: "retry now" helps.
+    pub waiting: bool,
+}
+
+impl DeliveryRow {
+    fn new(delivery: Delivery, mut attempts: Vec<DeliveryAttempt>, now: Timestamp) -> Self {
+        let earlier = attempts.len().saturating_sub(ATTEMPTS_SHOWN);
+        attempts.drain(..earlier);
+        let waiting = delivery.status == DeliveryStatus::Pending
+            && delivery.attempts > 0
+            && delivery.next_attempt_at.is_some_and(|at| at > now)
+            && delivery.locked_until.is_none_or(|lease| lease < now);
+        Self {
+            delivery,
+            attempts,
+            earlier,
+            waiting,
+        }
+    }
+
+    /// The badge class of an attempt's outcome: a retry is still pending.
+    pub fn badge(attempt: &DeliveryAttempt) -> &'static str {
+        match attempt.outcome.as_str() {
+            "retry" => "pending",
+            other => other,
+        }
+    }
 }
 
 #[derive(Template, WebTemplate)]
@@ -120,18 +159,29 @@ pub async fn conversation(
         .store
         .list_activities(tenant, id, q.after.unwrap_or(0), PAGE)
         .await?;
-    let deliveries = match (activities.first(), activities.last()) {
-        (Some(first), Some(last)) => {
+    let (deliveries, attempts) = match (activities.first(), activities.last()) {
+        (Some(first), Some(last)) => tokio::try_join!(
             state
                 .store
-                .list_deliveries_for_seq_range(id, first.seq, last.seq)
-                .await?
-        }
-        _ => Vec::new(),
+                .list_deliveries_for_seq_range(id, first.seq, last.seq),
+            state
+                .store
+                .list_attempts_for_seq_range(id, first.seq, last.seq),
+        )?,
+        _ => (Vec::new(), Vec::new()),
     };
-    let mut by_activity: HashMap<_, Vec<Delivery>> = HashMap::new();
+    let mut attempts_of: HashMap<DeliveryId, Vec<DeliveryAttempt>> = HashMap::new();
+    for a in attempts {
+        attempts_of.entry(a.delivery_id).or_default().push(a);
+    }
+    let now = Timestamp::now();
+    let mut by_activity: HashMap<_, Vec<DeliveryRow>> = HashMap::new();
     for d in deliveries {
-        by_activity.entry(d.activity_id).or_default().push(d);
+        let attempts = attempts_of.remove(&d.id).unwrap_or_default();
+        by_activity
+            .entry(d.activity_id)
+            .or_default()
+            .push(DeliveryRow::new(d, attempts, now));
     }
     let next = Pager::default().next(&activities, "after", |a| a.seq.to_string());
     let names = channel_names(&tenant_channels(&state, tenant).await?);

@@ -1,5 +1,6 @@
 //! Deliveries of a tenant (failed ones by default: this is where delivery problems are
-//! fixed), and retrying one through [`crate::operations::deliveries`].
+//! fixed), and retrying one through [`crate::operations::deliveries`]: a failed one, or
+//! a pending one now rather than after its backoff.
 
 use std::collections::HashMap;
 
@@ -12,7 +13,9 @@ use axum::response::Response;
 use super::{Chrome, ListQuery, PAGE, Pager, back_to, channel_names, go, opt_parse};
 use crate::admin::forms::CsrfForm;
 use crate::admin::guard::AdminContext;
-use crate::domain::{Channel, ChannelId, Delivery, DeliveryId, DeliveryStatus, Tenant, TenantId};
+use crate::domain::{
+    Channel, ChannelId, Delivery, DeliveryId, DeliveryStatus, Tenant, TenantId, Timestamp,
+};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiPath;
 use crate::http::state::AppState;
@@ -33,6 +36,19 @@ pub struct DeliveriesPage {
     next: Option<String>,
     /// This page with its filters, for the retry forms to come back to.
     back: String,
+    /// Now, to tell the pending deliveries that wait for their next attempt.
+    now: Timestamp,
+}
+
+impl DeliveriesPage {
+    /// Whether a delivery waits for its next attempt after a failed one, so that
+    /// "retry now" would make it due.
+    pub fn waiting(&self, d: &Delivery) -> bool {
+        d.status == DeliveryStatus::Pending
+            && d.attempts > 0
+            && d.next_attempt_at.is_some_and(|at| at > self.now)
+            && d.locked_until.is_none_or(|lease| lease < self.now)
+    }
 }
 
 pub async fn deliveries(
@@ -73,6 +89,7 @@ pub async fn deliveries(
         status,
         statuses: DeliveryStatus::ALL,
         rows,
+        now: Timestamp::now(),
     })
 }
 
@@ -86,9 +103,14 @@ pub async fn retry_delivery(
     let back = back_to(&form);
     match ops::retry(&state.store, &state.waker, tenant, id).await {
         Ok(_) => Ok(go(&back, "Delivery queued again.")),
-        Err(OpError::NotFound(_) | OpError::DeliveryNotFailed { .. }) => {
-            Ok(go(&back, "That delivery is not failed (any more)."))
-        }
+        Err(OpError::NotFound(_) | OpError::DeliveryNotFailed { .. }) => Ok(go(
+            &back,
+            "That delivery is delivered (or gone): nothing to retry.",
+        )),
+        Err(OpError::DeliveryInFlight) => Ok(go(
+            &back,
+            "An attempt of that delivery is under way; retry once it has ended.",
+        )),
         Err(e) => Err(e.into()),
     }
 }
