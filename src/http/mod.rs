@@ -190,6 +190,15 @@ pub fn router(
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        // The API reference: Swagger UI over the document above, assets built in.
+        .merge(Router::from(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+        ))
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::temporary("/docs/") }),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             availability,
@@ -224,15 +233,18 @@ pub fn router(
 /// Refuses requests that need the database at once while it is known to be out of
 /// reach (`503 store_unavailable`, see `store/health.rs`), instead of letting each
 /// wait for the pool's timeout; and has the store probed when a request fails that
-/// way. Liveness, readiness, metrics, the spec and static assets do not need it.
+/// way. Liveness, readiness, metrics, the spec, its page and static assets do not
+/// need it.
 async fn availability(
     State(state): State<AppState>,
     request: Request<axum::body::Body>,
     next: axum::middleware::Next,
 ) -> Response {
-    const WITHOUT_STORE: &[&str] = &["/health", "/ready", "/metrics", "/openapi.json"];
+    const WITHOUT_STORE: &[&str] = &["/", "/health", "/ready", "/metrics", "/openapi.json"];
     let path = request.uri().path();
-    let needs_store = !WITHOUT_STORE.contains(&path) && !path.starts_with("/admin/static/");
+    let needs_store = !WITHOUT_STORE.contains(&path)
+        && !path.starts_with("/admin/static/")
+        && !path.starts_with("/docs");
     if needs_store && !state.store.is_available() {
         return ApiError::store_unavailable().into_response();
     }
