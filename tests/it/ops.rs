@@ -89,6 +89,7 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/admin/api/deliveries",
         "/admin/api/channels/{id}/status",
         "/admin/api/channels/{id}/rotate_secret",
+        "/socket/websocket",
         "/health",
         "/ready",
         "/metrics",
@@ -112,6 +113,12 @@ async fn health_ready_and_openapi(backend: Backend) {
     ] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
+    // The socket endpoints document their refusals.
+    let socket = &doc["paths"]["/socket/websocket"]["get"]["responses"];
+    assert!(
+        socket["403"].is_object() && socket["400"].is_object(),
+        "{socket}"
+    );
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             assert!(

@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use converger::domain::TenantStatus;
 
 use crate::common::node::Node;
-use crate::common::socket::{Socket, refused, seqs, topic, ws_url};
-use crate::common::{Backend, TestApp, both_backends, eventually, postgres_only};
+use crate::common::socket::{Socket, refusal, refused, seqs, topic, ws_url};
+use crate::common::{Backend, JWT_SECRET, TestApp, both_backends, eventually, postgres_only};
 
 both_backends!(
     bad_credentials_and_versions_get_403_before_upgrade,
@@ -28,6 +28,7 @@ both_backends!(
     token_in_the_subprotocol_header,
     limits_idle_timeout_and_shutdown_close_codes,
     concurrent_writers_and_joiners_see_gap_free_sequences,
+    refused_connects_say_why,
 );
 
 async fn bad_credentials_and_versions_get_403_before_upgrade(backend: Backend) {
@@ -686,4 +687,91 @@ async fn admin_connection() -> sqlx::PgConnection {
     sqlx::PgConnection::connect(&url)
         .await
         .expect("admin connection")
+}
+
+/// A client token for `conversation` of the app's tenant that expired an hour ago.
+async fn expired_token(server: &TestApp, conversation: &str) -> String {
+    use converger::auth::{Claims, TokenType};
+    let found = server
+        .store
+        .get_conversation(server.tenant_id, conversation.parse().unwrap())
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims {
+        typ: TokenType::Client,
+        tenant: server.tenant_id,
+        channel: found.channel_id,
+        conversation: Some(found.id),
+        sub: Some("alice".into()),
+        sfp: None,
+        iat: now - 7200,
+        exp: Some(now - 3600),
+        jti: "expired".into(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Every refused WebSocket connect is a 403 whose JSON body names the reason.
+async fn refused_connects_say_why(backend: Backend) {
+    let server = TestApp::start(backend).await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+    let expired = expired_token(&server, &conversation).await;
+    let channel = server.websocket_channel().await;
+    let channel_token = channel["token"].as_str().unwrap().to_owned();
+    let mut forged = token.clone();
+    forged.pop();
+
+    for (url, code) in [
+        (server.ws(), "missing_token"),
+        (format!("{}?vsn=2.0.0", server.ws()), "missing_token"),
+        (server.url(&token, Some("3.0.0")), "unsupported_version"),
+        (server.url("not-a-jwt", Some("2.0.0")), "invalid_token"),
+        (server.url(&forged, Some("2.0.0")), "invalid_token"),
+        (server.url(&channel_token, Some("2.0.0")), "invalid_token"),
+        (server.url(&expired, Some("2.0.0")), "token_expired"),
+    ] {
+        let (status, body) = refusal(url.as_str()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some(code)),
+            "{url}: {body}"
+        );
+        assert!(body["error"]["message"].is_string());
+        assert!(!body.to_string().contains(&token), "no token in refusals");
+    }
+    server
+        .store
+        .set_tenant_status(server.tenant_id, TenantStatus::Inactive)
+        .await
+        .unwrap();
+    let (status, body) = refusal(server.url(&token, Some("2.0.0")).as_str()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tenant_inactive"))
+    );
+    server
+        .store
+        .set_tenant_status(server.tenant_id, TenantStatus::Active)
+        .await
+        .unwrap();
+
+    // Plain HTTP to the WebSocket endpoint: a JSON 400, not a bare rejection.
+    let resp = server
+        .anon(
+            Method::GET,
+            &format!("/socket/websocket?token={token}&vsn=2.0.0"),
+        )
+        .send()
+        .await
+        .unwrap();
+    crate::common::expect_error(resp, StatusCode::BAD_REQUEST, "websocket_required").await;
+    Socket::connect(&server.url(&token, Some("2.0.0"))).await;
+    server.stop().await;
 }
