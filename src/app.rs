@@ -380,7 +380,7 @@ pub fn app_router(state: AppState) -> axum::Router {
     let (admin_api, admin_doc) = OpenApiRouter::new()
         .nest("/admin/api", crate::admin::api_router())
         .split_for_parts();
-    let (sockets, sockets_doc) = crate::realtime::router().split_for_parts();
+    let (sockets, sockets_doc) = crate::realtime::router(&state.config).split_for_parts();
     let mut edges_doc = admin_doc;
     edges_doc.merge(sockets_doc);
     let edges = sockets.merge(crate::admin::router(state.clone(), admin_api));

@@ -194,6 +194,35 @@ impl ApiError {
         )
     }
 
+    /// 410: a long-poll request for a session this node does not hold (ended, expired,
+    /// or never opened here); the client opens a new one and rejoins.
+    pub fn longpoll_session_gone(elsewhere: bool) -> Self {
+        if elsewhere {
+            Self::new(
+                StatusCode::GONE,
+                "session_on_another_node",
+                "this long-poll session was opened on another node (or before a restart); \
+                 route a client's long-poll requests to one node",
+            )
+        } else {
+            Self::new(
+                StatusCode::GONE,
+                "session_gone",
+                "this long-poll session has ended or expired; open a new one",
+            )
+        }
+    }
+
+    /// 400: a long-poll batch with a line that is not a Phoenix message.
+    pub fn invalid_frame(line: usize, problem: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_frame",
+            format!("message {line} of the batch: {problem}"),
+        )
+        .with_details(json!({ "line": line }))
+    }
+
     /// 413: a body, or one message of it, over a limit.
     pub fn payload_too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)

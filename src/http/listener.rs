@@ -157,6 +157,26 @@ impl ConnectionLimits {
         self.take_slot(access::canonical(client)).map(Some)
     }
 
+    /// Admits a long-poll session of `client`: a connection that outlives its HTTP
+    /// requests, counted as one against the node cap and the client's address cap.
+    ///
+    /// # Errors
+    /// The node or the address is at its cap.
+    pub fn admit_session(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Admission, Refused> {
+        let slot = client
+            .map(|ip| self.take_slot(access::canonical(ip)))
+            .transpose()?;
+        let permit = self
+            .node
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Node)?;
+        Ok(Admission {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+
     fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Result<AddressSlot, Refused> {
         if self.per_ip == 0 {
             return Ok(AddressSlot { limits: None, ip });

@@ -1,10 +1,11 @@
-//! Real-time edge: Phoenix Channels over WebSocket (DESIGN.md §3 "Real time",
-//! protocols.md §1).
+//! Real-time edge: Phoenix Channels over WebSocket and over long-poll (DESIGN.md §3
+//! "Real time", protocols.md §1).
 //!
-//! Stage 1 of the flow, beside `http`. This module authenticates a connect request
-//! and refuses it (403 with a reason, no session) before anything is opened.
-//! [`websocket`] upgrades and hands its frames to one tracked [`session`] loop per
-//! client, which speaks the protocol over any transport. [`frame`] is the wire
+//! Stage 1 of the flow, beside `http`. This module authenticates a connect request,
+//! the same way for both transports, and refuses it (403 with a reason, no session)
+//! before anything is opened. [`websocket`] upgrades and [`longpoll`] keeps sessions
+//! between HTTP requests; both hand their frames to one tracked [`session`] loop per
+//! client, so the protocol is spoken by one piece of code. [`frame`] is the wire
 //! format, [`channel`] the meaning of `conversation:<id>` topics and [`stream`] the
 //! replay and live events of one joined topic. Nothing here writes activities except
 //! through `ingest`.
@@ -13,6 +14,7 @@ mod channel;
 #[cfg(test)]
 mod fixture;
 pub mod frame;
+mod longpoll;
 mod session;
 mod stream;
 mod websocket;
@@ -22,6 +24,7 @@ use std::net::IpAddr;
 use axum::http::{Extensions, HeaderMap};
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::config::Config;
 use crate::domain::{ChannelId, ConversationId, TenantId};
 use crate::http::error::ApiError;
 use crate::http::extract::Caller;
@@ -119,9 +122,9 @@ fn client_ip(state: &AppState, extensions: &Extensions, headers: &HeaderMap) -> 
         .map(|(_, client)| client)
 }
 
-/// The socket endpoint, `/socket/websocket`, with its OpenAPI path. Sessions are
-/// tracked by `AppState::tasks`, so shutdown can wait for them after closing them
-/// with 1012.
-pub fn router() -> OpenApiRouter<AppState> {
-    websocket::router()
+/// The socket endpoints, `/socket/websocket` and `/socket/longpoll`, with their
+/// OpenAPI paths. Sessions are tracked by `AppState::tasks`, so shutdown can wait for
+/// them after closing them (1012 on a WebSocket, `410` on the next poll).
+pub fn router(config: &Config) -> OpenApiRouter<AppState> {
+    websocket::router().merge(longpoll::router(config))
 }

@@ -103,6 +103,9 @@ pub(super) enum Exit {
 pub(super) enum Incoming {
     /// A text frame, parsed by the session.
     Text(Utf8Bytes),
+    /// A frame the transport parsed already (a long-poll batch is checked whole before
+    /// any of it is served).
+    Frame(Frame),
     /// The client is there without sending a frame (a ping, a long poll), and may stay
     /// silent for `busy` before the idle timeout starts counting again.
     Alive { busy: Duration },
@@ -193,11 +196,12 @@ impl<T: Transport> Session<T> {
                     idle_timer.as_mut().reset(Instant::now() + busy + idle);
                     let frame = match incoming {
                         Incoming::Text(text) => parse(self.vsn, text.as_str()),
+                        Incoming::Frame(frame) => Ok(frame),
                         Incoming::Alive { .. } => continue,
                         Incoming::End(exit) => return exit,
                     };
-                    // One call site, outside the match: its future is part of every idle
-                    // session's.
+                    // One call site for both kinds of frame: its future is part of every
+                    // idle session's.
                     let outcome = match frame {
                         Ok(frame) => self.on_frame(frame).await,
                         Err(exit) => Err(exit),
@@ -454,6 +458,11 @@ mod footprint {
         assert!(
             session <= 4096,
             "a socket's session future takes {session} bytes"
+        );
+        let session = future_size(super::run::<super::super::longpoll::LongPollTransport>);
+        assert!(
+            session <= 4096,
+            "a long-poll session future takes {session} bytes"
         );
         let stream = stream_future_size(super::super::stream::Stream::run);
         assert!(stream <= 2048, "a stream's future takes {stream} bytes");
