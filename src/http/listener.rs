@@ -76,7 +76,7 @@ impl Refused {
     }
 }
 
-/// The caps of one node, shared by its acceptor and its WebSocket endpoint.
+/// The caps of one node, shared by its acceptor and its socket endpoints.
 #[derive(Debug)]
 pub struct ConnectionLimits {
     node: Arc<Semaphore>,

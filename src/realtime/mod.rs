@@ -61,11 +61,14 @@ async fn authenticate(
     state: &AppState,
     connect: Connect<'_>,
 ) -> Result<(SocketAuth, Vsn), ApiError> {
+    let client_ip = connect
+        .client_ip
+        .map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     let refused = |err: ApiError| {
         tracing::info!(
             transport = connect.transport,
             code = err.code,
-            client_ip = ?connect.client_ip,
+            client_ip,
             "socket connect refused: {}",
             err.message
         );
