@@ -96,7 +96,9 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+/// 405 with our error body, for routes that set their own fallback (so that layers
+/// around them, such as CORS, also see methods they do not have).
+pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

@@ -498,8 +498,11 @@ fn parse_batch(
 
 /// `GET` and `POST /socket/longpoll`, with this node's sessions and the API's CORS.
 pub(super) fn router(config: &Config) -> OpenApiRouter<AppState> {
+    let (schemas, paths, methods) = routes!(poll, send);
+    // Set before the CORS layer, so that CORS answers preflight requests (OPTIONS).
+    let methods = methods.fallback(crate::http::method_not_allowed);
     OpenApiRouter::new()
-        .routes(routes!(poll, send))
+        .routes((schemas, paths, methods))
         .layer(Extension(Arc::new(Sessions::new())))
         .layer(crate::http::cors(config.cors_origins.as_deref()))
 }

@@ -786,6 +786,7 @@ async fn longpoll_refusals_and_bad_requests_answer_json_codes(backend: Backend) 
     let server = TestApp::start_with(backend, |c| {
         c.max_body_bytes = 8 * 1024;
         c.socket_max_frame_bytes = 1024;
+        c.cors_origins = Some("https://app.example.com".into());
     })
     .await;
     let conversation = server.conversation().await;
@@ -820,6 +821,29 @@ async fn longpoll_refusals_and_bad_requests_answer_json_codes(backend: Backend) 
     let opened: Value = opened.json().await.unwrap();
     assert_eq!(opened["status"], 410);
     assert!(opened["token"].as_str().unwrap().starts_with("lps_"));
+
+    // A browser app on another origin may long-poll, sending the Phoenix headers.
+    let preflight = server
+        .anon(Method::OPTIONS, "/socket/longpoll")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-phoenix-authtoken",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{preflight:?}");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-phoenix-authtoken"), "{allowed}");
 
     // Sessions this node does not hold: 410, so the client opens a new one.
     let unknown = format!("lps_{}", "0".repeat(64));
