@@ -393,15 +393,17 @@ pub async fn run(
 }
 
 /// The whole HTTP application: the REST edge ([`http::router`]) around the other two,
-/// the WebSocket endpoint and the admin panel, whose JSON API's paths join the
-/// OpenAPI document.
+/// the socket endpoints and the admin panel, whose paths join the OpenAPI document.
 pub fn app_router(state: AppState) -> axum::Router {
     // The admin API sits behind the admin guard, so it is kept apart from the REST API.
     let (admin_api, admin_doc) = OpenApiRouter::new()
         .nest("/admin/api", crate::admin::api_router())
         .split_for_parts();
-    let edges = crate::realtime::router().merge(crate::admin::router(state.clone(), admin_api));
-    http::router(state, edges, admin_doc)
+    let (sockets, sockets_doc) = crate::realtime::router(&state.config).split_for_parts();
+    let mut edges_doc = admin_doc;
+    edges_doc.merge(sockets_doc);
+    let edges = sockets.merge(crate::admin::router(state.clone(), admin_api));
+    http::router(state, edges, edges_doc)
 }
 
 /// Runs `chore` every `interval` on `tasks` until `stop`.

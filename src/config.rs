@@ -170,6 +170,18 @@ pub struct Config {
     )]
     pub socket_send_timeout_secs: u64,
 
+    /// Long-poll: seconds a poll waits for messages before it answers that there are
+    /// none (the client polls again at once). Keep it under the client's request
+    /// timeout (20 s in phoenix.js). A session nobody polls for
+    /// `CONVERGER_SOCKET_IDLE_TIMEOUT_SECS` after its last poll ends.
+    #[arg(
+        long,
+        env = "CONVERGER_LONGPOLL_WINDOW_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub longpoll_window_secs: u64,
+
     /// Most connections this node holds open at once: HTTP, WebSocket and TLS
     /// handshakes alike. Beyond it a new connection is answered `503
     /// too_many_connections` and closed. Unset: three quarters of the process's
@@ -477,6 +489,7 @@ impl Config {
                 "CONVERGER_SOCKET_SEND_TIMEOUT_SECS",
                 self.socket_send_timeout_secs,
             ),
+            ("CONVERGER_LONGPOLL_WINDOW_SECS", self.longpoll_window_secs),
             (
                 "CONVERGER_MAX_CONNECTIONS",
                 self.max_connections.map_or(1, |n| n as u64),
@@ -648,6 +661,7 @@ impl std::fmt::Debug for Config {
             .field("socket_push_rate", &self.socket_push_rate)
             .field("socket_outbound_queue", &self.socket_outbound_queue)
             .field("socket_send_timeout_secs", &self.socket_send_timeout_secs)
+            .field("longpoll_window_secs", &self.longpoll_window_secs)
             .field("max_connections", &self.max_connections)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)

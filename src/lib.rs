@@ -25,7 +25,7 @@
 //!    API and CLI.
 //! 7. The edges, which decode, authenticate, then call [`ingest`] or read the
 //!    [`store`]: [`http`] (REST API, inbound webhooks, health and metrics, connection
-//!    admission), [`realtime`] (Phoenix Channels WebSocket) and [`admin`] (the
+//!    admission), [`realtime`] (Phoenix Channels over WebSocket and long-poll) and [`admin`] (the
 //!    operator's panel). No edge mounts another.
 //! 8. [`app`]: the composition root. [`app::run`] builds the state, mounts the three
 //!    edges and runs the node; `main` parses the CLI and calls it.

@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API, WebSocket endpoint and workers (applies migrations first).
+    /// Serve the API, socket endpoints and workers (applies migrations first).
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,

@@ -169,6 +169,77 @@ impl ApiError {
         )
     }
 
+    /// A refused socket connect (WebSocket upgrade or new long-poll session): 403
+    /// whatever the credential's problem, as Phoenix clients expect, keeping its code.
+    pub fn connect_refused(mut self) -> Self {
+        if self.status.is_client_error() {
+            self.status = StatusCode::FORBIDDEN;
+        }
+        self
+    }
+
+    /// A socket connect without a client token.
+    pub fn missing_socket_token() -> Self {
+        Self::forbidden(
+            "missing_token",
+            "send a client token as the `token` query parameter (or in the \
+             `Sec-WebSocket-Protocol` or `X-Phoenix-AuthToken` header)",
+        )
+    }
+
+    /// A socket connect with a `vsn` that names no serializer spoken here.
+    pub fn unsupported_socket_version() -> Self {
+        Self::forbidden(
+            "unsupported_version",
+            "`vsn` must be 2.0.0 (array frames) or 1.0.0 (object frames, the default)",
+        )
+    }
+
+    /// 400: a request to the WebSocket endpoint that is not a WebSocket upgrade.
+    pub fn websocket_required(detail: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "websocket_required",
+            format!(
+                "this endpoint speaks WebSocket only ({detail}); plain HTTP clients use /socket/longpoll"
+            ),
+        )
+    }
+
+    /// 410: a long-poll request for a session this node does not hold (ended, expired,
+    /// or never opened here); the client opens a new one and rejoins.
+    pub fn longpoll_session_gone(elsewhere: bool) -> Self {
+        if elsewhere {
+            Self::new(
+                StatusCode::GONE,
+                "session_on_another_node",
+                "this long-poll session was opened on another node (or before a restart); \
+                 route a client's long-poll requests to one node",
+            )
+        } else {
+            Self::new(
+                StatusCode::GONE,
+                "session_gone",
+                "this long-poll session has ended or expired; open a new one",
+            )
+        }
+    }
+
+    /// 400: a long-poll batch with a line that is not a Phoenix message.
+    pub fn invalid_frame(line: usize, problem: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_frame",
+            format!("message {line} of the batch: {problem}"),
+        )
+        .with_details(json!({ "line": line }))
+    }
+
+    /// 413: a body, or one message of it, over a limit.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
     /// 500 with a generic message; `cause` is logged, never sent.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");

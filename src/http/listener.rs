@@ -76,7 +76,7 @@ impl Refused {
     }
 }
 
-/// The caps of one node, shared by its acceptor and its WebSocket endpoint.
+/// The caps of one node, shared by its acceptor and its socket endpoints.
 #[derive(Debug)]
 pub struct ConnectionLimits {
     node: Arc<Semaphore>,
@@ -155,6 +155,26 @@ impl ConnectionLimits {
             return Ok(None);
         }
         self.take_slot(access::canonical(client)).map(Some)
+    }
+
+    /// Admits a long-poll session of `client`: a connection that outlives its HTTP
+    /// requests, counted as one against the node cap and the client's address cap.
+    ///
+    /// # Errors
+    /// The node or the address is at its cap.
+    pub fn admit_session(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Admission, Refused> {
+        let slot = client
+            .map(|ip| self.take_slot(access::canonical(ip)))
+            .transpose()?;
+        let permit = self
+            .node
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Node)?;
+        Ok(Admission {
+            _permit: permit,
+            _slot: slot,
+        })
     }
 
     fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Result<AddressSlot, Refused> {

@@ -58,10 +58,11 @@ pub fn api_with_openapi(state: &AppState) -> (Router<AppState>, utoipa::openapi:
     (routes.merge(v1), doc)
 }
 
-/// CORS for the API: the configured origins (or any, with `*`), the credential and
-/// idempotency headers, and `x-request-id`/`retry-after` readable by scripts. Without
-/// configured origins, no CORS headers are sent and browsers keep cross-origin calls out.
-fn cors(origins: Option<&str>) -> CorsLayer {
+/// CORS for the API and the long-poll socket: the configured origins (or any, with
+/// `*`), the credential, idempotency and Phoenix long-poll headers, and
+/// `x-request-id`/`retry-after` readable by scripts. Without configured origins, no
+/// CORS headers are sent and browsers keep cross-origin calls out.
+pub fn cors(origins: Option<&str>) -> CorsLayer {
     let Some(origins) = origins.map(str::trim).filter(|o| !o.is_empty()) else {
         return CorsLayer::new();
     };
@@ -83,6 +84,8 @@ fn cors(origins: Option<&str>) -> CorsLayer {
             HeaderName::from_static("x-api-key"),
             HeaderName::from_static("x-channel-token"),
             HeaderName::from_static("x-idempotency-key"),
+            HeaderName::from_static("x-phoenix-authtoken"),
+            HeaderName::from_static("x-phoenix-longpoll-token"),
             REQUEST_ID,
         ])
         .expose_headers([REQUEST_ID, header::RETRY_AFTER])
@@ -93,7 +96,9 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+/// 405 with our error body, for routes that set their own fallback (so that layers
+/// around them, such as CORS, also see methods they do not have).
+pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",

@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         (name = "deliveries", description = "Per-channel delivery status"),
         (name = "tokens", description = "Client tokens for one conversation"),
         (name = "inbound", description = "Messages from channels' external side, authenticated by signature"),
+        (name = "realtime", description = "Phoenix Channels sockets for end users, over WebSocket or long-poll; the protocol is in docs/realtime.md"),
         (name = "operations", description = "Health and readiness"),
         (name = "admin", description = "Operator API under /admin/api: IP allow-list, and the admin password as a bearer token when one is set"),
     )

@@ -1,15 +1,18 @@
-//! The per-socket loop: one task per WebSocket, `select!` over client frames, the
-//! outbound queue fed by joined channels, the idle timer and shutdown.
+//! The per-connection loop: one task per WebSocket or long-poll session, `select!` over
+//! client frames, the outbound queue fed by joined channels, the idle timer and
+//! shutdown.
 //!
-//! It owns the socket and the set of joined topics and applies the protocol's
-//! bookkeeping (replies, refs, `phx_close`, limits). What a join or a push means is
-//! decided in `channel`, a joined topic's events come from its `stream`; the wire
-//! format is `frame`'s. Nothing here touches the store directly.
+//! It owns the set of joined topics and applies the protocol's bookkeeping (replies,
+//! refs, `phx_close`, limits), the same for every [`Transport`]: a transport only moves
+//! frames (`websocket`, `longpoll`). What a join or a push means is decided in
+//! `channel`, a joined topic's events come from its `stream`; the wire format is
+//! `frame`'s. Nothing here touches the store directly.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -23,8 +26,9 @@ use super::stream::{Stream, StreamEnd};
 use crate::http::state::AppState;
 
 /// Close codes (RFC 6455 §7.4 and the IANA registry). None is 1000, which the JS client
-/// takes as "stay disconnected".
-mod close_code {
+/// takes as "stay disconnected". A long-poll session has no close frame: it ends, and
+/// its next request is answered `410`, which the client treats alike.
+pub(super) mod close_code {
     /// Idle: no frame within the timeout.
     pub const GOING_AWAY: u16 = 1001;
     /// A binary frame: only JSON text frames are spoken here.
@@ -87,18 +91,51 @@ struct JoinedTopic {
     _open: crate::metrics::Open,
 }
 
-/// Why the loop ended, and how to close the socket.
-enum Exit {
+/// Why the loop ended, and how to close the connection.
+#[derive(Debug)]
+pub(super) enum Exit {
     /// The client closed or the connection dropped: nothing to send.
     Gone,
     Close(u16, &'static str),
 }
 
-struct Session {
+/// What a transport received from its client.
+pub(super) enum Incoming {
+    /// A text frame, parsed by the session.
+    Text(Utf8Bytes),
+    /// A frame the transport parsed already (a long-poll batch is checked whole before
+    /// any of it is served).
+    Frame(Frame),
+    /// The client is there without sending a frame (a ping, a long poll), and may stay
+    /// silent for `busy` before the idle timeout starts counting again.
+    Alive { busy: Duration },
+    /// The client is gone, or broke the transport's rules.
+    End(Exit),
+}
+
+/// How frames reach and leave one client: a WebSocket, or a long-poll session's
+/// buffers. The session speaks the protocol; a transport only moves its frames.
+pub(super) trait Transport: Send {
+    /// The next thing from the client. Cancel-safe: it is one branch of a `select!`.
+    fn recv(&mut self) -> impl Future<Output = Incoming> + Send;
+    /// Sends one encoded frame, waiting while the client does not take it.
+    ///
+    /// # Errors
+    /// The client is gone.
+    fn send(&mut self, text: String) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Ends the connection with a close code and reason.
+    fn close(&mut self, code: u16, reason: &'static str) -> impl Future<Output = ()> + Send;
+}
+
+/// The client of a transport is gone.
+#[derive(Debug)]
+pub(super) struct Gone;
+
+struct Session<T> {
     state: AppState,
     auth: SocketAuth,
     vsn: Vsn,
-    socket: WebSocket,
+    transport: T,
     joined: HashMap<String, JoinedTopic>,
     streams: JoinSet<(String, Option<Ref>, StreamEnd)>,
     out_tx: mpsc::Sender<String>,
@@ -110,9 +147,9 @@ struct Session {
     _open: crate::metrics::Open,
 }
 
-/// Serves one upgraded socket until the client leaves, it idles out, it falls behind,
-/// or the node shuts down.
-pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vsn: Vsn) {
+/// Serves one connection until the client leaves, it idles out, it falls behind, or
+/// the node shuts down.
+pub(super) async fn run<T: Transport>(transport: T, state: AppState, auth: SocketAuth, vsn: Vsn) {
     let (out_tx, out_rx) = mpsc::channel(state.config.socket_outbound_queue.max(1));
     let limiter = RateLimiter::new(state.config.socket_push_rate);
     let send_timeout = Duration::from_secs(state.config.socket_send_timeout_secs);
@@ -120,7 +157,7 @@ pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vs
         state,
         auth,
         vsn,
-        socket,
+        transport,
         joined: HashMap::new(),
         streams: JoinSet::new(),
         out_tx,
@@ -134,16 +171,12 @@ pub(super) async fn run(socket: WebSocket, state: AppState, auth: SocketAuth, vs
     session.streams.abort_all();
     if let Exit::Close(code, reason) = exit {
         tracing::debug!(code, reason, "closing socket");
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let close = session.socket.send(Message::Close(Some(frame)));
+        let close = session.transport.close(code, reason);
         let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, close).await;
     }
 }
 
-impl Session {
+impl<T: Transport> Session<T> {
     async fn serve(&mut self) -> Exit {
         let idle = Duration::from_secs(self.state.config.socket_idle_timeout_secs);
         let idle_timer = tokio::time::sleep(idle);
@@ -155,24 +188,30 @@ impl Session {
                 _ = shutdown.cancelled() => return Exit::Close(close_code::SERVICE_RESTART, "server restart"),
                 _ = overloaded.cancelled() => return Exit::Close(close_code::TRY_AGAIN_LATER, "try again later"),
                 _ = &mut idle_timer => return Exit::Close(close_code::GOING_AWAY, "idle timeout"),
-                message = self.socket.recv() => {
-                    idle_timer.as_mut().reset(Instant::now() + idle);
-                    let outcome = match message {
-                        None => Err(Exit::Gone),
-                        Some(Err(e)) => Err(receive_error(e)),
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
-                        Some(Ok(Message::Binary(_))) => {
-                            Err(Exit::Close(close_code::UNSUPPORTED_DATA, "binary frames are not supported"))
-                        }
-                        Some(Ok(Message::Close(_))) => Err(Exit::Gone),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                incoming = self.transport.recv() => {
+                    let busy = match &incoming {
+                        Incoming::Alive { busy } => *busy,
+                        _ => Duration::ZERO,
+                    };
+                    idle_timer.as_mut().reset(Instant::now() + busy + idle);
+                    let frame = match incoming {
+                        Incoming::Text(text) => parse(self.vsn, text.as_str()),
+                        Incoming::Frame(frame) => Ok(frame),
+                        Incoming::Alive { .. } => continue,
+                        Incoming::End(exit) => return exit,
+                    };
+                    // One call site for both kinds of frame: its future is part of every
+                    // idle session's.
+                    let outcome = match frame {
+                        Ok(frame) => self.on_frame(frame).await,
+                        Err(exit) => Err(exit),
                     };
                     if let Err(exit) = outcome {
                         return exit;
                     }
                 }
                 Some(text) = self.out_rx.recv() => {
-                    if let Err(exit) = self.write(Message::Text(text.into())).await {
+                    if let Err(exit) = self.write(text).await {
                         return exit;
                     }
                 }
@@ -191,19 +230,18 @@ impl Session {
     }
 
     async fn send(&mut self, frame: Frame) -> Result<(), Exit> {
-        self.write(Message::Text(frame.encode(self.vsn).into()))
-            .await
+        self.write(frame.encode(self.vsn)).await
     }
 
     /// Writes one message, waiting at most `send_timeout` for a client that does not
     /// read, and not at all once the node shuts down: a stalled client must not park
     /// the session away from its shutdown, overload and idle branches.
-    async fn write(&mut self, message: Message) -> Result<(), Exit> {
+    async fn write(&mut self, text: String) -> Result<(), Exit> {
         let shutdown = self.state.shutdown.clone();
         tokio::select! {
-            sent = tokio::time::timeout(self.send_timeout, self.socket.send(message)) => match sent {
+            sent = tokio::time::timeout(self.send_timeout, self.transport.send(text)) => match sent {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Exit::Gone),
+                Ok(Err(Gone)) => Err(Exit::Gone),
                 Err(_) => {
                     tracing::debug!(timeout_secs = self.send_timeout.as_secs(), "client stopped reading");
                     Err(Exit::Close(close_code::TRY_AGAIN_LATER, "client not reading"))
@@ -238,14 +276,7 @@ impl Session {
             .await
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), Exit> {
-        let frame = match Frame::parse(self.vsn, text) {
-            Ok(frame) => frame,
-            Err(e) => {
-                tracing::debug!(error = %e, "malformed frame");
-                return Err(Exit::Close(close_code::INVALID_PAYLOAD, "malformed frame"));
-            }
-        };
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), Exit> {
         if frame.topic == PHOENIX {
             return if frame.event == "heartbeat" {
                 self.reply(None, &frame, Ok(json!({}))).await
@@ -372,13 +403,12 @@ impl Session {
     }
 }
 
-fn receive_error(err: axum::Error) -> Exit {
-    match err.into_inner().downcast::<tungstenite::Error>() {
-        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => {
-            Exit::Close(close_code::MESSAGE_TOO_BIG, "frame too large")
-        }
-        _ => Exit::Gone,
-    }
+/// A client's text frame; one that is not a Phoenix message closes the connection.
+fn parse(vsn: Vsn, text: &str) -> Result<Frame, Exit> {
+    Frame::parse(vsn, text).map_err(|e| {
+        tracing::debug!(error = %e, "malformed frame");
+        Exit::Close(close_code::INVALID_PAYLOAD, "malformed frame")
+    })
 }
 
 #[cfg(test)]
@@ -424,8 +454,16 @@ mod footprint {
 
     #[test]
     fn idle_sessions_and_streams_stay_small() {
-        let session = future_size(super::run);
-        assert!(session <= 4096, "a session's future takes {session} bytes");
+        let session = future_size(super::run::<super::super::websocket::WebSocketTransport>);
+        assert!(
+            session <= 4096,
+            "a socket's session future takes {session} bytes"
+        );
+        let session = future_size(super::run::<super::super::longpoll::LongPollTransport>);
+        assert!(
+            session <= 4096,
+            "a long-poll session future takes {session} bytes"
+        );
         let stream = stream_future_size(super::super::stream::Stream::run);
         assert!(stream <= 2048, "a stream's future takes {stream} bytes");
     }

@@ -144,8 +144,9 @@ async fn stalled_request_bodies_are_closed(backend: Backend) {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     read_until_closed(&mut stream).await;
-    // Nothing was written.
-    assert!(app.activities(&conversation).await.is_empty());
+    // Nothing was written. Read past HTTP: the client's pooled connection has idled
+    // out under the same one-second timeout, and reusing it would race its close.
+    assert_eq!(app.activities_count_direct(&conversation).await, 0);
 }
 
 async fn node_cap_answers_503_and_recovers(backend: Backend) {

@@ -371,6 +371,10 @@ fn nginx_balances_every_node_and_upgrades_sockets() {
         "proxy_set_header X-Forwarded-For",
         "proxy_set_header X-Forwarded-Proto",
         "proxy_read_timeout 1h;",
+        // Long-poll sessions live on one node.
+        "location /socket/longpoll",
+        "proxy_pass http://converger_longpoll;",
+        "hash $remote_addr consistent;",
     ] {
         assert!(conf.contains(needed), "{NGINX} lacks `{needed}`");
     }

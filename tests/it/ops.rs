@@ -95,6 +95,8 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/admin/api/deliveries",
         "/admin/api/channels/{id}/status",
         "/admin/api/channels/{id}/rotate_secret",
+        "/socket/websocket",
+        "/socket/longpoll",
         "/health",
         "/ready",
         "/metrics",
@@ -119,6 +121,27 @@ async fn health_ready_and_openapi(backend: Backend) {
         "ReplayIn",
         "ReplayOut",
     ] {
+        assert!(schemas.contains_key(name), "schema {name}");
+    }
+    // The socket endpoints document their refusals.
+    let socket = &doc["paths"]["/socket/websocket"]["get"]["responses"];
+    assert!(
+        socket["403"].is_object() && socket["400"].is_object(),
+        "{socket}"
+    );
+    let longpoll = &doc["paths"]["/socket/longpoll"];
+    for (method, statuses) in [
+        ("get", ["200", "403", "410"]),
+        ("post", ["200", "410", "413"]),
+    ] {
+        for status in statuses {
+            assert!(
+                longpoll[method]["responses"][status].is_object(),
+                "{method} {status}"
+            );
+        }
+    }
+    for name in ["PollBody", "PollError"] {
         assert!(schemas.contains_key(name), "schema {name}");
     }
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -12,9 +12,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use converger::domain::TenantStatus;
 
+use crate::common::longpoll::{LongPoll, request};
 use crate::common::node::Node;
-use crate::common::socket::{Socket, refused, seqs, topic, ws_url};
-use crate::common::{Backend, TestApp, both_backends, eventually, postgres_only};
+use crate::common::socket::{Socket, refusal, refused, seqs, topic, ws_url};
+use crate::common::{Backend, JWT_SECRET, TestApp, both_backends, eventually, postgres_only};
 
 both_backends!(
     bad_credentials_and_versions_get_403_before_upgrade,
@@ -28,6 +29,10 @@ both_backends!(
     token_in_the_subprotocol_header,
     limits_idle_timeout_and_shutdown_close_codes,
     concurrent_writers_and_joiners_see_gap_free_sequences,
+    refused_connects_say_why,
+    longpoll_refusals_and_bad_requests_answer_json_codes,
+    longpoll_join_push_receive_and_resume,
+    longpoll_sessions_expire_and_stay_within_their_tenant,
 );
 
 async fn bad_credentials_and_versions_get_403_before_upgrade(backend: Backend) {
@@ -686,4 +691,400 @@ async fn admin_connection() -> sqlx::PgConnection {
     sqlx::PgConnection::connect(&url)
         .await
         .expect("admin connection")
+}
+
+/// A client token for `conversation` of the app's tenant that expired an hour ago.
+async fn expired_token(server: &TestApp, conversation: &str) -> String {
+    use converger::auth::{Claims, TokenType};
+    let found = server
+        .store
+        .get_conversation(server.tenant_id, conversation.parse().unwrap())
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = Claims {
+        typ: TokenType::Client,
+        tenant: server.tenant_id,
+        channel: found.channel_id,
+        conversation: Some(found.id),
+        sub: Some("alice".into()),
+        sfp: None,
+        iat: now - 7200,
+        exp: Some(now - 3600),
+        jti: "expired".into(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Every refused WebSocket connect is a 403 whose JSON body names the reason.
+async fn refused_connects_say_why(backend: Backend) {
+    let server = TestApp::start(backend).await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+    let expired = expired_token(&server, &conversation).await;
+    let channel = server.websocket_channel().await;
+    let channel_token = channel["token"].as_str().unwrap().to_owned();
+    let mut forged = token.clone();
+    forged.pop();
+
+    for (url, code) in [
+        (server.ws(), "missing_token"),
+        (format!("{}?vsn=2.0.0", server.ws()), "missing_token"),
+        (server.url(&token, Some("3.0.0")), "unsupported_version"),
+        (server.url("not-a-jwt", Some("2.0.0")), "invalid_token"),
+        (server.url(&forged, Some("2.0.0")), "invalid_token"),
+        (server.url(&channel_token, Some("2.0.0")), "invalid_token"),
+        (server.url(&expired, Some("2.0.0")), "token_expired"),
+    ] {
+        let (status, body) = refusal(url.as_str()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some(code)),
+            "{url}: {body}"
+        );
+        assert!(body["error"]["message"].is_string());
+        assert!(!body.to_string().contains(&token), "no token in refusals");
+    }
+    server
+        .store
+        .set_tenant_status(server.tenant_id, TenantStatus::Inactive)
+        .await
+        .unwrap();
+    let (status, body) = refusal(server.url(&token, Some("2.0.0")).as_str()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("tenant_inactive"))
+    );
+    server
+        .store
+        .set_tenant_status(server.tenant_id, TenantStatus::Active)
+        .await
+        .unwrap();
+
+    // Plain HTTP to the WebSocket endpoint: a JSON 400, not a bare rejection.
+    let resp = server
+        .anon(
+            Method::GET,
+            &format!("/socket/websocket?token={token}&vsn=2.0.0"),
+        )
+        .send()
+        .await
+        .unwrap();
+    crate::common::expect_error(resp, StatusCode::BAD_REQUEST, "websocket_required").await;
+    Socket::connect(&server.url(&token, Some("2.0.0"))).await;
+    server.stop().await;
+}
+
+/// Long-poll failures are JSON with a code and the Phoenix status the client acts on;
+/// none is a 500, and none harms the session.
+async fn longpoll_refusals_and_bad_requests_answer_json_codes(backend: Backend) {
+    let server = TestApp::start_with(backend, |c| {
+        c.max_body_bytes = 8 * 1024;
+        c.socket_max_frame_bytes = 1024;
+        c.cors_origins = Some("https://app.example.com".into());
+    })
+    .await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+    let expired = expired_token(&server, &conversation).await;
+    let endpoint = server.longpoll();
+    let get = |url: String| {
+        let http = server.http.clone();
+        async move { request(&http, Method::GET, &url, None).await }
+    };
+
+    // Refused connects: 403, Phoenix status 403 (the client stops retrying this one).
+    for (query, code) in [
+        ("vsn=2.0.0".to_owned(), "missing_token"),
+        (format!("token={token}&vsn=9.0.0"), "unsupported_version"),
+        ("token=nope&vsn=2.0.0".to_owned(), "invalid_token"),
+        (format!("token={expired}&vsn=2.0.0"), "token_expired"),
+    ] {
+        get(format!("{endpoint}?{query}"))
+            .await
+            .assert_failure(403, 403, code);
+    }
+    // The client token in the header of the `authToken` option opens a session too.
+    let opened = server
+        .anon(Method::GET, "/socket/longpoll?vsn=2.0.0")
+        .header("x-phoenix-authtoken", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), StatusCode::OK);
+    assert_eq!(opened.headers()["cache-control"], "no-store");
+    let opened: Value = opened.json().await.unwrap();
+    assert_eq!(opened["status"], 410);
+    assert!(opened["token"].as_str().unwrap().starts_with("lps_"));
+
+    // A browser app on another origin may long-poll, sending the Phoenix headers.
+    let preflight = server
+        .anon(Method::OPTIONS, "/socket/longpoll")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-phoenix-authtoken",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{preflight:?}");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-phoenix-authtoken"), "{allowed}");
+
+    // Sessions this node does not hold: 410, so the client opens a new one.
+    let unknown = format!("lps_{}", "0".repeat(64));
+    get(format!(
+        "{endpoint}?token={token}&vsn=2.0.0&token={unknown}"
+    ))
+    .await
+    .assert_failure(410, 410, "session_on_another_node");
+    request(
+        &server.http,
+        Method::POST,
+        &format!("{endpoint}?token={unknown}"),
+        Some("[]".into()),
+    )
+    .await
+    .assert_failure(410, 410, "session_on_another_node");
+    request(
+        &server.http,
+        Method::POST,
+        &format!("{endpoint}?vsn=2.0.0"),
+        Some("[]".into()),
+    )
+    .await
+    .assert_failure(410, 410, "session_gone");
+
+    // Bad batches are refused whole.
+    let mut session = LongPoll::open(&server.base, &server.http, &token).await;
+    let join = json!(["1", "1", topic(&conversation), "phx_join", {}]).to_string();
+    let push = |text: &str| {
+        json!(["1", "2", topic(&conversation), "new_activity", {"text": text}]).to_string()
+    };
+    session
+        .post_raw(format!("{join}\n[\"not\",\"a\"]"))
+        .await
+        .assert_failure(400, 400, "invalid_frame");
+    session
+        .post_raw("AAECAw==".into())
+        .await
+        .assert_failure(400, 400, "invalid_frame");
+    session
+        .post_raw(format!("{join}\n{}", push(&"x".repeat(2000))))
+        .await
+        .assert_failure(413, 413, "payload_too_large");
+    session
+        .post_raw(vec![push("small"); 101].join("\n"))
+        .await
+        .assert_failure(413, 413, "payload_too_large");
+    session
+        .post_raw(vec![push(&"y".repeat(900)); 10].join("\n"))
+        .await
+        .assert_failure(413, 413, "payload_too_large");
+    // Nothing of those batches was served: the join comes only now, and nothing was posted.
+    let reply = session.join(&topic(&conversation), "1", json!({})).await;
+    assert_eq!(
+        reply,
+        json!(["1", "1", topic(&conversation), "phx_reply", {"status": "ok", "response": {"last_seq": 0}}])
+    );
+    assert!(session.drain().await.is_empty());
+    assert!(server.activities(&conversation).await.is_empty());
+    server.stop().await;
+}
+
+/// Over long-poll, a joined session gets every activity once, in order, with its join
+/// ref; pushes are ingested as the token's user; a new session resumes exactly after
+/// the last activity seen.
+async fn longpoll_join_push_receive_and_resume(backend: Backend) {
+    let server = TestApp::start_with(backend, |c| c.longpoll_window_secs = 1).await;
+    let conversation = server.conversation().await;
+    let token = server.token(&conversation, "alice").await;
+    let mut session = LongPoll::open(&server.base, &server.http, &token).await;
+    let t = topic(&conversation);
+
+    // Heartbeats work (the JS client sends none over long-poll, others may).
+    session
+        .send(&[json!([null, "hb1", "phoenix", "heartbeat", {}])])
+        .await;
+    assert_eq!(
+        session.recv().await,
+        json!([null, "hb1", "phoenix", "phx_reply", {"status": "ok", "response": {}}])
+    );
+    // A poll with nothing to say answers 204 after the window.
+    let idle = session.poll().await;
+    assert_eq!(
+        (idle.http, idle.status()),
+        (StatusCode::OK, 204),
+        "{idle:?}"
+    );
+
+    let reply = session.join(&t, "3", json!({})).await;
+    assert_eq!(
+        reply,
+        json!(["3", "3", t, "phx_reply", {"status": "ok", "response": {"last_seq": 0}}])
+    );
+    let posted = server.post(&conversation, "from REST").await;
+    assert_eq!(
+        session.recv().await,
+        json!(["3", null, t, "new_activity", posted])
+    );
+
+    // Two pushes in one batch, the second a retry of the first: one activity.
+    let push = json!({"text": "from long-poll", "idempotency_key": "lp-1"});
+    session
+        .send(&[
+            json!(["3", "4", t, "new_activity", push]),
+            json!(["3", "5", t, "new_activity", push]),
+        ])
+        .await;
+    let mut replies = Vec::new();
+    let mut pushed = Vec::new();
+    while replies.len() < 2 || pushed.is_empty() {
+        let frame = session.recv().await;
+        match frame[3].as_str().unwrap() {
+            "phx_reply" => replies.push(frame),
+            "new_activity" => pushed.push(frame[4].clone()),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(replies[0][1], "4");
+    assert_eq!(replies[1][1], "5");
+    assert_eq!(replies[0][4]["response"], replies[1][4]["response"]);
+    assert_eq!(replies[0][4]["response"]["seq"], 2);
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(
+        (
+            pushed[0]["sender"].as_str(),
+            pushed[0]["direction"].as_str()
+        ),
+        (Some("alice"), Some("inbound"))
+    );
+    assert!(
+        session.drain().await.is_empty(),
+        "a retried push is not broadcast again"
+    );
+    let last_seen = pushed[0]["id"].clone();
+
+    // Away: a new session (as after a lost one) resumes after the last activity seen.
+    drop(session);
+    for i in 1..=3 {
+        server.post(&conversation, &format!("away {i}")).await;
+    }
+    let mut session = LongPoll::open(&server.base, &server.http, &token).await;
+    let reply = session
+        .join(&t, "9", json!({"last_activity_id": last_seen}))
+        .await;
+    assert_eq!(
+        reply[4],
+        json!({"status": "ok", "response": {"last_seq": 5}})
+    );
+    let replayed = session.activities(3).await;
+    assert_eq!(seqs(&replayed), [3, 4, 5]);
+    assert_eq!(replayed[0]["text"], "away 1");
+    assert!(session.drain().await.is_empty());
+    server.post(&conversation, "live").await;
+    let live = session.recv().await;
+    assert_eq!(
+        (live[0].as_str(), live[4]["seq"].as_i64()),
+        (Some("9"), Some(6))
+    );
+
+    // Leave: ok, then phx_close; nothing arrives after.
+    session
+        .send(&[json!(["9", "10", t, "phx_leave", {}])])
+        .await;
+    assert_eq!(session.recv().await[4]["status"], "ok");
+    assert_eq!(session.recv().await, json!(["9", "9", t, "phx_close", {}]));
+    server.post(&conversation, "after leave").await;
+    assert!(session.drain().await.is_empty());
+
+    server.stop().await;
+}
+
+/// A session lives while it is polled, longer than the idle timeout if a poll waits
+/// that long, and ends when nobody polls; it acts only for its own token's tenant and
+/// conversation.
+async fn longpoll_sessions_expire_and_stay_within_their_tenant(backend: Backend) {
+    let server = TestApp::start_with(backend, |c| {
+        c.socket_idle_timeout_secs = 2;
+        c.longpoll_window_secs = 3;
+    })
+    .await;
+    let conversation = server.conversation().await;
+    let mut session = server.longpoll_session(&conversation, "alice").await;
+    // The poll waits 3 s, past the idle timeout: the session stays.
+    let waited = session.poll().await;
+    assert_eq!(
+        (waited.http, waited.status()),
+        (StatusCode::OK, 204),
+        "{waited:?}"
+    );
+    session
+        .send(&[json!([null, "1", "phoenix", "heartbeat", {}])])
+        .await;
+    assert_eq!(session.recv().await[4]["status"], "ok");
+
+    // Nobody polls: the session ends.
+    let polled = &session;
+    eventually(
+        Duration::from_secs(60),
+        "the unpolled session to end",
+        || async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let answer = polled.poll().await;
+            (answer.http == StatusCode::GONE).then_some(answer)
+        },
+    )
+    .await
+    .assert_failure(410, 410, "session_gone");
+
+    // Another tenant's client: its session cannot join this tenant's conversation,
+    // nor does it see its activities.
+    let (other_tenant, other_key) = server.create_tenant("globex").await;
+    let other_channel = server
+        .create_channel_as(&other_key, "websocket", json!({}))
+        .await;
+    let other_conversation = server
+        .with_key(&other_key, Method::POST, "/api/v1/conversations")
+        .json(&json!({"channel_id": other_channel["id"]}))
+        .send()
+        .await
+        .unwrap();
+    let other_conversation =
+        crate::common::expect_data(other_conversation, StatusCode::CREATED).await;
+    let other_token = server.jwt.issue_client_token(
+        other_tenant,
+        other_channel["id"].as_str().unwrap().parse().unwrap(),
+        other_conversation["id"].as_str().unwrap().parse().unwrap(),
+        "mallory",
+    );
+    let mut other = LongPoll::open(&server.base, &server.http, &other_token).await;
+    let reply = other.join(&topic(&conversation), "1", json!({})).await;
+    assert_eq!(reply[4]["status"], "error");
+    assert_eq!(reply[4]["response"]["reason"], "unauthorized");
+    server.post(&conversation, "private").await;
+    other
+        .send(&[json!(["1", "2", topic(&conversation), "new_activity", {"text": "intrusion"}])])
+        .await;
+    assert_eq!(
+        other.recv().await[4]["response"]["reason"],
+        "unmatched topic"
+    );
+    assert!(other.drain().await.is_empty());
+    assert_eq!(server.activities(&conversation).await.len(), 1);
+    server.stop().await;
 }

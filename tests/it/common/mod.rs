@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod longpoll;
 pub mod node;
 pub mod proxy;
 pub mod sink;

@@ -105,8 +105,20 @@ pub fn client_tls(pem: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
 
 /// The status of a refused handshake.
 pub async fn refused(request: impl IntoClientRequest + Unpin) -> u16 {
+    refusal(request).await.0
+}
+
+/// The status and JSON body of a refused handshake.
+pub async fn refusal(request: impl IntoClientRequest + Unpin) -> (u16, Value) {
     match tokio_tungstenite::connect_async(request).await {
-        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (response.status().as_u16(), body)
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("the handshake succeeded"),
     }
