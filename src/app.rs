@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
-use crate::delivery::{DeliveryEngine, DeliverySettings};
+use crate::delivery::{DeliveryEngine, DeliverySettings, NodeIdentity};
 use crate::http::listener::{ConnectionLimits, LimitAcceptor};
 use crate::http::{self, state::AppState};
 use crate::secrets::{Keyring, SecretKey};
@@ -270,7 +270,7 @@ pub async fn run(
     let _beat_stop_on_exit = beat_stop.clone().drop_guard();
     let heartbeat = tokio::spawn(crate::delivery::run_heartbeat(
         store.clone(),
-        state.node.clone(),
+        NodeIdentity::clone(&state.node),
         Duration::from_secs(state.config.node_heartbeat_secs),
         state.waker.clone(),
         beat_stop.clone(),

@@ -43,7 +43,7 @@ pub struct AppState {
     /// Wakes this node's delivery workers.
     pub waker: DeliveryWaker,
     /// This node in the node registry; its delivery leases carry its id.
-    pub node: NodeIdentity,
+    pub node: Arc<NodeIdentity>,
     pub config: Arc<Config>,
     pub store: Store,
     pub adapters: Adapters,
@@ -114,7 +114,7 @@ impl AppState {
             connections: Arc::new(ConnectionLimits::new(&config)),
             admin: Arc::new(admin),
             waker,
-            node: NodeIdentity::new(),
+            node: Arc::new(NodeIdentity::new()),
             config: Arc::new(config),
             store,
             adapters,

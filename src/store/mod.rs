@@ -86,13 +86,14 @@ pub enum Store {
         reader: SqlitePool,
         /// The task that appends activities in batches through `writer`.
         appender: appender::Appender,
-        shared: Shared,
+        shared: std::sync::Arc<Shared>,
     },
     /// Production and multi-node.
-    Postgres(PgPool, Shared),
+    Postgres(PgPool, std::sync::Arc<Shared>),
 }
 
-/// What the clones of a store share besides its pools.
+/// What the clones of a store share besides its pools (behind one `Arc`, so that a
+/// store stays small in every future that holds one).
 #[derive(Clone, Default)]
 pub struct Shared {
     /// Encrypts channel credentials at rest.
@@ -242,6 +243,12 @@ impl Store {
     /// This store sealing channel credentials with `sealer` (by default, it keeps
     /// them in plaintext). Set once, before the store is shared.
     pub fn with_sealer(self, sealer: Sealer) -> Self {
+        let sealed = |shared: std::sync::Arc<Shared>| {
+            std::sync::Arc::new(Shared {
+                sealer,
+                ..Shared::clone(&shared)
+            })
+        };
         match self {
             Store::Sqlite {
                 writer,
@@ -252,9 +259,9 @@ impl Store {
                 writer,
                 reader,
                 appender,
-                shared: Shared { sealer, ..shared },
+                shared: sealed(shared),
             },
-            Store::Postgres(pool, shared) => Store::Postgres(pool, Shared { sealer, ..shared }),
+            Store::Postgres(pool, shared) => Store::Postgres(pool, sealed(shared)),
         }
     }
 

@@ -32,7 +32,7 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> StoreResult<St
         .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
         .await?;
-    Ok(Store::Postgres(pool, super::Shared::default()))
+    Ok(Store::Postgres(pool, Default::default()))
 }
 
 /// Whether the URL leaves TLS to the default (`prefer`) for a server on this host: a

@@ -35,7 +35,7 @@ pub(super) async fn connect(url: &str, options: &StoreOptions) -> StoreResult<St
         writer,
         reader,
         appender,
-        shared: super::Shared::default(),
+        shared: Default::default(),
     })
 }
 
