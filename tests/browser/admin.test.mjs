@@ -690,6 +690,27 @@ describe("admin panel in headless Chromium", () => {
     assert.deepEqual(texts, ["Replay me first", "Replay me second"], "in conversation order");
     await shoot("channel-replayed");
   });
+
+  step("13. API reference: / leads to /docs, which renders the OpenAPI document offline", async () => {
+    const page = S.page;
+    const res = await visit("/");
+    assert.match(page.url(), /\/docs\/$/, "redirected to the reference page");
+    assert.equal(res.status(), 200);
+    // Rendered by Swagger UI from /openapi.json, with the assets the binary carries.
+    await expectText(page.locator(".swagger-ui .info .title"), "Converger");
+    await expectText(page.locator(".swagger-ui .opblock-summary-path").filter({ hasText: "/api/v1/conversations/{id}/activities" }), "/api/v1/conversations/{id}/activities");
+    // An operation opens with its documented answers, the layers' errors included.
+    await page.locator(".opblock-summary-path", { hasText: "/api/v1/deliveries/{id}/retry" }).first().click();
+    await expectText(page.locator(".opblock.is-open .responses-table"), "store_unavailable");
+    const external = [];
+    page.on("request", (r) => {
+      if (!r.url().startsWith(S.base)) external.push(r.url());
+    });
+    await page.reload({ waitUntil: "load" });
+    await expectText(page.locator(".swagger-ui .info .title"), "Converger");
+    assert.deepEqual(external, [], "nothing is fetched from outside the server");
+    await shoot("api-reference");
+  });
 });
 
 /** Asserts that `locator` contains `text`, retrying until WAIT_MS. */
