@@ -15,7 +15,7 @@ use super::signing::{standard_webhooks_signature, verify_converger_signature};
 use super::{
     AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, InboundMessage, Outbound,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, Direction};
+use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction};
 
 /// Settings of a `webhook` channel.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -52,6 +52,15 @@ pub struct WebhookConfig {
     #[serde(default = "default_require_signature")]
     #[schema(default = default_require_signature)]
     pub require_signature: bool,
+    /// Delivery order
+    ///
+    /// conversation: one delivery of a conversation at a time, in order; a failing one
+    /// holds back the later ones of its conversation until it is delivered or given up.
+    /// none: each delivery on its own; nothing waits for a failing one, and a
+    /// conversation's messages may arrive out of order.
+    #[serde(default)]
+    #[schema(inline, default = DeliveryOrdering::default)]
+    pub ordering: DeliveryOrdering,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -208,12 +217,12 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> AdapterError {
     } else if e.is_connect() {
         "connection failed"
     } else if e.is_redirect() {
-        return AdapterError::permanent("refused a redirect to another origin");
+        return AdapterError::permanent("refused a redirect to another origin").from_receiver();
     } else {
         "request failed"
     };
     // The error's Display includes the URL, whose query may carry a credential.
-    AdapterError::retryable(format!("{what}: {}", without_url(e)))
+    AdapterError::retryable(format!("{what}: {}", without_url(e))).from_receiver()
 }
 
 fn without_url(e: &reqwest::Error) -> String {
@@ -266,9 +275,13 @@ async fn classify(response: reqwest::Response) -> Result<Delivered, AdapterError
         Err(AdapterError::Retryable {
             message,
             retry_after: after,
+            reached: true,
         })
     } else {
-        Err(AdapterError::Permanent { message })
+        Err(AdapterError::Permanent {
+            message,
+            reached: true,
+        })
     }
 }
 
@@ -465,7 +478,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             out,
-            json!({"url": "https://bot.example.com/hook", "method": "POST", "headers": {}, "timeout_ms": 15000, "require_signature": true})
+            json!({"url": "https://bot.example.com/hook", "method": "POST", "headers": {}, "timeout_ms": 15000, "require_signature": true, "ordering": "conversation"})
         );
     }
 

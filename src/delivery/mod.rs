@@ -7,7 +7,9 @@
 //! delivery at the same time.
 
 mod backoff;
+mod breaker;
 mod outcome;
+mod probe;
 mod pruner;
 mod recorder;
 mod repair;
@@ -19,9 +21,12 @@ use crate::config::Config;
 
 pub use crate::ingest::DeliveryWaker;
 pub use backoff::{MAX_ATTEMPTS, next_delay};
+pub use breaker::{BreakerSettings, observe};
 pub use outcome::{
-    StatusApplied, apply_provider_status, attempt_result, retry_all_failed, retry_failed,
+    StatusApplied, apply_provider_status, attempt_result, observation, pause_channel,
+    resume_channel, retry_all_failed, retry_failed,
 };
+pub use probe::run_probes;
 pub use pruner::{PRUNE_BATCH, run_pruner};
 pub use repair::{HEAD_REPAIR_INTERVAL, run_head_repair};
 pub use worker::DeliveryEngine;
@@ -40,11 +45,13 @@ pub struct DeliverySettings {
     pub poll_interval: Duration,
     /// How often the head flags of the queue are checked (see [`run_head_repair`]).
     pub head_repair_interval: Duration,
+    /// The channels' circuit breaker.
+    pub breaker: BreakerSettings,
 }
 
 impl DeliverySettings {
-    /// The settings `config` asks for (`CONVERGER_DELIVERY_*`); the poll and repair
-    /// intervals are fixed.
+    /// The settings `config` asks for (`CONVERGER_DELIVERY_*`, `CONVERGER_BREAKER_*`);
+    /// the poll and repair intervals are fixed.
     pub fn from_config(config: &Config) -> Self {
         Self {
             concurrency: config.delivery_concurrency,
@@ -52,6 +59,7 @@ impl DeliverySettings {
             lease: Duration::from_secs(config.delivery_lease_secs),
             poll_interval: Duration::from_secs(1),
             head_repair_interval: HEAD_REPAIR_INTERVAL,
+            breaker: BreakerSettings::from_config(config),
         }
     }
 }

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::outcome::attempt_result;
+use super::outcome::{attempt_result, observation};
+use super::probe::run_probes;
 use super::recorder::Recorder;
 use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
@@ -70,7 +71,7 @@ impl DeliveryEngine {
         let http = EgressClient::new(adapters.egress().clone())
             .unwrap_or_else(|e| panic!("the TLS backend of the delivery client failed: {e}"));
         Self {
-            recorder: Recorder::start(store.clone(), tasks),
+            recorder: Recorder::start(store.clone(), settings.breaker.clone(), tasks),
             store,
             adapters,
             ingest,
@@ -104,6 +105,13 @@ impl DeliveryEngine {
             self.store.clone(),
             self.waker.clone(),
             self.settings.head_repair_interval,
+            stop.clone(),
+        ));
+        // Beside the loop too: lets the probe through once a breaker's cool-down ends.
+        tasks.spawn(run_probes(
+            self.store.clone(),
+            self.waker.clone(),
+            self.settings.poll_interval,
             stop.clone(),
         ));
         // Checked before every claim, not only while waiting: a long backlog keeps the
@@ -154,6 +162,13 @@ impl DeliveryEngine {
         };
         for claimed in claimed {
             let delivery = &claimed.delivery;
+            if claimed.held {
+                // Written unheld as its channel paused or its breaker opened: held now
+                // with the channel's others, not attempted.
+                self.store.hold_claimed(delivery.id, lease).await?;
+                tracing::debug!(delivery_id = %delivery.id, "claimed while its channel is held; held");
+                continue;
+            }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 // Cannot happen (only this loop takes permits); give the row back.
                 self.store.release_delivery(delivery.id, lease).await?;
@@ -197,7 +212,9 @@ impl DeliveryEngine {
     /// One attempt of one leased delivery, recorded; or, when `abort` comes first,
     /// abandoned and its lease given back without counting it.
     async fn attempt(&self, claimed: ClaimedDelivery, lease: Timestamp, abort: &CancellationToken) {
-        let ClaimedDelivery { delivery, context } = claimed;
+        let ClaimedDelivery {
+            delivery, context, ..
+        } = claimed;
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
         let started = Instant::now();
         let attempted = async {
@@ -229,6 +246,7 @@ impl DeliveryEngine {
         };
         let now = Timestamp::now();
         let recorded = attempt_result(&result, attempt, now, self.settings.backoff_scale);
+        let observed = observation(&delivery, &result, now);
         let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
                 tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");
@@ -244,7 +262,11 @@ impl DeliveryEngine {
             }
         };
         let elapsed = started.elapsed();
-        match self.recorder.record(&delivery, lease, now, &recorded).await {
+        match self
+            .recorder
+            .record(&delivery, lease, now, &recorded, observed)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(delivery_id = %delivery.id, "lease lost before the outcome was recorded")

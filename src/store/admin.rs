@@ -2,6 +2,7 @@
 //! IP-restricted admin edge calls these; tenant-facing code never does.
 
 use super::heads::{lock_conversation, settle_heads};
+use super::health::HELD_BY_CHANNEL;
 use super::{Store, StoreResult, reader, writer};
 use crate::domain::{Channel, ChannelId, ChannelType, ConversationId, Delivery, Timestamp};
 
@@ -120,9 +121,12 @@ impl Store {
         &self,
         channel_id: ChannelId,
     ) -> StoreResult<u64> {
-        const SQL: &str = "UPDATE deliveries SET status = 'pending', head = FALSE, attempts = 0, \
-             next_attempt_at = $2, locked_until = NULL, updated_at = $2 \
-             WHERE channel_id = $1 AND status = 'failed' RETURNING conversation_id";
+        const SQL: &str = const_format::concatcp!(
+            "UPDATE deliveries SET status = 'pending', head = FALSE, attempts = 0, \
+             next_attempt_at = $2, locked_until = NULL, updated_at = $2, held = ",
+            HELD_BY_CHANNEL,
+            " WHERE channel_id = $1 AND status = 'failed' RETURNING conversation_id"
+        );
         writer!(self, |pool| {
             let mut tx = pool.begin().await?;
             let retried: Vec<(ConversationId,)> = sqlx::query_as(SQL)

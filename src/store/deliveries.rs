@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::heads::{lock_conversation, settle_heads};
+use super::health::HELD_BY_CHANNEL;
 use super::{Store, StoreResult, reader, writer};
 use crate::domain::{
     ActivityId, ChannelId, Delivery, DeliveryId, DeliveryStatus, TenantId, Timestamp,
@@ -97,7 +98,8 @@ impl Store {
     ///
     /// An earlier delivery is first in line again: in the same transaction, under its
     /// conversation's lock, the head of its (conversation, channel) is settled, so a
-    /// later pending delivery waits behind it (`heads.rs`).
+    /// later pending delivery waits behind it (`heads.rs`). On a paused channel, or one
+    /// whose breaker is open, it waits with the channel's others (`health.rs`).
     pub async fn retry_failed_delivery(
         &self,
         tenant_id: TenantId,
@@ -105,8 +107,9 @@ impl Store {
     ) -> StoreResult<Delivery> {
         const SQL: &str = const_format::concatcp!(
             "UPDATE deliveries SET status = 'pending', head = FALSE, attempts = 0, \
-             next_attempt_at = $3, locked_until = NULL, updated_at = $3 \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'failed' RETURNING ",
+             next_attempt_at = $3, locked_until = NULL, updated_at = $3, held = ",
+            HELD_BY_CHANNEL,
+            " WHERE tenant_id = $1 AND id = $2 AND status = 'failed' RETURNING ",
             COLUMNS
         );
         writer!(self, |pool| {

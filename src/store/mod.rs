@@ -19,6 +19,7 @@ mod conversations;
 mod deliveries;
 mod error;
 mod heads;
+mod health;
 mod postgres;
 mod prune;
 mod queue;
@@ -43,6 +44,7 @@ pub use admin::{ChannelDeliveryStats, FailedDelivery};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
 pub use error::StoreError;
+pub use health::{HealthCounts, NamedChannelHealth};
 pub use queue::{AttemptContext, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
 pub use sealing::{CredentialFn, Reseal, Sealer};
@@ -58,11 +60,14 @@ pub struct PoolStats {
 /// Deliveries waiting in the queue, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
-    /// Pending whose attempt time has come: in flight, about to be claimed, or
-    /// waiting behind an earlier delivery to the same channel and conversation.
+    /// Pending whose attempt time has come, not held: in flight, about to be claimed,
+    /// or waiting behind an earlier delivery to the same channel and conversation.
     pub pending_due: i64,
     /// Pending, waiting for the time of its next attempt.
     pub pending_scheduled: i64,
+    /// Pending on a paused channel or one whose breaker is open: not attempted until
+    /// it resumes or closes.
+    pub pending_held: i64,
     /// Failed for good: dead letters awaiting a retry by hand.
     pub failed: i64,
 }
