@@ -31,8 +31,8 @@ use crate::http::state::AppState;
 use crate::store::ChannelFilter;
 
 pub use channels::{
-    channel, channels, create_channel, new_channel, retry_channel_failures, rotate_channel_secret,
-    set_channel_status,
+    channel, channels, create_channel, new_channel, pause_channel, resume_channel,
+    retry_channel_failures, rotate_channel_secret, set_channel_status,
 };
 pub use conversations::{close_conversation, conversation, conversations};
 pub use dashboard::dashboard;
