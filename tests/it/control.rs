@@ -705,6 +705,12 @@ async fn health_is_reported_per_channel_and_tenant(backend: Backend) {
             .unwrap();
         expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
         let resp = app
+            .req(method.clone(), &format!("/api/v1/channels/nope/{action}"))
+            .send()
+            .await
+            .unwrap();
+        expect_error(resp, StatusCode::BAD_REQUEST, "invalid_id").await;
+        let resp = app
             .anon(method, &path(&channel, action))
             .send()
             .await

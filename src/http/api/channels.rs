@@ -308,10 +308,11 @@ async fn rotate_channel_secret(
 }
 
 /// A channel's delivery health: circuit breaker, pause, last error, recent failure
-/// rate (DESIGN.md §3 "Delivery").
+/// rate (docs/delivery-control.md).
 #[utoipa::path(get, path = "/channels/{id}/health", tag = "channels", params(("id" = ChannelId, Path)),
     security(("api_key" = [])),
     responses((status = 200, body = Data<ChannelHealthOut>),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::http::error::ErrorBody),
         (status = 401, body = crate::http::error::ErrorBody),
         (status = 404, body = crate::http::error::ErrorBody)))]
 async fn get_channel_health(
@@ -324,11 +325,12 @@ async fn get_channel_health(
 }
 
 /// Pause deliveries to a channel: they stay pending, in order, and none is attempted
-/// until it is resumed; new activities still get their deliveries (DESIGN.md §3
-/// "Delivery"). Pausing a paused channel changes nothing.
+/// until it is resumed; new activities still get their deliveries
+/// (docs/delivery-control.md). Pausing a paused channel changes nothing.
 #[utoipa::path(post, path = "/channels/{id}/pause", tag = "channels", params(("id" = ChannelId, Path)),
     security(("api_key" = [])),
     responses((status = 200, body = Data<ChannelHealthOut>),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::http::error::ErrorBody),
         (status = 401, body = crate::http::error::ErrorBody),
         (status = 404, body = crate::http::error::ErrorBody)))]
 async fn pause_channel(
@@ -345,6 +347,7 @@ async fn pause_channel(
 #[utoipa::path(post, path = "/channels/{id}/resume", tag = "channels", params(("id" = ChannelId, Path)),
     security(("api_key" = [])),
     responses((status = 200, body = Data<ChannelHealthOut>),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::http::error::ErrorBody),
         (status = 401, body = crate::http::error::ErrorBody),
         (status = 404, body = crate::http::error::ErrorBody)))]
 async fn resume_channel(
