@@ -266,6 +266,46 @@ pub struct Config {
     )]
     pub node_heartbeat_secs: u64,
 
+    /// Delivery attempts to one channel that fail in a row (answers other than 2xx,
+    /// timeouts, connection failures) before its circuit breaker opens and its
+    /// deliveries wait.
+    #[arg(
+        long,
+        env = "CONVERGER_BREAKER_FAILURES",
+        default_value_t = 5,
+        global = true
+    )]
+    pub breaker_failures: u32,
+
+    /// Seconds an open breaker waits before letting one probe through; each further
+    /// open without a success doubles it, up to `CONVERGER_BREAKER_MAX_COOLDOWN_SECS`.
+    #[arg(
+        long,
+        env = "CONVERGER_BREAKER_COOLDOWN_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub breaker_cooldown_secs: u64,
+
+    /// The longest cool-down of an open breaker, in seconds.
+    #[arg(
+        long,
+        env = "CONVERGER_BREAKER_MAX_COOLDOWN_SECS",
+        default_value_t = 3600,
+        global = true
+    )]
+    pub breaker_max_cooldown_secs: u64,
+
+    /// Seconds a channel may fail without a single success before it is paused (shown
+    /// as disabled, until resumed); 0 = never. Default: 5 days.
+    #[arg(
+        long,
+        env = "CONVERGER_BREAKER_DISABLE_AFTER_SECS",
+        default_value_t = 432_000,
+        global = true
+    )]
+    pub breaker_disable_after_secs: u64,
+
     /// API requests per second from one client address (bursts of twice that); 0 = off.
     /// Limits hold per node.
     #[arg(
@@ -540,6 +580,18 @@ impl Config {
         if self.node_heartbeat_secs == 0 {
             problems.push("CONVERGER_NODE_HEARTBEAT_SECS must be at least 1".into());
         }
+        if self.breaker_failures == 0 {
+            problems.push("CONVERGER_BREAKER_FAILURES must be at least 1".into());
+        }
+        if self.breaker_cooldown_secs == 0 {
+            problems.push("CONVERGER_BREAKER_COOLDOWN_SECS must be at least 1".into());
+        }
+        if self.breaker_max_cooldown_secs < self.breaker_cooldown_secs {
+            problems.push(
+                "CONVERGER_BREAKER_MAX_COOLDOWN_SECS must be at least CONVERGER_BREAKER_COOLDOWN_SECS"
+                    .into(),
+            );
+        }
         if self.socket_max_frame_bytes < 1024 {
             problems.push("CONVERGER_SOCKET_MAX_FRAME_BYTES must be at least 1024".into());
         }
@@ -671,6 +723,13 @@ impl std::fmt::Debug for Config {
             .field("delivery_backoff_scale", &self.delivery_backoff_scale)
             .field("delivery_lease_secs", &self.delivery_lease_secs)
             .field("node_heartbeat_secs", &self.node_heartbeat_secs)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown_secs", &self.breaker_cooldown_secs)
+            .field("breaker_max_cooldown_secs", &self.breaker_max_cooldown_secs)
+            .field(
+                "breaker_disable_after_secs",
+                &self.breaker_disable_after_secs,
+            )
             .field("prune_after_days", &self.prune_after_days)
             .field("rate_limit_per_ip", &self.rate_limit_per_ip)
             .field("rate_limit_per_tenant", &self.rate_limit_per_tenant)
@@ -781,6 +840,26 @@ mod tests {
         let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].contains("CONVERGER_SOCKET_PUSH_RATE"));
+    }
+
+    #[test]
+    fn breaker_settings_are_checked_together() {
+        let mut c = Config::new("sqlite://converger.db");
+        c.breaker_failures = 0;
+        c.breaker_cooldown_secs = 120;
+        c.breaker_max_cooldown_secs = 60;
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("CONVERGER_BREAKER_FAILURES"));
+        assert!(problems[1].contains("CONVERGER_BREAKER_MAX_COOLDOWN_SECS"));
+        c.breaker_failures = 1;
+        c.breaker_cooldown_secs = 0;
+        c.breaker_max_cooldown_secs = 0;
+        assert!(c.validate().unwrap_err()[0].contains("CONVERGER_BREAKER_COOLDOWN_SECS"));
+        c.breaker_cooldown_secs = 60;
+        c.breaker_max_cooldown_secs = 60;
+        c.breaker_disable_after_secs = 0;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! `record_*` function below is the only place its metric is written, which keeps
 //! names and labels consistent with the dashboard in `deploy/grafana/`.
 //!
-//! Gauges read from the database (queue depth, pool usage) are sampled when scraped:
-//! every node sharing a database reports the same queue depth, so dashboards take
-//! `max`, not `sum`, of it.
+//! Gauges read from the database (queue depth, channel health, pool usage) are sampled
+//! when scraped: every node sharing a database reports the same queue depth and
+//! channel health, so dashboards take `max`, not `sum`, of them.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::{ChannelType, Direction};
-use crate::store::{PoolStats, QueueDepth};
+use crate::store::{HealthCounts, PoolStats, QueueDepth};
 
 pub const HTTP_REQUESTS: &str = "converger_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "converger_http_request_duration_seconds";
@@ -25,6 +25,7 @@ pub const ACTIVITIES_INGESTED: &str = "converger_activities_ingested_total";
 pub const DELIVERY_ATTEMPTS: &str = "converger_delivery_attempts_total";
 pub const DELIVERY_ATTEMPT_DURATION: &str = "converger_delivery_attempt_duration_seconds";
 pub const DELIVERY_QUEUE_DEPTH: &str = "converger_delivery_queue_depth";
+pub const CHANNEL_HEALTH: &str = "converger_channel_health";
 pub const WEBSOCKET_CONNECTIONS: &str = "converger_websocket_connections";
 pub const WEBSOCKET_JOINED_TOPICS: &str = "converger_websocket_joined_topics";
 pub const PUBSUB_LAG: &str = "converger_pubsub_lag_seconds";
@@ -112,7 +113,11 @@ fn describe() {
     );
     describe_gauge!(
         DELIVERY_QUEUE_DEPTH,
-        "Deliveries in the shared database: pending_due, pending_scheduled, failed"
+        "Deliveries in the shared database: pending_due, pending_scheduled, pending_held, failed"
+    );
+    describe_gauge!(
+        CHANNEL_HEALTH,
+        "Channels by delivery health in the shared database: healthy, degraded, open, paused"
     );
     describe_gauge!(
         WEBSOCKET_CONNECTIONS,
@@ -189,10 +194,24 @@ pub fn record_queue_depth(depth: &QueueDepth) {
     for (state, n) in [
         ("pending_due", depth.pending_due),
         ("pending_scheduled", depth.pending_scheduled),
+        ("pending_held", depth.pending_held),
         ("failed", depth.failed),
     ] {
         #[allow(clippy::cast_precision_loss)]
         gauge!(DELIVERY_QUEUE_DEPTH, "state" => state).set(n as f64);
+    }
+}
+
+/// The channels' delivery health as last sampled.
+pub fn record_channel_health(counts: &HealthCounts) {
+    for (state, n) in [
+        ("healthy", counts.healthy),
+        ("degraded", counts.degraded),
+        ("open", counts.open),
+        ("paused", counts.paused),
+    ] {
+        #[allow(clippy::cast_precision_loss)]
+        gauge!(CHANNEL_HEALTH, "state" => state).set(n as f64);
     }
 }
 

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::config::{ConfigSpec, stored};
 use super::{AdapterError, ChannelAdapter, Delivered, Outbound};
-use crate::domain::{ActivityType, ChannelType, Direction, NewActivity};
+use crate::domain::{ActivityType, ChannelType, DeliveryOrdering, Direction, NewActivity};
 
 /// Sender of echo replies.
 pub const ECHO_SENDER: &str = "echo-bot";
@@ -24,6 +24,15 @@ pub struct EchoConfig {
     #[serde(default)]
     #[schema(default = "")]
     pub prefix: String,
+    /// Delivery order
+    ///
+    /// conversation: one delivery of a conversation at a time, in order; a failing one
+    /// holds back the later ones of its conversation until it is delivered or given up.
+    /// none: each delivery on its own; nothing waits for a failing one, and a
+    /// conversation's messages may arrive out of order.
+    #[serde(default)]
+    #[schema(inline, default = DeliveryOrdering::default)]
+    pub ordering: DeliveryOrdering,
 }
 
 /// Adapter of `echo` channels.

@@ -126,25 +126,56 @@ pub enum AdapterError {
         message: String,
         /// The receiver's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
+        /// The attempt reached the receiver (see [`AdapterError::reached`]).
+        reached: bool,
     },
     /// Retrying cannot help (other 4xx, bad config, no recipient).
     #[error("{message}")]
-    Permanent { message: String },
+    Permanent {
+        message: String,
+        /// The attempt reached the receiver (see [`AdapterError::reached`]).
+        reached: bool,
+    },
 }
 
 impl AdapterError {
-    /// A permanent failure with a message.
+    /// A permanent failure found before anything was sent (a config, a message
+    /// without a recipient): the receiver is not to blame.
     pub fn permanent(message: impl Into<String>) -> Self {
         AdapterError::Permanent {
             message: message.into(),
+            reached: false,
         }
     }
 
-    /// A retryable failure without `Retry-After`.
+    /// A retryable failure without `Retry-After`, found before anything was sent.
     pub fn retryable(message: impl Into<String>) -> Self {
         AdapterError::Retryable {
             message: message.into(),
             retry_after: None,
+            reached: false,
+        }
+    }
+
+    /// The receiver's answer to a request, or the failure to reach it (a timeout, a
+    /// refused connection): what counts towards its channel's health.
+    pub fn from_receiver(mut self) -> Self {
+        match &mut self {
+            AdapterError::Retryable { reached, .. } | AdapterError::Permanent { reached, .. } => {
+                *reached = true;
+            }
+        }
+        self
+    }
+
+    /// Whether the attempt reached the receiver: it answered (any HTTP status), or the
+    /// connection to it failed or timed out. Refusals of the egress policy and checks
+    /// made before sending did not.
+    pub fn reached(&self) -> bool {
+        match self {
+            AdapterError::Retryable { reached, .. } | AdapterError::Permanent { reached, .. } => {
+                *reached
+            }
         }
     }
 }

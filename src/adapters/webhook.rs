@@ -16,7 +16,7 @@ use super::{
     AdapterError, ChannelAdapter, Delivered, Exchange, InboundBatch, InboundError, InboundMessage,
     Outbound, RESPONSE_EXCERPT_BYTES,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, Direction};
+use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction};
 
 /// Settings of a `webhook` channel.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -53,6 +53,15 @@ pub struct WebhookConfig {
     #[serde(default = "default_require_signature")]
     #[schema(default = default_require_signature)]
     pub require_signature: bool,
+    /// Delivery order
+    ///
+    /// conversation: one delivery of a conversation at a time, in order; a failing one
+    /// holds back the later ones of its conversation until it is delivered or given up.
+    /// none: each delivery on its own; nothing waits for a failing one, and a
+    /// conversation's messages may arrive out of order.
+    #[serde(default)]
+    #[schema(inline, default = DeliveryOrdering::default)]
+    pub ordering: DeliveryOrdering,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -209,12 +218,12 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> AdapterError {
     } else if e.is_connect() {
         "connection failed"
     } else if e.is_redirect() {
-        return AdapterError::permanent("refused a redirect to another origin");
+        return AdapterError::permanent("refused a redirect to another origin").from_receiver();
     } else {
         "request failed"
     };
     // The error's Display includes the URL, whose query may carry a credential.
-    AdapterError::retryable(format!("{what}: {}", without_url(e)))
+    AdapterError::retryable(format!("{what}: {}", without_url(e))).from_receiver()
 }
 
 fn without_url(e: &reqwest::Error) -> String {
@@ -272,9 +281,13 @@ async fn classify(
         Err(AdapterError::Retryable {
             message,
             retry_after: after,
+            reached: true,
         })
     } else {
-        Err(AdapterError::Permanent { message })
+        Err(AdapterError::Permanent {
+            message,
+            reached: true,
+        })
     }
 }
 
@@ -471,7 +484,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             out,
-            json!({"url": "https://bot.example.com/hook", "method": "POST", "headers": {}, "timeout_ms": 15000, "require_signature": true})
+            json!({"url": "https://bot.example.com/hook", "method": "POST", "headers": {}, "timeout_ms": 15000, "require_signature": true, "ordering": "conversation"})
         );
     }
 

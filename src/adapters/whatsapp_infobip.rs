@@ -26,7 +26,7 @@ use super::whatsapp::{self, Incoming, ProviderStatus, excerpt, str_field};
 use super::{
     AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, Outbound, StatusUpdate,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, Direction};
+use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction};
 
 /// Settings of a `whatsapp_infobip` channel.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -47,6 +47,15 @@ pub struct WhatsappInfobipConfig {
     ///
     /// The registered WhatsApp sender number.
     pub sender: String,
+    /// Delivery order
+    ///
+    /// conversation: one delivery of a conversation at a time, in order; a failing one
+    /// holds back the later ones of its conversation until it is delivered or given up.
+    /// none: each delivery on its own; nothing waits for a failing one, and a
+    /// conversation's messages may arrive out of order.
+    #[serde(default)]
+    #[schema(inline, default = DeliveryOrdering::default)]
+    pub ordering: DeliveryOrdering,
 }
 
 /// Adapter of `whatsapp_infobip` channels.
@@ -132,7 +141,8 @@ fn classify(status: u16, after: Option<Duration>, body: &str) -> Result<Delivere
             return Err(AdapterError::permanent(format!(
                 "Infobip rejected the message: {}",
                 describe_status(&parsed["status"])
-            )));
+            ))
+            .from_receiver());
         }
         let external_id = str_field(&parsed, "messageId");
         if external_id.is_none() {
@@ -153,9 +163,13 @@ fn classify(status: u16, after: Option<Duration>, body: &str) -> Result<Delivere
         Err(AdapterError::Retryable {
             message,
             retry_after: after,
+            reached: true,
         })
     } else {
-        Err(AdapterError::Permanent { message })
+        Err(AdapterError::Permanent {
+            message,
+            reached: true,
+        })
     }
 }
 
@@ -379,25 +393,28 @@ mod tests {
             classify(200, None, rejected),
             Err(AdapterError::permanent(
                 "Infobip rejected the message: REJECTED_NOT_ENOUGH_CREDITS (Not enough credits)"
-            ))
+            )
+            .from_receiver())
         );
         let bad = r#"{"requestError":{"serviceException":{"messageId":"BAD_REQUEST","text":"Bad request","validationErrors":{"content.text":["must not be blank"]}}}}"#;
         assert_eq!(
             classify(400, None, bad),
             Err(AdapterError::permanent(
                 "Infobip error BAD_REQUEST: Bad request; content.text: must not be blank (HTTP 400)"
-            ))
+            )
+            .from_receiver())
         );
         let unauthorized = r#"{"requestError":{"serviceException":{"messageId":"UNAUTHORIZED","text":"Invalid login details"}}}"#;
         assert!(
-            matches!(classify(401, None, unauthorized), Err(AdapterError::Permanent { message }) if message.contains("UNAUTHORIZED"))
+            matches!(classify(401, None, unauthorized), Err(AdapterError::Permanent { message, .. }) if message.contains("UNAUTHORIZED"))
         );
         let flat = r#"{"errorCode":"E429","description":"Too many requests","action":"Slow down","violations":[],"resources":[]}"#;
         assert_eq!(
             classify(429, Some(Duration::from_secs(3)), flat),
             Err(AdapterError::Retryable {
                 message: "Infobip error E429: Too many requests (HTTP 429)".into(),
-                retry_after: Some(Duration::from_secs(3))
+                retry_after: Some(Duration::from_secs(3)),
+                reached: true,
             })
         );
         let general = r#"{"requestError":{"serviceException":{"messageId":"GENERAL_ERROR","text":"Something went wrong. Please contact support."}}}"#;

@@ -30,7 +30,7 @@ use super::whatsapp::{self, Incoming, ProviderStatus, excerpt, str_field};
 use super::{
     AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, Outbound, StatusUpdate,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, Direction};
+use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction};
 
 /// Settings of a `whatsapp_meta` channel.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -76,6 +76,15 @@ pub struct WhatsappMetaConfig {
     #[serde(default)]
     #[schema(default = false)]
     pub allow_unsigned_inbound: bool,
+    /// Delivery order
+    ///
+    /// conversation: one delivery of a conversation at a time, in order; a failing one
+    /// holds back the later ones of its conversation until it is delivered or given up.
+    /// none: each delivery on its own; nothing waits for a failing one, and a
+    /// conversation's messages may arrive out of order.
+    #[serde(default)]
+    #[schema(inline, default = DeliveryOrdering::default)]
+    pub ordering: DeliveryOrdering,
 }
 
 fn default_api_version() -> ApiVersion {
@@ -279,9 +288,13 @@ fn classify(status: u16, after: Option<Duration>, body: &str) -> Result<Delivere
             AdapterError::Retryable {
                 message,
                 retry_after: after,
+                reached: true,
             }
         } else {
-            AdapterError::Permanent { message }
+            AdapterError::Permanent {
+                message,
+                reached: true,
+            }
         });
     };
     let code = error["code"].as_i64();
@@ -315,9 +328,13 @@ fn classify(status: u16, after: Option<Duration>, body: &str) -> Result<Delivere
         AdapterError::Retryable {
             message,
             retry_after: after,
+            reached: true,
         }
     } else {
-        AdapterError::Permanent { message }
+        AdapterError::Permanent {
+            message,
+            reached: true,
+        }
     })
 }
 
@@ -554,7 +571,7 @@ mod tests {
             // Throttling codes come as 400 or 429: the code decides, not the status.
             let err = classify(400, Some(Duration::from_secs(7)), &graph_error(code)).unwrap_err();
             assert!(
-                matches!(&err, AdapterError::Retryable { message, retry_after: Some(_) } if message.contains(&code.to_string())),
+                matches!(&err, AdapterError::Retryable { message, retry_after: Some(_), .. } if message.contains(&code.to_string())),
                 "{code}: {err:?}"
             );
         }
@@ -563,14 +580,14 @@ mod tests {
             368, 131031, 131048, 131064,
         ] {
             let err = classify(400, None, &graph_error(code)).unwrap_err();
-            let AdapterError::Permanent { message } = &err else {
+            let AdapterError::Permanent { message, .. } = &err else {
                 panic!("{code}: {err:?}")
             };
             assert!(message.starts_with(&format!("WhatsApp error {code} (HTTP 400): (#{code}) Title — Details here [fbtrace_id Az8or2]")), "{message}");
         }
         let expired = r#"{"error":{"message":"Error validating access token: Session has expired on Friday, 01-Mar-24 10:00:00 PST.","type":"OAuthException","code":190,"error_subcode":463,"fbtrace_id":"A1b2C3d4E5f6"}}"#;
         assert!(
-            matches!(classify(401, None, expired), Err(AdapterError::Permanent { message }) if message.contains("190") && message.contains("access token"))
+            matches!(classify(401, None, expired), Err(AdapterError::Permanent { message, .. }) if message.contains("190") && message.contains("access token"))
         );
         let transient = r#"{"error":{"message":"x","code":99999,"is_transient":true}}"#;
         assert!(matches!(

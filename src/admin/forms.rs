@@ -234,6 +234,7 @@ mod tests {
     #[test]
     fn fields_follow_the_config_structs() {
         use FieldKind::{Checkbox, Choice, Lines, Number, Secret, Text};
+        const ORDERING: FieldKind = Choice(&["conversation", "none"]);
         let summary = |kind| -> Vec<(&str, &str, FieldKind, bool)> {
             config_fields(kind)
                 .iter()
@@ -253,11 +254,15 @@ mod tests {
                     Checkbox,
                     false
                 ),
+                ("ordering", "Delivery order", ORDERING, false),
             ]
         );
         assert_eq!(
             summary(ChannelType::Echo),
-            [("prefix", "Reply prefix", Text, false)]
+            [
+                ("prefix", "Reply prefix", Text, false),
+                ("ordering", "Delivery order", ORDERING, false),
+            ]
         );
         assert_eq!(summary(ChannelType::Websocket), []);
         assert_eq!(
@@ -275,6 +280,7 @@ mod tests {
                     Checkbox,
                     false
                 ),
+                ("ordering", "Delivery order", ORDERING, false),
             ]
         );
         assert_eq!(
@@ -283,6 +289,7 @@ mod tests {
                 ("base_url", "Base URL", Text, true),
                 ("api_key", "API key", Secret, true),
                 ("sender", "Sender number", Text, true),
+                ("ordering", "Delivery order", ORDERING, false),
             ]
         );
         let timeout = &config_fields(ChannelType::Webhook)[3];

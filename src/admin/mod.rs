@@ -77,6 +77,8 @@ pub fn router(state: AppState, api: Router<AppState>) -> Router<AppState> {
             "/admin/channels/{id}/retry_failed",
             post(pages::retry_channel_failures),
         )
+        .route("/admin/channels/{id}/pause", post(pages::pause_channel))
+        .route("/admin/channels/{id}/resume", post(pages::resume_channel))
         .route(
             "/admin/channels/{id}/replay",
             post(pages::replay_channel_failures),

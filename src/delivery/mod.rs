@@ -7,8 +7,10 @@
 //! delivery at the same time.
 
 mod backoff;
+mod breaker;
 mod nodes;
 mod outcome;
+mod probe;
 mod pruner;
 mod recorder;
 mod repair;
@@ -20,10 +22,13 @@ use crate::config::Config;
 
 pub use crate::ingest::DeliveryWaker;
 pub use backoff::{MAX_ATTEMPTS, next_delay};
+pub use breaker::{BreakerSettings, observe};
 pub use nodes::{MISSED_BEATS, NodeIdentity, run_heartbeat, stale_before};
 pub use outcome::{
-    REPLAY_BATCH, StatusApplied, apply_provider_status, attempt_result, replay_failed, retry_now,
+    REPLAY_BATCH, StatusApplied, apply_provider_status, attempt_result, observation, pause_channel,
+    replay_failed, resume_channel, retry_now,
 };
+pub use probe::run_probes;
 pub use pruner::{PRUNE_BATCH, run_pruner};
 pub use repair::{HEAD_REPAIR_INTERVAL, run_head_repair};
 pub use worker::DeliveryEngine;
@@ -44,11 +49,14 @@ pub struct DeliverySettings {
     pub head_repair_interval: Duration,
     /// What names this node in the attempt log ([`crate::telemetry::node_name`]).
     pub node: String,
+    /// The channels' circuit breaker.
+    pub breaker: BreakerSettings,
 }
 
 impl DeliverySettings {
-    /// The settings `config` asks for (`CONVERGER_DELIVERY_*`); the poll and repair
-    /// intervals are fixed, the node's name is its host's and process's.
+    /// The settings `config` asks for (`CONVERGER_DELIVERY_*`, `CONVERGER_BREAKER_*`);
+    /// the poll and repair intervals are fixed, the node's name is its host's and
+    /// process's.
     pub fn from_config(config: &Config) -> Self {
         Self {
             concurrency: config.delivery_concurrency,
@@ -57,6 +65,7 @@ impl DeliverySettings {
             poll_interval: Duration::from_secs(1),
             head_repair_interval: HEAD_REPAIR_INTERVAL,
             node: crate::telemetry::node_name(),
+            breaker: BreakerSettings::from_config(config),
         }
     }
 }

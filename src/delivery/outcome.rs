@@ -1,10 +1,13 @@
 //! Turning an adapter's answer, or a provider's later report, into what is recorded on
-//! the delivery row. The worker and the inbound edge change delivery rows only here.
+//! the delivery row, and the operator's actions on the queue (retry, pause, resume).
+//! The worker and the edges change delivery rows only here.
 
 use serde_json::{Value, json};
 
 use crate::adapters::{AdapterError, Delivered, ProviderStatus, StatusUpdate};
-use crate::domain::{ChannelId, Delivery, DeliveryId, TenantId, Timestamp};
+use crate::domain::{
+    ChannelHealth, ChannelId, Delivery, DeliveryId, Observation, Observed, TenantId, Timestamp,
+};
 use crate::pubsub::{Event, PubSub};
 use crate::store::{AttemptResult, Store, StoreResult};
 
@@ -79,6 +82,37 @@ pub async fn replay_failed(
         after = last;
         tokio::task::yield_now().await;
     }
+}
+
+/// Pauses a tenant's channel: its pending deliveries stay pending, in order, and none
+/// is attempted until it is resumed (an attempt already under way ends as it would).
+///
+/// # Errors
+/// `NotFound` when the tenant has no such channel.
+pub async fn pause_channel(
+    store: &Store,
+    tenant_id: TenantId,
+    id: ChannelId,
+) -> StoreResult<ChannelHealth> {
+    store.pause_channel(tenant_id, id, Timestamp::now()).await
+}
+
+/// Resumes a tenant's channel, paused or with its breaker open: its held deliveries
+/// are due at once and the workers are woken after the commit.
+///
+/// # Errors
+/// `NotFound` when the tenant has no such channel.
+pub async fn resume_channel(
+    store: &Store,
+    waker: &DeliveryWaker,
+    tenant_id: TenantId,
+    id: ChannelId,
+) -> StoreResult<ChannelHealth> {
+    let health = store
+        .resume_channel(tenant_id, id, Timestamp::now())
+        .await?;
+    waker.wake();
+    Ok(health)
 }
 
 /// What a provider's status report did.
@@ -216,12 +250,13 @@ pub fn attempt_result(
         Ok(delivered) => AttemptResult::Delivered {
             external_id: delivered.external_id.clone(),
         },
-        Err(AdapterError::Permanent { message }) => AttemptResult::Failed {
+        Err(AdapterError::Permanent { message, .. }) => AttemptResult::Failed {
             error: storable(message),
         },
         Err(AdapterError::Retryable {
             message,
             retry_after,
+            ..
         }) => match next_delay(attempt, *retry_after, backoff_scale) {
             Some(wait) => AttemptResult::RetryAt {
                 at: now.plus(wait),
@@ -234,6 +269,27 @@ pub fn attempt_result(
     }
 }
 
+/// What an attempt tells about its channel's receiver: `None` when it never reached
+/// it (see [`AdapterError::reached`]), so the channel's health is left alone.
+pub fn observation(
+    delivery: &Delivery,
+    result: &Result<Delivered, AdapterError>,
+    at: Timestamp,
+) -> Option<Observation> {
+    let outcome = match result {
+        Ok(_) => Observed::Delivered,
+        Err(e) if e.reached() => Observed::Failed(e.to_string()),
+        Err(_) => return None,
+    };
+    Some(Observation {
+        channel_id: delivery.channel_id,
+        tenant_id: delivery.tenant_id,
+        delivery_id: delivery.id,
+        at,
+        outcome,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -242,11 +298,57 @@ mod tests {
     use crate::delivery::MAX_ATTEMPTS;
 
     #[test]
+    fn only_attempts_that_reached_the_receiver_are_observed() {
+        let now = Timestamp::now();
+        let delivery = Delivery {
+            id: DeliveryId::new(),
+            tenant_id: TenantId::new(),
+            activity_id: crate::domain::ActivityId::new(),
+            channel_id: ChannelId::new(),
+            conversation_id: crate::domain::ConversationId::new(),
+            seq: 1,
+            status: crate::domain::DeliveryStatus::Pending,
+            attempts: 0,
+            budget_start: 0,
+            next_attempt_at: Some(now),
+            locked_until: None,
+            last_error: None,
+            delivered_at: None,
+            external_id: None,
+            metadata: Value::Null,
+            inserted_at: now,
+            updated_at: now,
+            request_id: None,
+        };
+        let observed = |result| observation(&delivery, &result, now).map(|o| o.outcome);
+        assert_eq!(
+            observed(Ok(Delivered::default())),
+            Some(Observed::Delivered)
+        );
+        let answered = AdapterError::permanent("HTTP 404").from_receiver();
+        assert_eq!(
+            observed(Err(answered)),
+            Some(Observed::Failed("HTTP 404".into()))
+        );
+        assert_eq!(observed(Err(AdapterError::permanent("no recipient"))), None);
+        assert_eq!(
+            observed(Err(AdapterError::retryable("database: gone"))),
+            None
+        );
+        let o = observation(&delivery, &Ok(Delivered::default()), now).unwrap();
+        assert_eq!(
+            (o.channel_id, o.tenant_id, o.delivery_id, o.at),
+            (delivery.channel_id, delivery.tenant_id, delivery.id, now)
+        );
+    }
+
+    #[test]
     fn retryable_until_the_last_attempt() {
         let now = Timestamp::now();
         let err = Err(AdapterError::Retryable {
             message: "HTTP 503".into(),
             retry_after: Some(Duration::from_secs(100)),
+            reached: true,
         });
         assert_eq!(
             attempt_result(&err, 1, now, 1.0),

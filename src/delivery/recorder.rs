@@ -3,16 +3,19 @@
 //! Attempts that end while a write is under way wait for it and are then written
 //! together, in one transaction ([`Store::record_attempts`]), so under load the
 //! cost of recording is paid per batch rather than per attempt; alone, an attempt is
-//! written at once, as before. Each attempt is answered after the commit that holds
-//! its outcome. A batch the store refuses as a whole (a deadlock with an operator's
-//! retry, say) is written again one attempt at a time, so one row cannot fail the
-//! others.
+//! written at once, as before. Then the attempts that reached their receivers are fed
+//! to their channels' breakers ([`Store::observe_channels`]), in one more transaction
+//! per batch. Each attempt is answered after both commits, so the loop never claims
+//! work of a channel whose breaker its last answer opened. A batch the store refuses
+//! as a whole (a deadlock with an operator's retry, say) is written again one attempt
+//! at a time, so one row cannot fail the others.
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{Delivery, Timestamp};
-use crate::store::{AttemptLog, AttemptResult, Completion, Store, StoreResult};
+use super::breaker::{self, BreakerSettings};
+use crate::domain::{HealthTransition, Observation};
+use crate::store::{Completion, Store, StoreResult};
 
 /// Most outcomes written in one transaction.
 const BATCH: usize = 128;
@@ -20,6 +23,8 @@ const BATCH: usize = 128;
 /// One outcome waiting to be written, and who waits for it.
 struct Pending {
     completion: Completion,
+    /// What the attempt tells about the channel's receiver, if it reached it.
+    observation: Option<Observation>,
     done: oneshot::Sender<StoreResult<bool>>,
 }
 
@@ -31,33 +36,26 @@ pub(super) struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the writing task on `tasks`.
-    pub(super) fn start(store: Store, tasks: &TaskTracker) -> Self {
+    /// Starts the writing task on `tasks`; `breaker` rules the channels' health.
+    pub(super) fn start(store: Store, breaker: BreakerSettings, tasks: &TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(BATCH * 4);
-        tasks.spawn(write_batches(store, rx));
+        tasks.spawn(write_batches(store, breaker, rx));
         Self { tx }
     }
 
     /// Records the end of an attempt under `lease`, and its row of the attempt log, in
-    /// the next batch (see [`Store::record_attempts`]); returns once that batch is
+    /// the next batch (see [`Store::record_attempts`]), and what it tells about the
+    /// channel's receiver (see [`Store::observe_channels`]); returns once both are
     /// committed.
     pub(super) async fn record(
         &self,
-        delivery: &Delivery,
-        lease: Timestamp,
-        now: Timestamp,
-        result: &AttemptResult,
-        log: AttemptLog,
+        completion: Completion,
+        observation: Option<Observation>,
     ) -> StoreResult<bool> {
         let (done, answer) = oneshot::channel();
         let pending = Pending {
-            completion: Completion {
-                delivery: delivery.clone(),
-                lease,
-                now,
-                result: result.clone(),
-                log,
-            },
+            completion,
+            observation,
             done,
         };
         if self.tx.send(pending).await.is_err() {
@@ -73,37 +71,80 @@ impl Recorder {
     }
 }
 
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Pending>) {
+async fn write_batches(store: Store, breaker: BreakerSettings, mut rx: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut completions = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let (dones, taken): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .map(|p: Pending| (p.done, p.completion))
-            .unzip();
-        completions.extend(taken);
-        match store.record_attempts(&completions).await {
-            Ok(recorded) => {
-                for (done, recorded) in dones.into_iter().zip(recorded) {
-                    let _ = done.send(Ok(recorded));
-                }
-            }
+        let mut dones = Vec::with_capacity(batch.len());
+        let mut observations = Vec::with_capacity(batch.len());
+        for p in batch.drain(..) {
+            dones.push(p.done);
+            observations.push(p.observation);
+            completions.push(p.completion);
+        }
+        let results: Vec<StoreResult<bool>> = match store.record_attempts(&completions).await {
+            Ok(recorded) => recorded.into_iter().map(Ok).collect(),
             Err(e) if completions.len() > 1 => {
                 tracing::debug!(error = %e, size = completions.len(), "outcome batch refused; writing one by one");
-                for (done, completion) in dones.into_iter().zip(&completions) {
-                    let recorded = store
-                        .record_attempts(std::slice::from_ref(completion))
-                        .await
-                        .map(|recorded| recorded.first().copied().unwrap_or(false));
-                    let _ = done.send(recorded);
+                let mut results = Vec::with_capacity(completions.len());
+                for completion in &completions {
+                    results.push(
+                        store
+                            .record_attempts(std::slice::from_ref(completion))
+                            .await
+                            .map(|recorded| recorded.first().copied().unwrap_or(false)),
+                    );
                 }
+                results
             }
-            Err(e) => {
-                if let Some(done) = dones.into_iter().next() {
-                    let _ = done.send(Err(e));
-                }
-            }
+            Err(e) => vec![Err(e)],
+        };
+        // Only attempts whose outcome was written count for their channel: one whose
+        // lease was lost is another node's to count.
+        let observed: Vec<Observation> = observations
+            .into_iter()
+            .zip(&results)
+            .filter_map(|(o, r)| o.filter(|_| matches!(r, Ok(true))))
+            .collect();
+        observe(&store, &breaker, &observed).await;
+        for (done, result) in dones.into_iter().zip(results) {
+            let _ = done.send(result);
         }
         completions.clear();
+    }
+}
+
+/// Feeds attempts to their channels' breakers and logs what that changed. A failure
+/// here loses these observations only: the outcomes are already recorded.
+async fn observe(store: &Store, settings: &BreakerSettings, observed: &[Observation]) {
+    if observed.is_empty() {
+        return;
+    }
+    let transitions = match store
+        .observe_channels(observed, |health, o| breaker::observe(health, o, settings))
+        .await
+    {
+        Ok(transitions) => transitions,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot update channel health");
+            return;
+        }
+    };
+    for (channel_id, transition) in transitions {
+        match transition {
+            HealthTransition::Opened { until } => {
+                tracing::warn!(%channel_id, until = %until.0, "channel breaker opened: its deliveries wait")
+            }
+            HealthTransition::Reopened { until } => {
+                tracing::warn!(%channel_id, until = %until.0, "channel breaker probe failed: reopened")
+            }
+            HealthTransition::Closed => {
+                tracing::info!(%channel_id, "channel breaker closed: deliveries resume")
+            }
+            HealthTransition::Disabled => tracing::error!(
+                %channel_id,
+                "channel paused after failing too long without a success: resume it once fixed"
+            ),
+        }
     }
 }

@@ -4,8 +4,10 @@
 //! rows, so in a cluster of this release the check finds nothing. It is there for what
 //! the store cannot see: nodes of an older release sharing the database during a
 //! rolling upgrade insert unmarked rows and never promote, and their deliveries would
-//! otherwise wait forever. Runs once at start, then every `interval`, beside the
-//! delivery loop and stopped with it; it never attempts a delivery itself.
+//! otherwise wait forever. It also settles the `held` flags that an append racing a
+//! pause, a resume or a breaker can leave wrong (`store/health.rs`). Runs once at
+//! start, then every `interval`, beside the delivery loop and stopped with it; it
+//! never attempts a delivery itself.
 
 use std::time::Duration;
 
@@ -39,6 +41,17 @@ pub async fn run_head_repair(
                     waker.wake();
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot check delivery head flags; will retry"),
+            },
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            result = store.repair_held_deliveries() => match result {
+                Ok(0) => {}
+                Ok(changed) => {
+                    tracing::info!(changed, "set the held flags of deliveries written as their channel paused or resumed");
+                    waker.wake();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot check held deliveries; will retry"),
             },
         }
         tokio::select! {

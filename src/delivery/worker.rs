@@ -16,17 +16,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::outcome::attempt_result;
+use super::outcome::{attempt_result, observation};
+use super::probe::run_probes;
 use super::recorder::Recorder;
 use super::repair::run_head_repair;
 use super::{DeliverySettings, DeliveryWaker};
 use crate::adapters::{AdapterError, Adapters, Delivered, Exchange, Outbound};
-use crate::domain::{ChannelStatus, Delivery, NodeId, Timestamp};
+use crate::domain::{ChannelStatus, Delivery, NodeId, Observation, Timestamp};
 use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
 use crate::store::{
-    AttemptContext, AttemptLog, AttemptResult, Backend, ClaimedDelivery, Store, StoreError,
+    AttemptContext, AttemptLog, AttemptResult, Backend, ClaimedDelivery, Completion, Store,
+    StoreError,
 };
 
 /// Most rows claimed in one query.
@@ -79,7 +81,7 @@ impl DeliveryEngine {
         let http = EgressClient::new(adapters.egress().clone())
             .unwrap_or_else(|e| panic!("the TLS backend of the delivery client failed: {e}"));
         Self {
-            recorder: Recorder::start(store.clone(), tasks),
+            recorder: Recorder::start(store.clone(), settings.breaker.clone(), tasks),
             store,
             adapters,
             ingest,
@@ -114,6 +116,13 @@ impl DeliveryEngine {
             self.store.clone(),
             self.waker.clone(),
             self.settings.head_repair_interval,
+            stop.clone(),
+        ));
+        // Beside the loop too: lets the probe through once a breaker's cool-down ends.
+        tasks.spawn(run_probes(
+            self.store.clone(),
+            self.waker.clone(),
+            self.settings.poll_interval,
             stop.clone(),
         ));
         // Checked before every claim, not only while waiting: a long backlog keeps the
@@ -170,6 +179,13 @@ impl DeliveryEngine {
         };
         for claimed in claimed {
             let delivery = &claimed.delivery;
+            if claimed.held {
+                // Written unheld as its channel paused or its breaker opened: held now
+                // with the channel's others, not attempted.
+                self.store.hold_claimed(delivery.id, lease).await?;
+                tracing::debug!(delivery_id = %delivery.id, "claimed while its channel is held; held");
+                continue;
+            }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 // Cannot happen (only this loop takes permits); give the row back.
                 self.store.release_delivery(delivery.id, lease).await?;
@@ -215,7 +231,9 @@ impl DeliveryEngine {
     /// counting it. An attempt that cannot start because the database is out of
     /// reach is not counted either.
     async fn attempt(&self, claimed: ClaimedDelivery, lease: Timestamp, abort: &CancellationToken) {
-        let ClaimedDelivery { delivery, context } = claimed;
+        let ClaimedDelivery {
+            delivery, context, ..
+        } = claimed;
         // Numbered over the delivery's life; the budget counts from the last manual
         // retry.
         let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
@@ -265,6 +283,7 @@ impl DeliveryEngine {
         };
         let now = Timestamp::now();
         let recorded = attempt_result(&result, in_budget, now, self.settings.backoff_scale);
+        let observed = observation(&delivery, &result, now);
         let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
                 tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");
@@ -288,10 +307,14 @@ impl DeliveryEngine {
             response_body: answer.map(|a| a.body),
             node: self.settings.node.clone(),
         };
-        match self
-            .record(&delivery, lease, now, &recorded, log, abort)
-            .await
-        {
+        let completion = Completion {
+            delivery: delivery.clone(),
+            lease,
+            now,
+            result: recorded,
+            log,
+        };
+        match self.record(completion, observed, abort).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(delivery_id = %delivery.id, "lease lost before the outcome was recorded")
@@ -311,18 +334,16 @@ impl DeliveryEngine {
     /// it make the same delivery again once the lease expires.
     async fn record(
         &self,
-        delivery: &Delivery,
-        lease: Timestamp,
-        now: Timestamp,
-        result: &AttemptResult,
-        log: AttemptLog,
+        completion: Completion,
+        observed: Option<Observation>,
         abort: &CancellationToken,
     ) -> Result<bool, StoreError> {
+        let (delivery, lease) = (completion.delivery.id, completion.lease);
         let mut pause = RECORD_RETRY_FIRST;
         loop {
             match self
                 .recorder
-                .record(delivery, lease, now, result, log.clone())
+                .record(completion.clone(), observed.clone())
                 .await
             {
                 Err(e) if e.is_unavailable() => {
@@ -332,7 +353,7 @@ impl DeliveryEngine {
                     if Timestamp::now().plus(pause) >= lease || abort.is_cancelled() {
                         return Err(e);
                     }
-                    tracing::warn!(delivery_id = %delivery.id, error = %e, "cannot record the outcome yet; trying again");
+                    tracing::warn!(delivery_id = %delivery, error = %e, "cannot record the outcome yet; trying again");
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
                         () = abort.cancelled() => return Err(e),

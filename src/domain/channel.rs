@@ -26,6 +26,32 @@ string_enum! {
 }
 
 string_enum! {
+    /// In what order a channel's deliveries go out (the channel config's `ordering`).
+    #[derive(Default)]
+    pub enum DeliveryOrdering {
+        /// Of each conversation, one delivery at a time, in `seq` order: a delivery
+        /// waiting for a retry holds back the later ones of its conversation.
+        #[default]
+        Conversation => "conversation",
+        /// Each delivery on its own: a failing one holds back nothing, and a
+        /// conversation's deliveries may arrive out of order.
+        None => "none",
+    }
+}
+
+impl DeliveryOrdering {
+    /// The order a channel config asks for; `conversation` when it does not say
+    /// (channel types that deliver nothing have no such setting).
+    pub fn of_config(config: &Value) -> Self {
+        config
+            .get("ordering")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
+string_enum! {
     /// Which activities a route forwards.
     pub enum RouteDirection { Inbound => "inbound", Outbound => "outbound", Any => "any" }
 }
@@ -60,6 +86,13 @@ pub struct Channel {
     pub status: ChannelStatus,
     pub inserted_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+impl Channel {
+    /// The delivery order its config asks for.
+    pub fn ordering(&self) -> DeliveryOrdering {
+        DeliveryOrdering::of_config(&self.config)
+    }
 }
 
 /// A routing rule: activities of conversations on `source` are also delivered to `target`.

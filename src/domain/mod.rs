@@ -7,6 +7,7 @@ mod activity;
 mod channel;
 mod conversation;
 mod delivery;
+mod health;
 mod ids;
 mod tenant;
 mod text;
@@ -16,9 +17,13 @@ pub use activity::{
     Activity, ActivityType, Direction, MAX_ATTACHMENTS, MAX_METADATA_BYTES, MAX_TEXT_BYTES,
     NewActivity,
 };
-pub use channel::{Channel, ChannelStatus, ChannelType, Route, RouteDirection};
+pub use channel::{Channel, ChannelStatus, ChannelType, DeliveryOrdering, Route, RouteDirection};
 pub use conversation::{Conversation, ConversationStatus};
 pub use delivery::{AttemptOutcome, Delivery, DeliveryAttempt, DeliveryStatus};
+pub use health::{
+    BreakerState, ChannelHealth, HealthState, HealthTransition, Observation, Observed, PauseReason,
+    RATE_WINDOW, Recent,
+};
 pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, NodeId, RouteId, TenantId};
 pub use tenant::{MAX_TENANT_NAME_CHARS, Tenant, TenantStatus, check_tenant_name};
 pub use text::{check_json_no_nul, check_no_nul};

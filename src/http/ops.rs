@@ -66,16 +66,27 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<HealthO
 /// How long a scrape waits for the queue-depth sample before answering without it.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Prometheus metrics of this node, in the text exposition format. Queue depth and
-/// pool usage are sampled now; a database too slow to answer leaves the queue depth
-/// at its previous sample rather than failing the scrape.
+/// Prometheus metrics of this node, in the text exposition format. Queue depth, channel
+/// health and pool usage are sampled now; a database too slow to answer leaves the
+/// queue depth and channel health at their previous sample rather than failing the
+/// scrape.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::metrics::record_pool(&state.store.pool_stats());
     crate::metrics::record_connections(state.connections.open(), state.connections.max());
-    match tokio::time::timeout(SAMPLE_TIMEOUT, state.store.queue_depth(Timestamp::now())).await {
-        Ok(Ok(depth)) => crate::metrics::record_queue_depth(&depth),
+    let sampled = tokio::time::timeout(SAMPLE_TIMEOUT, async {
+        tokio::try_join!(
+            state.store.queue_depth(Timestamp::now()),
+            state.store.count_channels_by_health(),
+        )
+    })
+    .await;
+    match sampled {
+        Ok(Ok((depth, health))) => {
+            crate::metrics::record_queue_depth(&depth);
+            crate::metrics::record_channel_health(&health);
+        }
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot sample the delivery queue"),
         Err(_) => tracing::warn!("sampling the delivery queue timed out"),
     }

@@ -1,7 +1,7 @@
 //! Channels: create one (name rule plus its adapter's config validation), enable or
-//! disable it, rotate its secret, edit its config as the operator. The result carries
-//! the stored channel; each edge shows it its own way (the APIs mask secrets and add
-//! the token and inbound URL).
+//! disable it, rotate its secret, edit its config as the operator, pause and resume
+//! its deliveries. The result carries the stored channel; each edge shows it its own
+//! way (the APIs mask secrets and add the token and inbound URL).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -10,9 +10,10 @@ use utoipa::ToSchema;
 use super::{OpError, OpResult, not_found_as};
 use crate::adapters::{Adapters, masked_paths, replace_config};
 use crate::auth;
+use crate::delivery::{DeliveryWaker, pause_channel, resume_channel};
 use crate::domain::{
-    Channel, ChannelId, ChannelStatus, ChannelType, FieldError, TenantId, check_json_no_nul,
-    check_no_nul,
+    Channel, ChannelHealth, ChannelId, ChannelStatus, ChannelType, FieldError, TenantId,
+    check_json_no_nul, check_no_nul,
 };
 use crate::store::{ChannelUpdate, NewChannel, Store};
 
@@ -228,6 +229,51 @@ pub async fn rotate_secret(
         .map_err(not_found_as("channel"))?;
     tracing::info!(channel_id = %channel.id, "channel secret rotated");
     Ok(ChannelWithSecret { channel, secret })
+}
+
+/// The delivery health of a tenant's channel.
+///
+/// # Errors
+///
+/// [`OpError::NotFound`] for a channel missing from the tenant.
+pub async fn health(store: &Store, tenant_id: TenantId, id: ChannelId) -> OpResult<ChannelHealth> {
+    store
+        .get_channel_health(tenant_id, id)
+        .await
+        .map_err(not_found_as("channel"))
+}
+
+/// Pauses a tenant's channel: its deliveries wait, pending and in order, until it is
+/// resumed.
+///
+/// # Errors
+///
+/// [`OpError::NotFound`] for a channel missing from the tenant.
+pub async fn pause(store: &Store, tenant_id: TenantId, id: ChannelId) -> OpResult<ChannelHealth> {
+    let health = pause_channel(store, tenant_id, id)
+        .await
+        .map_err(not_found_as("channel"))?;
+    tracing::info!(channel_id = %id, %tenant_id, "channel paused");
+    Ok(health)
+}
+
+/// Resumes a tenant's channel, paused or with its breaker open: its waiting
+/// deliveries are due at once.
+///
+/// # Errors
+///
+/// [`OpError::NotFound`] for a channel missing from the tenant.
+pub async fn resume(
+    store: &Store,
+    waker: &DeliveryWaker,
+    tenant_id: TenantId,
+    id: ChannelId,
+) -> OpResult<ChannelHealth> {
+    let health = resume_channel(store, waker, tenant_id, id)
+        .await
+        .map_err(not_found_as("channel"))?;
+    tracing::info!(channel_id = %id, %tenant_id, "channel resumed");
+    Ok(health)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The operator's dashboard figures: delivery counts, activity rate, per-channel
-//! counts and the newest failures (the admin page and `GET /admin/api/stats`).
+//! counts, the newest failures and the channels that are not healthy (the admin page
+//! and `GET /admin/api/stats`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::OpResult;
-use crate::domain::{ChannelId, DeliveryId, TenantId, Timestamp};
+use crate::domain::{ChannelId, DeliveryId, HealthState, PauseReason, TenantId, Timestamp};
 use crate::store::{ChannelDeliveryStats, Store};
 
 /// Channels the dashboard lists, those with failures first.
@@ -27,6 +28,24 @@ pub struct Stats {
     pub channels: Vec<ChannelDeliveryStats>,
     /// The newest failed deliveries.
     pub recent_failures: Vec<RecentFailure>,
+    /// The channels that are not healthy: paused and open first.
+    pub channel_health: Vec<HealthRow>,
+}
+
+/// A channel that is not healthy, as the dashboard lists it.
+#[derive(Serialize, ToSchema)]
+pub struct HealthRow {
+    pub channel_id: ChannelId,
+    pub tenant_id: TenantId,
+    pub channel_name: String,
+    pub tenant_name: String,
+    pub state: HealthState,
+    /// Why a paused channel is paused.
+    pub pause_reason: Option<PauseReason>,
+    pub consecutive_failures: i32,
+    pub last_error: Option<String>,
+    /// When its failures in a row began, as shown on the page ([`display_time`]).
+    pub failing_since: Option<String>,
 }
 
 /// A failed delivery as the dashboard lists it.
@@ -78,6 +97,22 @@ pub async fn stats(store: &Store) -> OpResult<Stats> {
                 channel_name: f.channel_name,
                 attempts: f.delivery.attempts,
                 last_error: f.delivery.last_error,
+            })
+            .collect(),
+        channel_health: store
+            .list_unhealthy_channels(CHANNELS)
+            .await?
+            .into_iter()
+            .map(|c| HealthRow {
+                channel_id: c.health.channel_id,
+                tenant_id: c.health.tenant_id,
+                channel_name: c.channel_name,
+                tenant_name: c.tenant_name,
+                state: c.health.state(),
+                pause_reason: c.health.pause_reason,
+                consecutive_failures: c.health.consecutive_failures,
+                last_error: c.health.last_error,
+                failing_since: c.health.failing_since.as_ref().map(display_time),
             })
             .collect(),
     })

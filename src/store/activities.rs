@@ -49,19 +49,47 @@ const INSERT: &str = const_format::concatcp!(
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
     COLUMNS
 );
-// First in line for its (conversation, channel) iff nothing of the pair is pending.
-// Decided after the bump, which holds the conversation's lock that completions take
-// too (see `heads.rs`); on SQLite the one writer orders everything. Asked as
-// `MIN(seq) IS NULL` rather than `NOT EXISTS`: a MIN over `seq` leads both planners to
-// `deliveries_order_idx` (one index probe), where SQLite answers `NOT EXISTS` through
-// `deliveries_channel_status_idx`, walking the channel's pending rows of every
-// conversation.
-const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
+// First in line for its (conversation, channel) iff nothing of the pair is pending, or
+// its channel keeps no order. Decided after the bump, which holds the conversation's
+// lock that completions take too (see `heads.rs`); on SQLite the one writer orders
+// everything. Asked as `MIN(seq) IS NULL` rather than `NOT EXISTS`: a MIN over `seq`
+// leads both planners to `deliveries_order_idx` (one index probe), where SQLite answers
+// `NOT EXISTS` through `deliveries_channel_status_idx`, walking the channel's pending
+// rows of every conversation.
+macro_rules! head_of {
+    ($conversation:literal, $channel:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM channels WHERE id = ",
+            $channel,
+            " AND ordering = 'none') OR (SELECT MIN(seq) FROM deliveries WHERE conversation_id = ",
+            $conversation,
+            " AND channel_id = ",
+            $channel,
+            " AND status = 'pending') IS NULL)"
+        )
+    };
+}
+// Held iff its channel is paused or its breaker open (`health.rs`): a row written while
+// it is stays pending, out of the claim, like the channel's others.
+macro_rules! held_of {
+    ($channel:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM channel_health WHERE channel_id = ",
+            $channel,
+            " AND (paused OR open_until IS NOT NULL))"
+        )
+    };
+}
+const INSERT_DELIVERY: &str = concat!(
+    "INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, \
      conversation_id, seq, status, attempts, next_attempt_at, metadata, inserted_at, updated_at, \
-     request_id, head) \
-     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8, (\
-     SELECT MIN(seq) FROM deliveries WHERE conversation_id = $5 AND channel_id = $4 \
-     AND status = 'pending') IS NULL)";
+     request_id, head, held) \
+     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, '{}', $7, $7, $8, ",
+    head_of!("$5", "$4"),
+    ", ",
+    held_of!("$4"),
+    ")"
+);
 
 /// Takes the next `seq` of `$append`'s conversation on `$conn`, a connection or
 /// transaction of either backend: `Some(seq)`, or `None` when the conversation is
@@ -235,11 +263,13 @@ async fn insert_postgres(
     const INSERT_ALL: &str = const_format::concatcp!(
         "WITH deliveries_inserted AS (\
          INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, conversation_id, seq, \
-         status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id, head) \
-         SELECT t.id, $3, $1, t.channel_id, $2, $4, 'pending', 0, $12, '{}', $12, $12, $13, (\
-         SELECT MIN(seq) FROM deliveries WHERE conversation_id = $2 AND channel_id = t.channel_id \
-         AND status = 'pending') IS NULL \
-         FROM UNNEST($14::uuid[], $15::uuid[]) AS t(id, channel_id)) \
+         status, attempts, next_attempt_at, metadata, inserted_at, updated_at, request_id, head, \
+         held) \
+         SELECT t.id, $3, $1, t.channel_id, $2, $4, 'pending', 0, $12, '{}', $12, $12, $13, ",
+        head_of!("$2", "t.channel_id"),
+        ", ",
+        held_of!("t.channel_id"),
+        " FROM UNNEST($14::uuid[], $15::uuid[]) AS t(id, channel_id)) \
          INSERT INTO activities (id, conversation_id, tenant_id, seq, type, direction, sender, text, \
          attachments, metadata, idempotency_key, inserted_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",

@@ -3,8 +3,11 @@
 
 use serde_json::Value;
 
+use super::heads::reorder_channel;
 use super::{Store, StoreError, StoreResult, reader, writer};
-use crate::domain::{Channel, ChannelId, ChannelStatus, ChannelType, TenantId, Timestamp};
+use crate::domain::{
+    Channel, ChannelId, ChannelStatus, ChannelType, DeliveryOrdering, TenantId, Timestamp,
+};
 
 const COLUMNS: &str = "id, tenant_id, name, type, secret, config, status, inserted_at, updated_at";
 
@@ -44,8 +47,8 @@ impl Store {
         new: NewChannel,
     ) -> StoreResult<Channel> {
         const SQL: &str = const_format::concatcp!(
-            "INSERT INTO channels (id, tenant_id, name, type, secret, config, status, inserted_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7) RETURNING ",
+            "INSERT INTO channels (id, tenant_id, name, type, secret, config, status, inserted_at, updated_at, \
+             ordering) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7, $8) RETURNING ",
             COLUMNS
         );
         let id = ChannelId::new();
@@ -60,6 +63,7 @@ impl Store {
                 .bind(&secret)
                 .bind(sqlx::types::Json(&config))
                 .bind(Timestamp::now())
+                .bind(DeliveryOrdering::of_config(&new.config).as_str())
                 .fetch_one(pool)
                 .await
         })?;
@@ -113,6 +117,10 @@ impl Store {
     }
 
     /// Applies an update to one channel of a tenant.
+    ///
+    /// A config whose `ordering` differs from the channel's moves the head flags of its
+    /// pending deliveries in the same transaction (`heads.rs`): with `none` every one
+    /// becomes claimable, with `conversation` only the first of each conversation.
     pub async fn update_channel(
         &self,
         tenant_id: TenantId,
@@ -139,8 +147,13 @@ impl Store {
             }
             None => None,
         };
+        // The copy of `config.ordering` the queue reads; changed only when it differs.
+        const SET_ORDERING: &str =
+            "UPDATE channels SET ordering = $2 WHERE id = $1 AND ordering <> $2";
+        let ordering = update.config.as_ref().map(DeliveryOrdering::of_config);
         let stored: Channel = writer!(self, |pool| {
-            sqlx::query_as(SQL)
+            let mut tx = pool.begin().await?;
+            let stored: Channel = sqlx::query_as(SQL)
                 .bind(tenant_id)
                 .bind(id)
                 .bind(update.name.as_deref())
@@ -148,9 +161,23 @@ impl Store {
                 .bind(update.status.map(ChannelStatus::as_str))
                 .bind(secret.as_deref())
                 .bind(Timestamp::now())
-                .fetch_one(pool)
-                .await
-        })?;
+                .fetch_one(&mut *tx)
+                .await?;
+            if let Some(ordering) = ordering {
+                let changed = sqlx::query(SET_ORDERING)
+                    .bind(id)
+                    .bind(ordering.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if changed == 1 {
+                    let moved = reorder_channel!(self, tx, id, ordering);
+                    tracing::info!(channel_id = %id, %ordering, moved, "delivery order changed");
+                }
+            }
+            tx.commit().await?;
+            stored
+        });
         self.cache().invalidate();
         self.sealer().open(stored)
     }

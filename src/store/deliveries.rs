@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::heads::{lock_conversation, settle_heads};
+use super::health::HELD_BY_CHANNEL;
 use super::{Store, StoreResult, reader, writer};
 use crate::domain::{
     ActivityId, ChannelId, ConversationId, Delivery, DeliveryId, DeliveryStatus, TenantId,
@@ -102,7 +103,8 @@ impl Store {
     /// A failed delivery is first in line again: in the same transaction, under its
     /// conversation's lock, the head of its (conversation, channel) is settled, so a
     /// later pending delivery waits behind it (`heads.rs`). A pending one keeps its
-    /// place; settling its pair changes nothing.
+    /// place; settling its pair changes nothing. On a paused channel, or one whose
+    /// breaker is open, either waits with the channel's others (`health.rs`).
     pub async fn retry_delivery(
         &self,
         tenant_id: TenantId,
@@ -112,8 +114,9 @@ impl Store {
         const SQL: &str = const_format::concatcp!(
             "UPDATE deliveries SET head = CASE WHEN status = 'pending' THEN head ELSE FALSE END, \
              status = 'pending', budget_start = attempts, next_attempt_at = $3, \
-             locked_until = NULL, updated_at = $3 \
-             WHERE tenant_id = $1 AND id = $2 AND (status = 'failed' OR (status = 'pending' \
+             locked_until = NULL, updated_at = $3, held = ",
+            HELD_BY_CHANNEL,
+            " WHERE tenant_id = $1 AND id = $2 AND (status = 'failed' OR (status = 'pending' \
              AND (locked_until IS NULL OR locked_until < $3))) RETURNING ",
             COLUMNS
         );
@@ -151,12 +154,16 @@ impl Store {
     ) -> StoreResult<(u64, Option<DeliveryId>)> {
         // The inner select walks `deliveries_channel_status_idx` in id order; the outer
         // condition is checked again on rows that changed meanwhile.
-        const SQL: &str = "UPDATE deliveries SET status = 'pending', head = FALSE, \
-             budget_start = attempts, next_attempt_at = $7, locked_until = NULL, updated_at = $7 \
-             WHERE status = 'failed' AND id IN (SELECT id FROM deliveries \
+        const SQL: &str = const_format::concatcp!(
+            "UPDATE deliveries SET status = 'pending', head = FALSE, \
+             budget_start = attempts, next_attempt_at = $7, locked_until = NULL, updated_at = $7, \
+             held = ",
+            HELD_BY_CHANNEL,
+            " WHERE status = 'failed' AND id IN (SELECT id FROM deliveries \
                  WHERE channel_id = $2 AND status = 'failed' AND id > $5 AND tenant_id = $1 \
                  AND inserted_at >= $3 AND inserted_at < $4 ORDER BY id LIMIT $6) \
-             RETURNING id, conversation_id";
+             RETURNING id, conversation_id"
+        );
         let after = after.unwrap_or(DeliveryId(uuid::Uuid::nil()));
         writer!(self, |pool| {
             let mut tx = pool.begin().await?;

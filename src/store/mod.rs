@@ -14,6 +14,7 @@ mod activities;
 mod admin;
 mod appender;
 mod attempts;
+mod availability;
 mod cache;
 mod channels;
 mod conversations;
@@ -43,10 +44,11 @@ use crate::domain::TenantId;
 
 pub use activities::{ActivityAppend, AppendOutcome};
 pub use admin::{ChannelDeliveryStats, FailedDelivery};
+pub use availability::{PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
 pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
 pub use error::StoreError;
-pub use health::{PROBE_INTERVAL, PROBE_TIMEOUT};
+pub use health::{HealthCounts, NamedChannelHealth};
 pub use nodes::{NodeRow, Reaped};
 pub use queue::{AttemptContext, AttemptLog, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
@@ -63,11 +65,14 @@ pub struct PoolStats {
 /// Deliveries waiting in the queue, by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {
-    /// Pending whose attempt time has come: in flight, about to be claimed, or
-    /// waiting behind an earlier delivery to the same channel and conversation.
+    /// Pending whose attempt time has come, not held: in flight, about to be claimed,
+    /// or waiting behind an earlier delivery to the same channel and conversation.
     pub pending_due: i64,
     /// Pending, waiting for the time of its next attempt.
     pub pending_scheduled: i64,
+    /// Pending on a paused channel or one whose breaker is open: not attempted until
+    /// it resumes or closes.
+    pub pending_held: i64,
     /// Failed for good: dead letters awaiting a retry by hand.
     pub failed: i64,
 }
@@ -101,7 +106,7 @@ pub struct Shared {
     /// Recent reads of rows that hardly change (see `cache.rs`).
     cache: std::sync::Arc<cache::ReadCache>,
     /// Whether the database is reachable (see `health.rs`).
-    availability: std::sync::Arc<health::Availability>,
+    availability: std::sync::Arc<availability::Availability>,
 }
 
 /// Which database a URL names.

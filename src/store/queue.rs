@@ -12,6 +12,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::heads::PROMOTE_FIRST;
+use super::health::HELD_BY_CHANNEL;
 use super::{QueueDepth, Sealer, Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{
     Activity, AttemptOutcome, Channel, ChannelId, Conversation, ConversationId, Delivery,
@@ -28,13 +29,15 @@ macro_rules! columns {
 }
 const COLUMNS: &str = columns!();
 
-/// Due, unleased, and first in line for its (conversation, channel): a later activity
-/// is never delivered before an earlier pending one. Being first in line is the `head`
-/// flag (see `heads.rs`), so the claim walks `deliveries_head_due_idx` and stops after
-/// `LIMIT` rows, however many deliveries wait behind the heads.
+/// Due, unleased, not held, and first in line for its (conversation, channel): a later
+/// activity is never delivered before an earlier pending one. Being first in line is
+/// the `head` flag (see `heads.rs`); a delivery of a paused channel, or of one whose
+/// breaker is open, is `held` (see `health.rs`). The claim walks
+/// `deliveries_head_due_idx`, which holds the unheld heads alone, and stops after
+/// `LIMIT` rows, however many deliveries wait behind the heads or behind a pause.
 macro_rules! claimable {
     () => {
-        "d.status = 'pending' AND d.head AND d.next_attempt_at <= $1 \
+        "d.status = 'pending' AND d.head AND NOT d.held AND d.next_attempt_at <= $1 \
          AND (d.locked_until IS NULL OR d.locked_until < $1)"
     };
 }
@@ -54,9 +57,11 @@ macro_rules! claim_sql {
 }
 
 /// The PostgreSQL claim, which also reads what each attempt needs: the activity, the
-/// conversation and the channel, joined to the claimed rows in the same statement.
-/// The joins are outer, so a row whose activity or channel is gone is still leased
-/// and handed over (and fails for good) rather than leased and forgotten.
+/// conversation and the channel, joined to the claimed rows in the same statement,
+/// and whether the channel is held now (an append that raced its pause or the opening
+/// of its breaker can have written a row unheld). The joins are outer, so a row whose
+/// activity or channel is gone is still leased and handed over (and fails for good)
+/// rather than leased and forgotten.
 const CLAIM_WITH_CONTEXT: &str = concat!(
     "WITH claimed AS (",
     claim_sql!(" FOR UPDATE SKIP LOCKED"),
@@ -68,11 +73,14 @@ const CLAIM_WITH_CONTEXT: &str = concat!(
      c.metadata AS c_metadata, c.last_seq AS c_last_seq, c.inserted_at AS c_inserted_at, \
      c.updated_at AS c_updated_at, \
      ch.name AS ch_name, ch.type AS ch_type, ch.secret AS ch_secret, ch.config AS ch_config, \
-     ch.status AS ch_status, ch.inserted_at AS ch_inserted_at, ch.updated_at AS ch_updated_at \
+     ch.status AS ch_status, ch.inserted_at AS ch_inserted_at, ch.updated_at AS ch_updated_at, \
+     COALESCE(h.paused OR (h.open_until IS NOT NULL AND h.probe_id IS DISTINCT FROM claimed.id), \
+         FALSE) AS h_held \
      FROM claimed \
      LEFT JOIN activities a ON a.id = claimed.activity_id \
      LEFT JOIN conversations c ON c.id = claimed.conversation_id \
-     LEFT JOIN channels ch ON ch.id = claimed.channel_id"
+     LEFT JOIN channels ch ON ch.id = claimed.channel_id \
+     LEFT JOIN channel_health h ON h.channel_id = claimed.channel_id"
 );
 
 /// A claimed delivery, with what its attempt needs when the claim read it.
@@ -82,6 +90,10 @@ pub struct ClaimedDelivery {
     /// `None`: not read with the claim (SQLite), or the activity, conversation or
     /// channel no longer exists; [`Store::attempt_context`] tells which.
     pub context: Option<AttemptContext>,
+    /// The channel was found held as the row was claimed (PostgreSQL): the row is to be
+    /// given back held ([`Store::hold_claimed`]), not attempted. SQLite's one writer
+    /// writes every row as its channel is, so there it is always `false`.
+    pub held: bool,
 }
 
 /// What one attempt reads besides its delivery row.
@@ -119,6 +131,7 @@ struct ClaimRow {
     ch_status: Option<String>,
     ch_inserted_at: Option<Timestamp>,
     ch_updated_at: Option<Timestamp>,
+    h_held: bool,
 }
 
 /// A stored enum column that does not parse: the same error a plain read would give.
@@ -224,6 +237,7 @@ impl ClaimRow {
         Ok(ClaimedDelivery {
             delivery: self.delivery,
             context,
+            held: self.h_held,
         })
     }
 }
@@ -404,12 +418,17 @@ async fn record_attempts_postgres(
              response_body, node FROM recorded ON CONFLICT (delivery_id, attempt) DO NOTHING) \
          SELECT id FROM recorded";
     // The first pending row of each pair whose head left, marked if it is not yet.
-    const PROMOTE: &str = "UPDATE deliveries SET head = TRUE WHERE id IN (\
+    // A new head takes its channel's `held` flag (`health.rs`).
+    const PROMOTE: &str = const_format::concatcp!(
+        "UPDATE deliveries SET head = TRUE, held = ",
+        HELD_BY_CHANNEL,
+        " WHERE id IN (\
          SELECT first.id FROM UNNEST($1::uuid[], $2::uuid[]) AS p(conversation_id, channel_id) \
          CROSS JOIN LATERAL (SELECT id FROM deliveries \
              WHERE conversation_id = p.conversation_id AND channel_id = p.channel_id \
              AND status = 'pending' ORDER BY seq LIMIT 1) AS first) \
-         AND NOT head";
+         AND NOT head"
+    );
     const LOCK: &str = "SELECT 1 FROM conversations WHERE id = ANY($1::uuid[]) \
          ORDER BY id FOR NO KEY UPDATE";
 
@@ -542,6 +561,7 @@ impl Store {
                     .map(|delivery| ClaimedDelivery {
                         delivery,
                         context: None,
+                        held: false,
                     })
                     .collect()
             }
@@ -594,7 +614,8 @@ impl Store {
         // through `deliveries_due_idx` and test each for `head`.
         const SQL: &str = "SELECT MIN(at) FROM (SELECT CASE WHEN locked_until IS NOT NULL \
              AND locked_until > next_attempt_at THEN locked_until ELSE next_attempt_at END AS at \
-             FROM deliveries WHERE status = 'pending' AND head ORDER BY next_attempt_at, id) AS heads";
+             FROM deliveries WHERE status = 'pending' AND head AND NOT held \
+             ORDER BY next_attempt_at, id) AS heads";
         let row: (Option<Timestamp>,) =
             reader!(self, |pool| sqlx::query_as(SQL).fetch_one(pool).await)?;
         Ok(row.0)
@@ -650,6 +671,23 @@ impl Store {
         })?)
     }
 
+    /// Gives back the lease of a row claimed while its channel was held, and holds it
+    /// with the channel's others; returns whether the lease was still this one.
+    pub async fn hold_claimed(&self, id: DeliveryId, lease: Timestamp) -> StoreResult<bool> {
+        let rows = writer!(self, |pool| {
+            sqlx::query(
+                "UPDATE deliveries SET held = TRUE, locked_until = NULL \
+                 WHERE id = $1 AND locked_until = $2 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(lease)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        Ok(rows == 1)
+    }
+
     /// Gives a lease back without an attempt (shutdown), so another node may take the
     /// delivery at once.
     pub async fn release_delivery(&self, id: DeliveryId, lease: Timestamp) -> StoreResult<()> {
@@ -677,10 +715,17 @@ impl Store {
     /// The queue's depth at `now`. Both counts walk partial indexes of pending and
     /// failed rows only, so their cost follows the backlog, not the table.
     pub async fn queue_depth(&self, now: Timestamp) -> StoreResult<QueueDepth> {
-        const PENDING: &str = "SELECT COALESCE(SUM(CASE WHEN next_attempt_at <= $1 THEN 1 ELSE 0 END), 0), \
-             COUNT(*) FROM deliveries WHERE status = 'pending'";
+        // Held: of a channel that is held now, whether or not the row's flag says so
+        // (only heads carry it, see `health.rs`).
+        const PENDING: &str = "SELECT \
+             COALESCE(SUM(CASE WHEN h.channel_id IS NOT NULL THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN h.channel_id IS NULL AND d.next_attempt_at <= $1 \
+                 THEN 1 ELSE 0 END), 0), \
+             COUNT(*) FROM deliveries d LEFT JOIN channel_health h ON h.channel_id = d.channel_id \
+                 AND (h.paused OR h.open_until IS NOT NULL) \
+             WHERE d.status = 'pending'";
         const FAILED: &str = "SELECT COUNT(*) FROM deliveries WHERE status = 'failed'";
-        let ((due, pending), (failed,)): ((i64, i64), (i64,)) = reader!(self, |pool| {
+        let ((held, due, pending), (failed,)): ((i64, i64, i64), (i64,)) = reader!(self, |pool| {
             tokio::try_join!(
                 sqlx::query_as(PENDING).bind(now).fetch_one(pool),
                 sqlx::query_as(FAILED).fetch_one(pool),
@@ -688,7 +733,8 @@ impl Store {
         })?;
         Ok(QueueDepth {
             pending_due: due,
-            pending_scheduled: pending - due,
+            pending_scheduled: pending - due - held,
+            pending_held: held,
             failed,
         })
     }

@@ -1,7 +1,8 @@
 // The operator's admin panel (/admin) in headless Chromium, clicked through as an
 // operator would: tenants, channels (type-dependent fields, validation errors), routes,
-// conversations, deliveries (failure, attempt log, retry), the live dashboard, retry
-// now of a delivery in backoff, editing a channel's config and replaying failures.
+// conversations, deliveries (failure, attempt log, retry), channel health (an open
+// breaker, pause and resume), the live dashboard, retry now of a delivery in backoff,
+// editing a channel's config, replaying failures and the API reference page.
 //
 // It starts `converger serve` (CONVERGER_BIN, default ../../target/debug/converger)
 // on a free loopback port with a temporary SQLite database, and a local HTTP sink that
@@ -514,6 +515,46 @@ describe("admin panel in headless Chromium", () => {
     assert.match(err, /500/, `last error names the status: ${err}`);
     assert.ok(await d.getByRole("button", { name: "Retry" }).isVisible());
     await shoot("conversation-failed");
+  });
+
+  step("7b. five failures in a row open Bot's breaker: shown on the dashboard and the channel page; Pause, then Resume closes it", async () => {
+    const page = S.page;
+    await clickAndLoad(page.locator("header nav a", { hasText: "Dashboard" }));
+    const healthRow = page.locator("tbody[data-live-rows=health] tr", { hasText: "Bot" });
+    await expectText(healthRow.locator(".badge"), "open");
+    await expectText(healthRow, "Acme");
+    assert.match(await healthRow.locator("td.err").innerText(), /500/);
+    await shoot("dashboard-breaker-open");
+
+    await clickAndLoad(healthRow.getByRole("link", { name: "Bot" }));
+    const state = page.locator("[data-health-state]");
+    await expectText(state, "open");
+    assert.match(await fact("Breaker"), /^open · cool-down until /);
+    assert.match(await fact("Failures in a row"), /^5 \(the breaker opens at 5\)/);
+    assert.match(await fact("Last error"), /500/);
+    const pause = page.getByRole("button", { name: "Pause deliveries" });
+    const resume = page.getByRole("button", { name: "Resume deliveries" });
+    assert.ok(await pause.isVisible(), "an open channel can be paused");
+    assert.ok(await resume.isVisible(), "an open breaker can be closed by resuming");
+    await shoot("channel-breaker-open");
+
+    await clickAndLoad(pause);
+    await expectText(page.locator(".notice"), "Deliveries paused");
+    await expectText(state, "paused");
+    assert.equal(await pause.count(), 0, "no pause button on a paused channel");
+    assert.equal((await api("GET", `/channels/${S.botId}/health`)).data.state, "paused");
+    await shoot("channel-paused");
+
+    await clickAndLoad(resume);
+    await expectText(page.locator(".notice"), "Deliveries resumed");
+    await expectText(state, "healthy");
+    assert.equal(await resume.count(), 0, "nothing to resume on a healthy channel");
+    assert.ok(await pause.isVisible());
+    const health = (await api("GET", `/channels/${S.botId}/health`)).data;
+    assert.equal(health.state, "healthy");
+    assert.equal(health.breaker, "closed");
+    assert.equal(health.consecutive_failures, 0);
+    await shoot("channel-resumed");
   });
 
   step("8. deliveries page (failed) → Retry after the sink recovers → delivered", async () => {

@@ -28,8 +28,15 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Backoff scale of these tests: 30 s becomes 30 ms.
 const SCALE: f64 = 0.001;
 
+/// A server whose retries come in milliseconds. Its channels' breakers open only after
+/// more failures than one delivery's attempts, so these tests see the retry schedule
+/// alone (`control.rs` tests the breaker).
 async fn app_with_fast_retries(backend: Backend) -> TestApp {
-    TestApp::start_with(backend, |c| c.delivery_backoff_scale = SCALE).await
+    TestApp::start_with(backend, |c| {
+        c.delivery_backoff_scale = SCALE;
+        c.breaker_failures = 10;
+    })
+    .await
 }
 
 /// Verifies a Standard Webhooks request from the spec alone (protocols.md §4.3),

@@ -20,6 +20,7 @@ const EXPORTED_METRICS: &[&str] = &[
     "converger_delivery_attempts_total",
     "converger_delivery_attempt_duration_seconds",
     "converger_delivery_queue_depth",
+    "converger_channel_health",
     "converger_websocket_connections",
     "converger_websocket_joined_topics",
     "converger_pubsub_lag_seconds",

@@ -11,6 +11,7 @@ mod channels;
 mod cli;
 mod concurrency;
 mod connections;
+mod control;
 mod conversations;
 mod deliveries;
 mod delivery;

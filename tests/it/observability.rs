@@ -237,6 +237,14 @@ async fn metrics_count_what_happened(backend: Backend) {
     assert_eq!(scrape.value(depth, &[("state", "failed")]), 2.0);
     assert_eq!(scrape.value(depth, &[("state", "pending_due")]), 0.0);
     assert_eq!(scrape.value(depth, &[("state", "pending_scheduled")]), 0.0);
+    assert_eq!(scrape.value(depth, &[("state", "pending_held")]), 0.0);
+    // The receiver answering 410 failed twice in a row: degraded, below the breaker's
+    // threshold.
+    let health = "converger_channel_health";
+    assert_eq!(scrape.value(health, &[("state", "healthy")]), 1.0);
+    assert_eq!(scrape.value(health, &[("state", "degraded")]), 1.0);
+    assert_eq!(scrape.value(health, &[("state", "open")]), 0.0);
+    assert_eq!(scrape.value(health, &[("state", "paused")]), 0.0);
     assert_eq!(scrape.value("converger_websocket_connections", &[]), 1.0);
     assert_eq!(scrape.value("converger_websocket_joined_topics", &[]), 1.0);
     assert!(scrape.value("converger_db_pool_max_connections", &[]) >= 1.0);

@@ -1,6 +1,7 @@
 //! Channels: the list (all tenants or one, by type), the new-channel form whose fields
-//! follow the selected type, a channel's page, and its actions (enable/disable, rotate
-//! the secret, edit its config, retry or replay its failed deliveries), through
+//! follow the selected type, a channel's page with its delivery health, and its
+//! actions (enable/disable, rotate the secret, edit its config, pause and resume
+//! deliveries, retry or replay its failed deliveries), through
 //! [`crate::operations::channels`] and [`crate::operations::deliveries`].
 
 use std::collections::HashMap;
@@ -18,12 +19,16 @@ use crate::admin::forms::{
     ConfigField, CsrfForm, FieldKind, config_fields, config_from_form, input_name,
 };
 use crate::admin::guard::AdminContext;
-use crate::domain::{Channel, ChannelId, ChannelType, FieldError, Tenant, TenantId, Timestamp};
+use crate::domain::{
+    BreakerState, Channel, ChannelHealth, ChannelId, ChannelType, FieldError, HealthState,
+    PauseReason, Tenant, TenantId, Timestamp,
+};
 use crate::http::error::ApiResult;
 use crate::http::extract::ApiPath;
 use crate::http::state::AppState;
 use crate::operations::OpError;
 use crate::operations::channels::{self as ops, ChannelIn};
+use crate::operations::dashboard::display_time;
 use crate::operations::deliveries::{self, ReplayWindow};
 use crate::store::{ChannelDeliveryStats, ChannelFilter};
 
@@ -214,6 +219,55 @@ pub async fn new_channel(
     })
 }
 
+/// A channel's delivery health as its page shows it.
+pub struct HealthView {
+    pub state: HealthState,
+    pub breaker: BreakerState,
+    pub pause_reason: Option<PauseReason>,
+    pub open_until: Option<String>,
+    pub consecutive_failures: i32,
+    pub threshold: u32,
+    pub failure_rate: String,
+    pub last_error: Option<String>,
+    pub last_success_at: Option<String>,
+    pub last_failure_at: Option<String>,
+    pub failing_since: Option<String>,
+}
+
+impl HealthView {
+    fn new(health: &ChannelHealth, threshold: u32) -> Self {
+        let now = Timestamp::now();
+        let recent = health.recent(now);
+        let shown = |t: &Option<Timestamp>| t.as_ref().map(display_time);
+        Self {
+            state: health.state(),
+            breaker: health.breaker(now),
+            pause_reason: health.pause_reason,
+            open_until: shown(&health.open_until),
+            consecutive_failures: health.consecutive_failures,
+            threshold,
+            failure_rate: match recent.failure_rate() {
+                Some(rate) => format!("{:.0}% of {} attempts", rate * 100.0, recent.attempts),
+                None => "no attempts".into(),
+            },
+            last_error: health.last_error.clone(),
+            last_success_at: shown(&health.last_success_at),
+            last_failure_at: shown(&health.last_failure_at),
+            failing_since: shown(&health.failing_since),
+        }
+    }
+
+    /// Whether deliveries can be paused (they are not yet).
+    pub fn can_pause(&self) -> bool {
+        self.state != HealthState::Paused
+    }
+
+    /// Whether resuming would change anything: paused, or the breaker open.
+    pub fn can_resume(&self) -> bool {
+        matches!(self.state, HealthState::Paused | HealthState::Open)
+    }
+}
+
 #[derive(Template, WebTemplate)]
 #[template(path = "channel.html")]
 pub struct ChannelPage {
@@ -233,6 +287,7 @@ pub struct ChannelPage {
     config_errors: Vec<FieldError>,
     /// The replay form's default start, a day ago, as `datetime-local` writes it.
     replay_since: String,
+    health: HealthView,
 }
 
 async fn channel_page(
@@ -253,7 +308,9 @@ async fn channel_page(
         .into_iter()
         .next();
     let config = pretty(&shown.config);
+    let health = ops::health(&state.store, channel.tenant_id, channel.id).await?;
     Ok(ChannelPage {
+        health: HealthView::new(&health, state.config.breaker_failures),
         chrome: Chrome::new(ctx, "channels", notice),
         token: shown.token,
         inbound_url: shown.inbound_url,
@@ -370,6 +427,32 @@ pub async fn retry_channel_failures(
     Ok(go(
         &back_to(&form),
         &format!("{n} failed deliveries queued again."),
+    ))
+}
+
+pub async fn pause_channel(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+    _form: CsrfForm,
+) -> ApiResult<Response> {
+    let tenant = ops::get(&state.store, id).await?.tenant_id;
+    ops::pause(&state.store, tenant, id).await?;
+    Ok(go(
+        &format!("/admin/channels/{id}"),
+        "Deliveries paused: they wait, in order, until resumed.",
+    ))
+}
+
+pub async fn resume_channel(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ChannelId>,
+    _form: CsrfForm,
+) -> ApiResult<Response> {
+    let tenant = ops::get(&state.store, id).await?.tenant_id;
+    ops::resume(&state.store, &state.waker, tenant, id).await?;
+    Ok(go(
+        &format!("/admin/channels/{id}"),
+        "Deliveries resumed: those waiting are due now.",
     ))
 }
 

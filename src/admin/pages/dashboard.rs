@@ -1,5 +1,5 @@
-//! The dashboard: delivery counts, activity rate, per-channel counts and recent
-//! failures, from [`crate::operations::dashboard::stats`] (the JSON API serves the same).
+//! The dashboard: delivery counts, activity rate, per-channel counts, recent failures
+//! and the channels that are not healthy, from [`crate::operations::dashboard::stats`] (the JSON API serves the same).
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -10,7 +10,7 @@ use super::{Chrome, Notice};
 use crate::admin::guard::AdminContext;
 use crate::http::error::ApiResult;
 use crate::http::state::AppState;
-use crate::operations::dashboard::{RecentFailure, stats};
+use crate::operations::dashboard::{HealthRow, RecentFailure, stats};
 use crate::store::ChannelDeliveryStats;
 
 #[derive(Template, WebTemplate)]
@@ -23,6 +23,7 @@ pub struct DashboardPage {
     per_minute: i64,
     channels: Vec<ChannelDeliveryStats>,
     failures: Vec<RecentFailure>,
+    health: Vec<HealthRow>,
 }
 
 pub async fn dashboard(
@@ -39,5 +40,6 @@ pub async fn dashboard(
         per_minute: s.activities_last_minute,
         channels: s.channels,
         failures: s.recent_failures,
+        health: s.channel_health,
     })
 }

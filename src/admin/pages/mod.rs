@@ -31,8 +31,9 @@ use crate::http::state::AppState;
 use crate::store::ChannelFilter;
 
 pub use channels::{
-    channel, channels, create_channel, edit_channel_config, new_channel, replay_channel_failures,
-    retry_channel_failures, rotate_channel_secret, set_channel_status,
+    channel, channels, create_channel, edit_channel_config, new_channel, pause_channel,
+    replay_channel_failures, resume_channel, retry_channel_failures, rotate_channel_secret,
+    set_channel_status,
 };
 pub use conversations::{close_conversation, conversation, conversations};
 pub use dashboard::dashboard;

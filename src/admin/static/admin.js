@@ -26,6 +26,7 @@
   if (live) {
     var rows = document.querySelector("[data-live-rows=channels]");
     var failures = document.querySelector("[data-live-rows=failures]");
+    var health = document.querySelector("[data-live-rows=health]");
     var hidden = function (form, name, value) {
       var input = document.createElement("input");
       input.type = "hidden";
@@ -63,6 +64,32 @@
               cell(tr, c.failed, "num");
               rows.appendChild(tr);
             });
+          }
+          if (health) {
+            health.textContent = "";
+            s.channel_health.forEach(function (h) {
+              var tr = document.createElement("tr");
+              var a = document.createElement("a");
+              a.href = "/admin/channels/" + encodeURIComponent(h.channel_id);
+              a.textContent = h.channel_name;
+              cell(tr, "").appendChild(a);
+              cell(tr, h.tenant_name);
+              var badge = document.createElement("span");
+              badge.className = "badge " + h.state;
+              badge.textContent = h.state;
+              var state = cell(tr, "");
+              state.appendChild(badge);
+              if (h.pause_reason) state.appendChild(document.createTextNode(" (" + h.pause_reason + ")"));
+              cell(tr, h.consecutive_failures, "num");
+              cell(tr, h.failing_since || "");
+              cell(tr, h.last_error || "", "err");
+              health.appendChild(tr);
+            });
+            if (!s.channel_health.length) {
+              var none = document.createElement("tr");
+              cell(none, "Every channel is healthy.", "empty").colSpan = 6;
+              health.appendChild(none);
+            }
           }
           if (failures) {
             failures.textContent = "";

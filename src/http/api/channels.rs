@@ -1,6 +1,7 @@
 //! Channels of a tenant (DESIGN.md §5 "channels"), managed with the API key. Creating
-//! one and rotating its secret are [`crate::operations::channels`], shared with the
-//! admin panel; this file decodes, and shows channels with secrets masked.
+//! one, rotating its secret, pausing and resuming its deliveries are
+//! [`crate::operations::channels`], shared with the admin panel; this file decodes,
+//! and shows channels with secrets masked and their delivery health.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +12,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Data, Page, page_limit};
 use crate::adapters::{mask_config, merge_config_patch};
-use crate::domain::{Channel, ChannelId, ChannelStatus, ChannelType, TenantId, Timestamp};
+use crate::domain::{
+    BreakerState, Channel, ChannelHealth, ChannelId, ChannelStatus, ChannelType, HealthState,
+    PauseReason, TenantId, Timestamp,
+};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, TenantAuth};
 use crate::http::state::AppState;
@@ -62,6 +66,46 @@ pub struct SecretOut {
     pub secret: String,
 }
 
+/// A channel's delivery health: its breaker, its pause and its recent attempts.
+/// Only attempts that reached the receiver count: an answer of any status, a timeout
+/// or a failed connection.
+#[derive(Serialize, ToSchema)]
+pub struct ChannelHealthOut {
+    pub channel_id: ChannelId,
+    /// `paused` or `open`: nothing is attempted; `degraded`: the latest attempts
+    /// failed, fewer in a row than open the breaker; else `healthy`.
+    pub state: HealthState,
+    /// `half_open`: the cool-down is over and one delivery is let through as a probe.
+    pub breaker: BreakerState,
+    /// Why the channel is paused: `operator` (paused by request) or `failing` (no
+    /// success for longer than the disable limit). Resume it to deliver again.
+    pub pause_reason: Option<PauseReason>,
+    pub paused_at: Option<Timestamp>,
+    /// When an open breaker's cool-down ends.
+    pub open_until: Option<Timestamp>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: i32,
+    /// Failed attempts in a row that open the breaker.
+    pub failure_threshold: u32,
+    /// When the first of the consecutive failures was.
+    pub failing_since: Option<Timestamp>,
+    pub last_error: Option<String>,
+    pub last_failure_at: Option<Timestamp>,
+    pub last_success_at: Option<Timestamp>,
+    pub recent: RecentOut,
+}
+
+/// Attempts of the last half hour to hour.
+#[derive(Serialize, ToSchema)]
+pub struct RecentOut {
+    pub attempts: i64,
+    pub failures: i64,
+    /// `failures / attempts`; null without attempts.
+    pub failure_rate: Option<f64>,
+    /// Since when attempts are counted; null when none ever were.
+    pub since: Option<Timestamp>,
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ChannelQuery {
@@ -98,6 +142,32 @@ impl AppState {
             status: channel.status,
             inserted_at: channel.inserted_at,
             updated_at: channel.updated_at,
+        }
+    }
+
+    /// A channel's health as the APIs answer it.
+    pub(crate) fn channel_health_out(&self, health: ChannelHealth) -> ChannelHealthOut {
+        let now = Timestamp::now();
+        let recent = health.recent(now);
+        ChannelHealthOut {
+            channel_id: health.channel_id,
+            state: health.state(),
+            breaker: health.breaker(now),
+            pause_reason: health.pause_reason,
+            paused_at: health.paused_at,
+            open_until: health.open_until,
+            consecutive_failures: health.consecutive_failures,
+            failure_threshold: self.config.breaker_failures,
+            failing_since: health.failing_since,
+            last_error: health.last_error,
+            last_failure_at: health.last_failure_at,
+            last_success_at: health.last_success_at,
+            recent: RecentOut {
+                attempts: recent.attempts,
+                failures: recent.failures,
+                failure_rate: recent.failure_rate(),
+                since: recent.since,
+            },
         }
     }
 
@@ -237,10 +307,65 @@ async fn rotate_channel_secret(
     Ok(Data::new(state.channel_created(rotated)))
 }
 
+/// A channel's delivery health: circuit breaker, pause, last error, recent failure
+/// rate (docs/delivery-control.md).
+#[utoipa::path(get, path = "/channels/{id}/health", tag = "channels", params(("id" = ChannelId, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = Data<ChannelHealthOut>),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::http::error::ErrorBody),
+        (status = 401, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody)))]
+async fn get_channel_health(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<ChannelHealthOut>>> {
+    let health = channels::health(&state.store, auth.tenant_id, id).await?;
+    Ok(Data::new(state.channel_health_out(health)))
+}
+
+/// Pause deliveries to a channel: they stay pending, in order, and none is attempted
+/// until it is resumed; new activities still get their deliveries
+/// (docs/delivery-control.md). Pausing a paused channel changes nothing.
+#[utoipa::path(post, path = "/channels/{id}/pause", tag = "channels", params(("id" = ChannelId, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = Data<ChannelHealthOut>),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::http::error::ErrorBody),
+        (status = 401, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody)))]
+async fn pause_channel(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<ChannelHealthOut>>> {
+    let health = channels::pause(&state.store, auth.tenant_id, id).await?;
+    Ok(Data::new(state.channel_health_out(health)))
+}
+
+/// Resume a paused channel, or one whose circuit breaker is open: its waiting
+/// deliveries are due at once, in order, and the breaker is closed.
+#[utoipa::path(post, path = "/channels/{id}/resume", tag = "channels", params(("id" = ChannelId, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = Data<ChannelHealthOut>),
+        (status = 400, description = "`invalid_id`: the id is not a UUID", body = crate::http::error::ErrorBody),
+        (status = 401, body = crate::http::error::ErrorBody),
+        (status = 404, body = crate::http::error::ErrorBody)))]
+async fn resume_channel(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ChannelId>,
+) -> ApiResult<axum::Json<Data<ChannelHealthOut>>> {
+    let health = channels::resume(&state.store, &state.waker, auth.tenant_id, id).await?;
+    Ok(Data::new(state.channel_health_out(health)))
+}
+
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_channel, list_channels))
         .routes(routes!(get_channel, update_channel))
         .routes(routes!(get_channel_secret))
         .routes(routes!(rotate_channel_secret))
+        .routes(routes!(get_channel_health))
+        .routes(routes!(pause_channel))
+        .routes(routes!(resume_channel))
 }
