@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
-use crate::delivery::{DeliveryEngine, DeliverySettings, NodeIdentity};
+use crate::delivery::{DeliveryEngine, DeliverySettings};
 use crate::http::listener::{ConnectionLimits, LimitAcceptor};
 use crate::http::{self, state::AppState};
 use crate::secrets::{Keyring, SecretKey};
@@ -254,7 +254,7 @@ pub async fn run(
     let tasks = state.tasks.clone();
     if state.config.delivery_enabled {
         let engine = DeliveryEngine::new(
-            state.node.id,
+            state.node.clone(),
             store.clone(),
             state.adapters.clone(),
             state.ingest.clone(),
@@ -270,7 +270,7 @@ pub async fn run(
     let _beat_stop_on_exit = beat_stop.clone().drop_guard();
     let heartbeat = tokio::spawn(crate::delivery::run_heartbeat(
         store.clone(),
-        NodeIdentity::clone(&state.node),
+        state.node.clone(),
         Duration::from_secs(state.config.node_heartbeat_secs),
         state.waker.clone(),
         beat_stop.clone(),

@@ -26,6 +26,8 @@ pub const DELIVERY_ATTEMPTS: &str = "converger_delivery_attempts_total";
 pub const DELIVERY_ATTEMPT_DURATION: &str = "converger_delivery_attempt_duration_seconds";
 pub const DELIVERY_QUEUE_DEPTH: &str = "converger_delivery_queue_depth";
 pub const CHANNEL_HEALTH: &str = "converger_channel_health";
+/// Live nodes in the node registry, as this node counted them at its last heartbeat.
+pub const NODES_LIVE: &str = "converger_nodes_live";
 pub const WEBSOCKET_CONNECTIONS: &str = "converger_websocket_connections";
 pub const WEBSOCKET_JOINED_TOPICS: &str = "converger_websocket_joined_topics";
 pub const PUBSUB_LAG: &str = "converger_pubsub_lag_seconds";
@@ -118,6 +120,10 @@ fn describe() {
     describe_gauge!(
         CHANNEL_HEALTH,
         "Channels by delivery health in the shared database: healthy, degraded, open, paused"
+    );
+    describe_gauge!(
+        NODES_LIVE,
+        "Live nodes in the node registry, this one included; they share each channel's rate_limit"
     );
     describe_gauge!(
         WEBSOCKET_CONNECTIONS,

@@ -16,7 +16,7 @@ use super::{
     AdapterError, ChannelAdapter, Delivered, Exchange, InboundBatch, InboundError, InboundMessage,
     Outbound, RESPONSE_EXCERPT_BYTES,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction};
+use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction, RateLimit};
 
 /// Settings of a `webhook` channel.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -62,6 +62,15 @@ pub struct WebhookConfig {
     #[serde(default)]
     #[schema(inline, default = DeliveryOrdering::default)]
     pub ordering: DeliveryOrdering,
+    /// Rate limit
+    ///
+    /// The most deliveries this channel receives per second, minute or hour, all nodes
+    /// together: `N/s`, `N/m` or `N/h` (e.g. `80/s`, Meta's default per phone number).
+    /// A delivery over the limit waits for the channel's next slot; no attempt is used
+    /// up. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "80/s", pattern = "^[0-9]+/[smh]$")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -30,7 +30,7 @@ use super::whatsapp::{self, Incoming, ProviderStatus, excerpt, str_field};
 use super::{
     AdapterError, ChannelAdapter, Delivered, InboundBatch, InboundError, Outbound, StatusUpdate,
 };
-use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction};
+use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction, RateLimit};
 
 /// Settings of a `whatsapp_meta` channel.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -85,6 +85,15 @@ pub struct WhatsappMetaConfig {
     #[serde(default)]
     #[schema(inline, default = DeliveryOrdering::default)]
     pub ordering: DeliveryOrdering,
+    /// Rate limit
+    ///
+    /// The most deliveries this channel receives per second, minute or hour, all nodes
+    /// together: `N/s`, `N/m` or `N/h` (e.g. `80/s`, Meta's default per phone number).
+    /// A delivery over the limit waits for the channel's next slot; no attempt is used
+    /// up. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "80/s", pattern = "^[0-9]+/[smh]$")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 fn default_api_version() -> ApiVersion {

@@ -14,6 +14,7 @@ mod probe;
 mod pruner;
 mod recorder;
 mod repair;
+mod throttle;
 mod worker;
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use outcome::{
 pub use probe::run_probes;
 pub use pruner::{PRUNE_BATCH, run_pruner};
 pub use repair::{HEAD_REPAIR_INTERVAL, run_head_repair};
+pub use throttle::Throttle;
 pub use worker::DeliveryEngine;
 
 /// Settings of the delivery engine.

@@ -8,6 +8,8 @@
 //! leases are given back at once: its deliveries are due again within a few
 //! intervals of its death.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -19,13 +21,14 @@ use crate::store::Store;
 /// Heartbeats a node may miss before it is taken for dead.
 pub const MISSED_BEATS: u32 = 3;
 
-/// Who this node is in the registry.
-#[derive(Debug, Clone)]
+/// Who this node is in the registry, and how many live nodes it saw there last.
+#[derive(Debug)]
 pub struct NodeIdentity {
     pub id: NodeId,
     /// `host:pid` ([`crate::telemetry::node_name`]), as in the attempt log.
     pub name: String,
     pub started_at: Timestamp,
+    live_nodes: AtomicU32,
 }
 
 impl NodeIdentity {
@@ -35,7 +38,14 @@ impl NodeIdentity {
             id: NodeId::new(),
             name: crate::telemetry::node_name(),
             started_at: Timestamp::now(),
+            live_nodes: AtomicU32::new(1),
         }
+    }
+
+    /// The live nodes of the registry at this node's last heartbeat, itself included
+    /// (1 until it has looked): they share each channel's `rate_limit`.
+    pub fn live_nodes(&self) -> u32 {
+        self.live_nodes.load(Ordering::Relaxed)
     }
 }
 
@@ -51,11 +61,12 @@ pub fn stale_before(now: Timestamp, interval: Duration) -> Timestamp {
 }
 
 /// Beats every `interval` until `stop`, and after each beat gives back the leases of
-/// nodes that stopped beating, waking the workers when there were any. On `stop` the
+/// nodes that stopped beating, waking the workers when there were any, and counts the
+/// live ones. On `stop` the
 /// node's row is removed: its workers have given their leases back by then.
 pub async fn run_heartbeat(
     store: Store,
-    node: NodeIdentity,
+    node: Arc<NodeIdentity>,
     interval: Duration,
     waker: DeliveryWaker,
     stop: CancellationToken,
@@ -97,6 +108,14 @@ pub async fn run_heartbeat(
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot look for dead nodes"),
+        }
+        match store.live_nodes(stale_before(now, interval)).await {
+            Ok(live) => {
+                let count = u32::try_from(live.len()).unwrap_or(u32::MAX).max(1);
+                node.live_nodes.store(count, Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::NODES_LIVE).set(f64::from(count));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the live nodes"),
         }
     }
     if let Err(e) = store.deregister_node(node.id).await {

@@ -20,9 +20,9 @@ use super::outcome::{attempt_result, observation};
 use super::probe::run_probes;
 use super::recorder::Recorder;
 use super::repair::run_head_repair;
-use super::{DeliverySettings, DeliveryWaker};
+use super::{DeliverySettings, DeliveryWaker, NodeIdentity, Throttle};
 use crate::adapters::{AdapterError, Adapters, Delivered, Exchange, Outbound};
-use crate::domain::{ChannelStatus, Delivery, NodeId, Observation, Timestamp};
+use crate::domain::{ChannelStatus, Delivery, Observation, Timestamp};
 use crate::egress::EgressClient;
 use crate::ingest::{IngestError, IngestRequest, Ingestor};
 use crate::metrics::AttemptOutcome;
@@ -39,6 +39,9 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// for being out of reach.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest a receiver's `Retry-After` holds back its whole channel (the delivery that
+/// got it waits as long as it asks).
+const MAX_CHANNEL_BACK_OFF: Duration = Duration::from_secs(600);
 
 /// What one claim found.
 enum Claimed {
@@ -60,15 +63,18 @@ pub struct DeliveryEngine {
     http: EgressClient,
     settings: Arc<DeliverySettings>,
     recorder: Recorder,
-    /// The node whose leases this engine takes.
-    node: NodeId,
+    /// The node whose leases this engine takes; it counts the live nodes that share
+    /// each channel's rate limit.
+    node: Arc<NodeIdentity>,
+    /// This node's pace per channel.
+    throttle: Arc<Throttle>,
 }
 
 impl DeliveryEngine {
     /// An engine of node `node` over the node's store and adapters. Its outcome
     /// recorder runs on `tasks` until the engine and every attempt it started are gone.
     pub fn new(
-        node: NodeId,
+        node: Arc<NodeIdentity>,
         store: Store,
         adapters: Adapters,
         ingest: Ingestor,
@@ -89,6 +95,7 @@ impl DeliveryEngine {
             http,
             settings: Arc::new(settings),
             node,
+            throttle: Arc::default(),
         }
     }
 
@@ -133,7 +140,10 @@ impl DeliveryEngine {
                 // The attempts just started wake the loop when they end: asking when
                 // the next row is due would cost a query per wake-up for nothing.
                 Ok(Claimed::Some) => self.settings.poll_interval,
-                Ok(Claimed::None) => self.time_to_next_due().await,
+                Ok(Claimed::None) => {
+                    self.throttle.forget_idle();
+                    self.time_to_next_due().await
+                }
                 Err(e) => {
                     if e.is_unavailable() {
                         self.store.report_unavailable();
@@ -170,7 +180,7 @@ impl DeliveryEngine {
         let lease = now.plus(self.settings.lease);
         let claimed = self
             .store
-            .claim_due(self.node, now, lease, free as i64)
+            .claim_due(self.node.id, now, lease, free as i64)
             .await?;
         let got = match claimed.len() {
             0 => Claimed::None,
@@ -257,6 +267,20 @@ impl DeliveryEngine {
                 }
             },
         };
+        // The channel's rate limit, or a receiver's Retry-After, may hold it back: the
+        // lease goes back and the delivery is due at the channel's next slot, with no
+        // attempt counted.
+        if let Ok(context) = &loaded {
+            let channel = &context.channel;
+            let nodes = self.node.live_nodes();
+            if let Some(wait) = self.throttle.admit(channel.id, channel.rate_limit(), nodes) {
+                let due = Timestamp::now().plus(wait);
+                if let Err(e) = self.store.defer_delivery(delivery.id, lease, due).await {
+                    tracing::warn!(delivery_id = %delivery.id, error = %e, "cannot hand back a throttled delivery; its lease expires instead");
+                }
+                return;
+            }
+        }
         let exchange = Exchange::default();
         let attempted = async {
             match loaded {
@@ -284,6 +308,16 @@ impl DeliveryEngine {
         let now = Timestamp::now();
         let recorded = attempt_result(&result, in_budget, now, self.settings.backoff_scale);
         let observed = observation(&delivery, &result, now);
+        if let Err(AdapterError::Retryable {
+            retry_after: Some(wait),
+            reached: true,
+            ..
+        }) = &result
+        {
+            // The receiver asked for a pause: the whole channel takes it on this node.
+            self.throttle
+                .back_off(delivery.channel_id, (*wait).min(MAX_CHANNEL_BACK_OFF));
+        }
         let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
                 tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");

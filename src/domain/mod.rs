@@ -17,7 +17,9 @@ pub use activity::{
     Activity, ActivityType, Direction, MAX_ATTACHMENTS, MAX_METADATA_BYTES, MAX_TEXT_BYTES,
     NewActivity,
 };
-pub use channel::{Channel, ChannelStatus, ChannelType, DeliveryOrdering, Route, RouteDirection};
+pub use channel::{
+    Channel, ChannelStatus, ChannelType, DeliveryOrdering, RateLimit, Route, RouteDirection,
+};
 pub use conversation::{Conversation, ConversationStatus};
 pub use delivery::{AttemptOutcome, Delivery, DeliveryAttempt, DeliveryStatus};
 pub use health::{

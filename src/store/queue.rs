@@ -688,6 +688,29 @@ impl Store {
         Ok(rows == 1)
     }
 
+    /// Gives a lease back without an attempt, the delivery due again at `due` (its
+    /// channel's rate limit held it back). Nothing happens if the lease was lost.
+    pub async fn defer_delivery(
+        &self,
+        id: DeliveryId,
+        lease: Timestamp,
+        due: Timestamp,
+    ) -> StoreResult<()> {
+        writer!(self, |pool| {
+            sqlx::query(
+                "UPDATE deliveries SET locked_until = NULL, next_attempt_at = $3 \
+                 WHERE id = $1 AND locked_until = $2 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(lease)
+            .bind(due)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
     /// Gives a lease back without an attempt (shutdown), so another node may take the
     /// delivery at once.
     pub async fn release_delivery(&self, id: DeliveryId, lease: Timestamp) -> StoreResult<()> {

@@ -26,6 +26,7 @@ mod observability;
 mod ops;
 mod outage;
 mod queue;
+mod ratelimit;
 mod realtime;
 mod routes;
 mod secrets;

@@ -1,0 +1,264 @@
+//! Per-channel outbound rate limits (`rate_limit` in a channel's config), held by one
+//! node and by two nodes sharing one database, counted at a recording sink; and a
+//! receiver's `Retry-After` holding back its whole channel.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::node::Node;
+use crate::common::sink::{Received, Reply, Sink};
+use crate::common::{
+    Backend, TestApp, TestDb, both_backends, eventually, expect_data, postgres_only, s,
+};
+
+both_backends!(
+    one_node_keeps_a_channel_within_its_rate_limit,
+    retry_after_holds_back_the_whole_channel
+);
+postgres_only!(two_nodes_share_a_channels_rate_limit);
+
+/// The most arrivals within any `window`.
+fn busiest(arrivals: &[Instant], window: Duration) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= window {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+fn arrivals(received: &[Received]) -> Vec<Instant> {
+    received.iter().map(|r| r.at).collect()
+}
+
+/// Posts `n` activities to a new conversation of `channel`, through `base` with `key`.
+async fn post_many(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    channel: &str,
+    n: usize,
+) -> Vec<String> {
+    let conv = expect_data(
+        http.post(format!("{base}/api/v1/conversations"))
+            .header("x-api-key", key)
+            .json(&json!({"channel_id": channel}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let activity = expect_data(
+            http.post(format!(
+                "{base}/api/v1/conversations/{}/activities",
+                s(&conv, "id")
+            ))
+            .header("x-api-key", key)
+            .json(&json!({"text": format!("message {i}")}))
+            .send()
+            .await
+            .unwrap(),
+            StatusCode::CREATED,
+        )
+        .await;
+        ids.push(s(&activity, "id").to_owned());
+    }
+    ids
+}
+
+/// Every delivery of `channel` was delivered in one attempt: a delivery held back by
+/// the limit used none up.
+async fn all_delivered_once(app_store: &converger::store::Store, count: usize) {
+    let rows: Vec<(String, i32)> = match app_store {
+        converger::store::Store::Postgres(pool, _) => {
+            sqlx::query_as("SELECT status, attempts FROM deliveries")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        }
+        converger::store::Store::Sqlite { reader, .. } => {
+            sqlx::query_as("SELECT status, attempts FROM deliveries")
+                .fetch_all(reader)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(rows.len(), count);
+    assert!(
+        rows.iter()
+            .all(|(status, attempts)| status == "delivered" && *attempts == 1),
+        "{rows:?}"
+    );
+}
+
+async fn one_node_keeps_a_channel_within_its_rate_limit(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = Sink::start().await;
+    // Unordered, so every delivery is due at once and only the limit spaces them.
+    let channel = app
+        .create_channel(
+            "webhook",
+            json!({"url": sink.url, "ordering": "none", "rate_limit": "5/s"}),
+        )
+        .await;
+    assert_eq!(channel["config"]["rate_limit"], "5/s");
+    post_many(&app.http, &app.base, &app.api_key, s(&channel, "id"), 15).await;
+    let received = sink.wait_for(15, Duration::from_secs(30)).await;
+    let at = arrivals(&received);
+    // One slot every 200 ms: at most 5 in any second (one more for timer jitter at
+    // the window's edges), and 15 need at least 2.8 s.
+    let most = busiest(&at, Duration::from_secs(1));
+    assert!(most <= 6, "{most} deliveries within one second");
+    let span = *at.iter().max().unwrap() - *at.iter().min().unwrap();
+    assert!(
+        span >= Duration::from_millis(2_400),
+        "15 deliveries in {span:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "every outcome recorded",
+        || async {
+            let r = app
+                .req(reqwest::Method::GET, "/api/v1/deliveries?status=delivered")
+                .send()
+                .await
+                .ok()?;
+            let body: Value = r.json().await.ok()?;
+            (body["data"].as_array()?.len() == 15).then_some(())
+        },
+    )
+    .await;
+    all_delivered_once(&app.store, 15).await;
+
+    // Bad limits are refused, naming the field.
+    let r = app
+        .req(reqwest::Method::POST, "/api/v1/channels")
+        .json(&json!({"name": "x", "type": "webhook", "config": {"url": sink.url, "rate_limit": "fast"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["details"]["fields"][0]["field"], "config.rate_limit",
+        "{body}"
+    );
+}
+
+async fn retry_after_holds_back_the_whole_channel(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let sink = Sink::start().await;
+    // The first delivery is answered 429 with Retry-After: 3; the rest 200 at once.
+    sink.script([Reply::status(429).header("retry-after", "3")]);
+    let channel = app
+        .create_channel("webhook", json!({"url": sink.url, "ordering": "none"}))
+        .await;
+    post_many(&app.http, &app.base, &app.api_key, s(&channel, "id"), 1).await;
+    let first = sink.wait_for(1, Duration::from_secs(30)).await[0].at;
+    // Posted after the 429: without the channel-wide pause they would go at once.
+    post_many(&app.http, &app.base, &app.api_key, s(&channel, "id"), 3).await;
+    let received = sink.wait_for(5, Duration::from_secs(30)).await;
+    for r in &received[1..] {
+        assert!(
+            r.at - first >= Duration::from_millis(2_500),
+            "a delivery went {:?} after the 429 that asked for 3 s",
+            r.at - first
+        );
+    }
+}
+
+async fn two_nodes_share_a_channels_rate_limit(backend: Backend) {
+    let (_db, url, store, key) = TestDb::with_tenant(backend).await;
+    let http = reqwest::Client::new();
+    let sink = Sink::start().await;
+    let env = [("CONVERGER_NODE_HEARTBEAT_SECS", "1")];
+    let first = Node::start_with(&url, &env, Stdio::null());
+    let second = Node::start_with(&url, &env, Stdio::null());
+    first.ready(&http).await;
+    second.ready(&http).await;
+    // Both nodes count each other before the first delivery.
+    eventually(Duration::from_secs(10), "both nodes registered", || async {
+        let since = converger::domain::Timestamp::now().minus(Duration::from_secs(3));
+        (store.live_nodes(since).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+    // Each node counts two live nodes, and so takes half of each limit.
+    for node in [&first, &second] {
+        eventually(
+            Duration::from_secs(10),
+            "each node to count two live nodes",
+            || async {
+                let text = http
+                    .get(format!("{}/metrics", node.base))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                text.lines()
+                    .any(|l| l == "converger_nodes_live 2")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let channel = expect_data(
+        http.post(format!("{}/api/v1/channels", first.base))
+            .header("x-api-key", &key)
+            .json(&json!({"name": "limited", "type": "webhook",
+                "config": {"url": sink.url, "ordering": "none", "rate_limit": "4/s"}}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    post_many(&http, &first.base, &key, s(&channel, "id"), 8).await;
+    post_many(&http, &second.base, &key, s(&channel, "id"), 8).await;
+    let received = sink.wait_for(16, Duration::from_secs(60)).await;
+    let at = arrivals(&received);
+    // 4/s over both nodes: each sends one every 500 ms. At most 4 in any second, two
+    // more for the nodes' slots falling at the window's edges; 16 take at least 3 s.
+    let most = busiest(&at, Duration::from_secs(1));
+    assert!(
+        most <= 6,
+        "{most} deliveries within one second over two nodes"
+    );
+    let span = *at.iter().max().unwrap() - *at.iter().min().unwrap();
+    assert!(span >= Duration::from_secs(3), "16 deliveries in {span:?}");
+    // Both nodes delivered: the limit was shared, not held by one.
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &received {
+        *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
+    }
+    assert_eq!(per_id.len(), 16);
+    eventually(
+        Duration::from_secs(10),
+        "every outcome recorded",
+        || async {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'")
+                    .fetch_one(store.pg_pool()?)
+                    .await
+                    .ok()?;
+            (n == 16).then_some(())
+        },
+    )
+    .await;
+    all_delivered_once(&store, 16).await;
+    drop((first, second));
+    store.close().await;
+}
