@@ -33,6 +33,9 @@
 #   READY_WITHIN=2          during a cut, /ready of the cut node answers 503 within it
 #   PORT=4700 (nodes on PORT and PORT+1) SINK_PORT=4790 PROXY_PORT=4791
 #   BACKENDS="sqlite postgres" SKIP_BUILD=1 PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres
+#   PGDB_SET       PostgreSQL settings for the run's database only, space-separated
+#                  name=value pairs applied with ALTER DATABASE (e.g.
+#                  PGDB_SET="idle_in_transaction_session_timeout=2s")
 #   CONVERGER_BIN  the server binary (default target/release/converger)
 #
 # Only 127.0.0.1 is used. Each backend's run is bounded by `timeout`; on exit the tool
@@ -156,6 +159,11 @@ for backend in $BACKENDS; do
         # The same key on both nodes, as in production (SQLite keeps one beside its file).
         CONVERGER_SECRET_KEY="$(head -c 32 /dev/urandom | base64)"
         export CONVERGER_SECRET_KEY
+        for setting in ${PGDB_SET:-}; do
+            psql -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d postgres -qX -v ON_ERROR_STOP=1 \
+                -c "ALTER DATABASE $PGDB SET ${setting%%=*} = '${setting#*=}'" >/dev/null
+            echo "postgres: ALTER DATABASE $PGDB SET ${setting%%=*} = '${setting#*=}'"
+        done
     fi
     "$CONVERGER" migrate >"$dir/migrate.log" 2>&1 || { cat "$dir/migrate.log" >&2; exit 1; }
     create_tenant
