@@ -303,7 +303,8 @@ impl From<StoreError> for ApiError {
                 ),
             },
             StoreError::Unavailable(e) => {
-                tracing::warn!(error = %e, "database unavailable");
+                // Logged once per outage by the store's probe; per request only here.
+                tracing::debug!(error = %e, "database unavailable");
                 ApiError::store_unavailable()
             }
             other => ApiError::internal(&other),

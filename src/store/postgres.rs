@@ -14,13 +14,26 @@ use super::{Store, StoreOptions, StoreResult};
 /// batches.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a session may sit inside a transaction without sending a statement before
+/// PostgreSQL ends it. This node's transactions run their statements back to back;
+/// one left open means its node is gone or cut off mid-transaction (a partition,
+/// not a refused connection), and its row locks would otherwise stall every node
+/// writing the same conversations until TCP gives up, minutes later.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(super) async fn connect(url: &str, options: &StoreOptions) -> StoreResult<Store> {
     let mut connect = PgConnectOptions::from_str(url)?
         .application_name("converger")
-        .options([(
-            "statement_timeout",
-            format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
-        )]);
+        .options([
+            (
+                "statement_timeout",
+                format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", IDLE_IN_TRANSACTION_TIMEOUT.as_millis()),
+            ),
+        ]);
     if tls_pointless(url, std::env::var_os("PGSSLMODE").is_some()) {
         // TLS to a server on this host protects nothing and costs both processes about
         // a tenth of their CPU; a URL (or PGSSLMODE) that asks for TLS still gets it.

@@ -21,15 +21,17 @@ async fn postgres_sessions_on_this_host_skip_tls_and_time_out_statements(backend
     };
     // The test server listens on 127.0.0.1 with TLS on; a URL without sslmode to this
     // host connects in plain text.
-    let (ssl, timeout): (Option<bool>, String) = sqlx::query_as(
+    let (ssl, timeout, idle): (Option<bool>, String, String) = sqlx::query_as(
         "SELECT (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), \
-         current_setting('statement_timeout')",
+         current_setting('statement_timeout'), \
+         current_setting('idle_in_transaction_session_timeout')",
     )
     .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(ssl, Some(false));
     assert_eq!(timeout, "30s");
+    assert_eq!(idle, "5s");
 }
 
 async fn health_ready_and_openapi(backend: Backend) {
