@@ -8,6 +8,7 @@ mod channel;
 mod conversation;
 mod delivery;
 mod ids;
+mod phone;
 mod tenant;
 mod text;
 mod time;
@@ -17,9 +18,10 @@ pub use activity::{
     NewActivity,
 };
 pub use channel::{Channel, ChannelStatus, ChannelType, Route, RouteDirection};
-pub use conversation::{Conversation, ConversationStatus};
+pub use conversation::{Conversation, ConversationStatus, normalise_external_id};
 pub use delivery::{AttemptOutcome, Delivery, DeliveryAttempt, DeliveryStatus};
 pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, NodeId, RouteId, TenantId};
+pub use phone::{MAX_PHONE_DIGITS, MIN_PHONE_DIGITS, PhoneError, normalise_phone};
 pub use tenant::{MAX_TENANT_NAME_CHARS, Tenant, TenantStatus, check_tenant_name};
 pub use text::{check_json_no_nul, check_no_nul};
 pub use time::Timestamp;

@@ -41,10 +41,12 @@ use sqlx::{Encode, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Type};
 
 use crate::domain::TenantId;
 
-pub use activities::{ActivityAppend, AppendOutcome};
+pub use activities::{ActivityAppend, AppendOutcome, StatusChange, StatusOutcome};
 pub use admin::{ChannelDeliveryStats, FailedDelivery};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
-pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
+pub use conversations::{
+    ConversationContext, ConversationFilter, ExternalIdSearch, NewConversation,
+};
 pub use error::StoreError;
 pub use health::{PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use nodes::{NodeRow, Reaped};

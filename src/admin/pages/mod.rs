@@ -34,7 +34,7 @@ pub use channels::{
     channel, channels, create_channel, edit_channel_config, new_channel, replay_channel_failures,
     retry_channel_failures, rotate_channel_secret, set_channel_status,
 };
-pub use conversations::{close_conversation, conversation, conversations};
+pub use conversations::{close_conversation, conversation, conversations, reopen_conversation};
 pub use dashboard::dashboard;
 pub use deliveries::{deliveries, retry_delivery};
 pub use login::{login, login_form, logout};
