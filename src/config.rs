@@ -291,6 +291,18 @@ pub struct Config {
     )]
     pub rate_limit_tokens_per_minute: u32,
 
+    /// Client tokens issued per minute to one tenant's application, authenticated with
+    /// its API key (bursts of the whole minute's worth); 0 = off. Requests with a
+    /// channel token, which may come from browsers, count per address instead
+    /// (`CONVERGER_RATE_LIMIT_TOKENS_PER_MINUTE`).
+    #[arg(
+        long,
+        env = "CONVERGER_RATE_LIMIT_TOKENS_PER_TENANT_PER_MINUTE",
+        default_value_t = 600,
+        global = true
+    )]
+    pub rate_limit_tokens_per_tenant_per_minute: u32,
+
     /// Browser origins allowed to call the API (CORS): comma-separated exact origins,
     /// or `*` for any (development). Unset: no CORS headers.
     #[arg(long, env = "CONVERGER_CORS_ORIGINS", global = true)]
@@ -712,6 +724,10 @@ impl std::fmt::Debug for Config {
             .field(
                 "rate_limit_tokens_per_minute",
                 &self.rate_limit_tokens_per_minute,
+            )
+            .field(
+                "rate_limit_tokens_per_tenant_per_minute",
+                &self.rate_limit_tokens_per_tenant_per_minute,
             )
             .field("cors_origins", &self.cors_origins)
             .field("admin_allowed_ips", &self.admin_allowed_ips)

@@ -80,6 +80,7 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/api/v1/routes",
         "/api/v1/routes/{id}",
         "/api/v1/tokens",
+        "/api/v1/tokens/refresh",
         "/api/v1/channels/{id}/inbound",
         "/admin/api/stats",
         "/admin/api/tenants",
