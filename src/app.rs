@@ -299,6 +299,14 @@ pub async fn run(
             stop.clone(),
         ));
     }
+    if let Some(idle) = state.config.conversation_idle_close() {
+        tasks.spawn(crate::operations::conversations::run_idle_closer(
+            state.ingest.clone(),
+            idle,
+            Duration::from_secs(state.config.conversation_idle_check_secs),
+            stop.clone(),
+        ));
+    }
     if state.config.force_https && !state.config.public_url.starts_with("https://") {
         tracing::warn!(
             "CONVERGER_FORCE_HTTPS without an https CONVERGER_PUBLIC_URL: plain-HTTP requests \

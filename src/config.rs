@@ -343,6 +343,18 @@ pub struct Config {
     )]
     pub rate_limit_tokens_per_minute: u32,
 
+    /// Client tokens issued per minute to one tenant's application, authenticated with
+    /// its API key (bursts of the whole minute's worth); 0 = off. Requests with a
+    /// channel token, which may come from browsers, count per address instead
+    /// (`CONVERGER_RATE_LIMIT_TOKENS_PER_MINUTE`).
+    #[arg(
+        long,
+        env = "CONVERGER_RATE_LIMIT_TOKENS_PER_TENANT_PER_MINUTE",
+        default_value_t = 600,
+        global = true
+    )]
+    pub rate_limit_tokens_per_tenant_per_minute: u32,
+
     /// Browser origins allowed to call the API (CORS): comma-separated exact origins,
     /// or `*` for any (development). Unset: no CORS headers.
     #[arg(long, env = "CONVERGER_CORS_ORIGINS", global = true)]
@@ -399,6 +411,21 @@ pub struct Config {
     #[arg(long, env = "CONVERGER_PRUNE_AFTER_DAYS", global = true)]
     pub prune_after_days: Option<u64>,
 
+    /// Close active conversations that had no activity for this many hours (fractions
+    /// allowed), recording each close as a `conversationUpdate` activity. Checked by
+    /// every node every `CONVERGER_CONVERSATION_IDLE_CHECK_SECS`. Unset: never.
+    #[arg(long, env = "CONVERGER_CONVERSATION_IDLE_CLOSE_HOURS", global = true)]
+    pub conversation_idle_close_hours: Option<f64>,
+
+    /// Seconds between two looks of the idle closer for idle conversations.
+    #[arg(
+        long,
+        env = "CONVERGER_CONVERSATION_IDLE_CHECK_SECS",
+        default_value_t = 60,
+        global = true
+    )]
+    pub conversation_idle_check_secs: u64,
+
     /// PEM file of the certificate chain to serve HTTPS and WSS with, leaf first.
     /// Needs `CONVERGER_TLS_KEY`. Unset: plain HTTP (behind a TLS-terminating proxy).
     #[arg(long, env = "CONVERGER_TLS_CERT", global = true)]
@@ -444,6 +471,9 @@ const MIN_JWT_SECRET_BYTES: usize = 32;
 /// Longest shutdown delay or timeout: a larger value is taken for milliseconds given
 /// as seconds, and would also overflow deadline arithmetic.
 const MAX_SHUTDOWN_SECS: u64 = 3600;
+/// Longest idle time before closing that `CONVERGER_CONVERSATION_IDLE_CLOSE_HOURS` takes
+/// (ten years): beyond it, leave the setting unset.
+const MAX_IDLE_CLOSE_HOURS: f64 = 87_600.0;
 
 impl Default for Config {
     /// The defaults of the clap definition: what `converger` runs with when no flag
@@ -574,6 +604,17 @@ impl Config {
         if self.prune_after_days == Some(0) {
             problems.push("CONVERGER_PRUNE_AFTER_DAYS must be at least 1 when set".into());
         }
+        if let Some(hours) = self.conversation_idle_close_hours
+            && !(hours.is_finite() && hours > 0.0 && hours <= MAX_IDLE_CLOSE_HOURS)
+        {
+            problems.push(format!(
+                "CONVERGER_CONVERSATION_IDLE_CLOSE_HOURS must be above 0 and at most \
+                 {MAX_IDLE_CLOSE_HOURS} when set"
+            ));
+        }
+        if self.conversation_idle_check_secs == 0 {
+            problems.push("CONVERGER_CONVERSATION_IDLE_CHECK_SECS must be at least 1".into());
+        }
         if self.delivery_lease_secs == 0 {
             problems.push("CONVERGER_DELIVERY_LEASE_SECS must be at least 1".into());
         }
@@ -686,6 +727,14 @@ impl Config {
         self.sqlite_key_path(".secret-key")
     }
 
+    /// How long a conversation may go without an activity before the idle closer
+    /// closes it, if it is on (`CONVERGER_CONVERSATION_IDLE_CLOSE_HOURS`, validated).
+    pub fn conversation_idle_close(&self) -> Option<std::time::Duration> {
+        self.conversation_idle_close_hours
+            .and_then(|hours| std::time::Duration::try_from_secs_f64(hours * 3600.0).ok())
+            .filter(|d| !d.is_zero())
+    }
+
     /// `public_url` without a trailing slash.
     pub fn public_base(&self) -> &str {
         self.public_url.trim_end_matches('/')
@@ -731,6 +780,14 @@ impl std::fmt::Debug for Config {
                 &self.breaker_disable_after_secs,
             )
             .field("prune_after_days", &self.prune_after_days)
+            .field(
+                "conversation_idle_close_hours",
+                &self.conversation_idle_close_hours,
+            )
+            .field(
+                "conversation_idle_check_secs",
+                &self.conversation_idle_check_secs,
+            )
             .field("rate_limit_per_ip", &self.rate_limit_per_ip)
             .field("rate_limit_per_tenant", &self.rate_limit_per_tenant)
             .field(
@@ -740,6 +797,10 @@ impl std::fmt::Debug for Config {
             .field(
                 "rate_limit_tokens_per_minute",
                 &self.rate_limit_tokens_per_minute,
+            )
+            .field(
+                "rate_limit_tokens_per_tenant_per_minute",
+                &self.rate_limit_tokens_per_tenant_per_minute,
             )
             .field("cors_origins", &self.cors_origins)
             .field("admin_allowed_ips", &self.admin_allowed_ips)
@@ -829,6 +890,29 @@ mod tests {
         assert!(problems[0].contains("CONVERGER_JWT_SECRET"));
         c.jwt_secret = Some("short".into());
         assert!(c.validate().unwrap_err()[0].contains("at least 32 bytes"));
+    }
+
+    #[test]
+    fn idle_close_is_off_unless_set_to_a_positive_time() {
+        let mut c = Config::new("sqlite://converger.db");
+        assert_eq!(c.conversation_idle_close(), None);
+        c.conversation_idle_close_hours = Some(0.5);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.conversation_idle_close(),
+            Some(std::time::Duration::from_secs(1800))
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9] {
+            c.conversation_idle_close_hours = Some(bad);
+            let problems = c.validate().unwrap_err();
+            assert!(
+                problems[0].contains("CONVERGER_CONVERSATION_IDLE_CLOSE_HOURS"),
+                "{bad}: {problems:?}"
+            );
+        }
+        c.conversation_idle_close_hours = None;
+        c.conversation_idle_check_secs = 0;
+        assert!(c.validate().unwrap_err()[0].contains("IDLE_CHECK_SECS"));
     }
 
     #[test]

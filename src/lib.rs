@@ -22,7 +22,8 @@
 //!    workers through its `DeliveryWaker`.
 //! 5. [`delivery`]: outbound delivery, listening to that waker.
 //! 6. [`operations`]: one function per admin operation, called by admin pages, admin
-//!    API and CLI.
+//!    API and CLI (and by the REST API where it does the same); the idle
+//!    conversation closer.
 //! 7. The edges, which decode, authenticate, then call [`ingest`] or read the
 //!    [`store`]: [`http`] (REST API, inbound webhooks, health and metrics, connection
 //!    admission), [`realtime`] (Phoenix Channels over WebSocket and long-poll) and [`admin`] (the

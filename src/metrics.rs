@@ -239,7 +239,8 @@ pub fn record_pubsub_lagged() {
     counter!(PUBSUB_LAGGED).increment(1);
 }
 
-/// A request refused by the limit named `scope` (`ip`, `tenant`, `inbound`, `tokens`).
+/// A request refused by the limit named `scope` (`ip`, `tenant`, `inbound`, `tokens`,
+/// `tenant_tokens`).
 pub fn record_rate_limited(scope: &'static str) {
     counter!(RATE_LIMITED, "scope" => scope).increment(1);
 }

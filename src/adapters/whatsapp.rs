@@ -191,6 +191,11 @@ pub struct Incoming {
 /// content as one attachment `{"type": <wa type>, ...}`; a message with neither text
 /// nor content becomes an `event` (a WhatsApp `system` or `unsupported` notice), so
 /// no provider message is refused for lack of text.
+///
+/// The sender's number (the provider's digits, `4915112345678`) becomes the E.164
+/// form WhatsApp conversations are keyed by (`+4915112345678`), as `external_id` and
+/// `sender`, so the reply lands in the conversation the application opened for that
+/// number. An id that is no phone number (a provider's user id) is kept as sent.
 pub fn inbound_message(incoming: Incoming) -> InboundMessage {
     let text = incoming.text.filter(|t| !t.trim().is_empty());
     let mut attachments = Vec::new();
@@ -219,10 +224,11 @@ pub fn inbound_message(incoming: Incoming) -> InboundMessage {
     if let Some(id) = incoming.reply_to {
         metadata.insert("reply_to".into(), json!(id));
     }
+    let from = crate::domain::normalise_phone(&incoming.from).unwrap_or(incoming.from);
     InboundMessage {
         provider_id: Some(incoming.provider_id),
-        external_id: incoming.from.clone(),
-        sender: incoming.from,
+        external_id: from.clone(),
+        sender: from,
         conversation_id: None,
         contact_name: incoming.contact_name,
         kind,
@@ -304,6 +310,29 @@ pub(super) mod tests {
         assert!(!Read.advances(Some(Failed)));
         assert_eq!(ProviderStatus::parse("played"), Some(Read));
         assert_eq!(ProviderStatus::parse("deleted"), None);
+    }
+
+    #[test]
+    fn senders_are_keyed_by_their_e164_number() {
+        let m = inbound_message(Incoming {
+            provider_id: "w1".into(),
+            from: "4915112345678".into(),
+            wa_type: "text".into(),
+            text: Some("hi".into()),
+            ..Incoming::default()
+        });
+        assert_eq!(
+            (m.external_id.as_str(), m.sender.as_str()),
+            ("+4915112345678", "+4915112345678")
+        );
+        let m = inbound_message(Incoming {
+            provider_id: "w2".into(),
+            from: "US.13491208655302741918".into(),
+            wa_type: "text".into(),
+            text: Some("hi".into()),
+            ..Incoming::default()
+        });
+        assert_eq!(m.external_id, "US.13491208655302741918");
     }
 
     #[test]

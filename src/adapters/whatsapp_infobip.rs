@@ -452,7 +452,7 @@ mod tests {
         );
         assert_eq!(
             (text.sender.as_str(), text.text.as_deref()),
-            ("385919998888", Some("Support hello"))
+            ("+385919998888", Some("Support hello"))
         );
         assert_eq!(text.contact_name.as_deref(), Some("Frank"));
         assert_eq!(text.metadata["whatsapp_type"], "text");

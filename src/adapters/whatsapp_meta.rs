@@ -646,7 +646,7 @@ mod tests {
         let omar = &batch.messages[1];
         assert_eq!(
             (omar.sender.as_str(), omar.external_id.as_str()),
-            ("4915112345678", "4915112345678")
+            ("+4915112345678", "+4915112345678")
         );
         assert_eq!(omar.contact_name.as_deref(), Some("Omar Haddad"));
         assert_eq!(omar.metadata["sender_name"], "Omar Haddad");

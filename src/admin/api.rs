@@ -21,6 +21,7 @@ use crate::http::api::{ChannelCreated, ChannelOut, Data, Page, page_limit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::http::state::AppState;
+use crate::ingest::StatusCause;
 use crate::operations::channels::{self, ChannelIn};
 use crate::operations::dashboard::{self, Stats};
 use crate::operations::tenants::{self, TenantWithKey};
@@ -172,7 +173,7 @@ async fn retry_delivery(
     ))
 }
 
-/// Close a conversation.
+/// Close a conversation, recorded as its `conversationUpdate` activity.
 #[utoipa::path(post, path = "/conversations/{id}/close", tag = "admin", params(("id" = ConversationId, Path)),
     responses((status = 200, body = Data<crate::domain::Conversation>), (status = 404, body = crate::http::error::ErrorBody)))]
 async fn close_conversation(
@@ -181,7 +182,22 @@ async fn close_conversation(
 ) -> ApiResult<axum::Json<Data<crate::domain::Conversation>>> {
     let tenant = conversations::tenant_of(&state.store, id).await?;
     Ok(Data::new(
-        conversations::close(&state.store, tenant, id).await?,
+        conversations::close(&state.ingest, tenant, id, StatusCause::Admin).await?,
+    ))
+}
+
+/// Reopen a closed conversation, recorded as its `conversationUpdate` activity.
+#[utoipa::path(post, path = "/conversations/{id}/reopen", tag = "admin", params(("id" = ConversationId, Path)),
+    responses((status = 200, body = Data<crate::domain::Conversation>), (status = 404, body = crate::http::error::ErrorBody),
+              (status = 409, body = crate::http::error::ErrorBody,
+               description = "`conversation_active`: not closed; `conversation_exists`: another active conversation holds its external_id")))]
+async fn reopen_conversation(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> ApiResult<axum::Json<Data<crate::domain::Conversation>>> {
+    let tenant = conversations::tenant_of(&state.store, id).await?;
+    Ok(Data::new(
+        conversations::reopen(&state.ingest, tenant, id, StatusCause::Admin).await?,
     ))
 }
 
@@ -288,6 +304,7 @@ async fn list_conversations(
     let filter = ConversationFilter {
         channel_id: q.channel_id,
         status: parse_status(q.status.as_deref())?,
+        external_id: None,
         before: q.cursor.map(ConversationId),
         limit,
     };
@@ -357,6 +374,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_channel_failures))
         .routes(routes!(retry_delivery))
         .routes(routes!(close_conversation))
+        .routes(routes!(reopen_conversation))
         .routes(routes!(session))
         .routes(routes!(list_routes, create_route))
         .routes(routes!(delete_route))

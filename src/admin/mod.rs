@@ -98,6 +98,10 @@ pub fn router(state: AppState, api: Router<AppState>) -> Router<AppState> {
             "/admin/conversations/{id}/close",
             post(pages::close_conversation),
         )
+        .route(
+            "/admin/conversations/{id}/reopen",
+            post(pages::reopen_conversation),
+        )
         .route("/admin/deliveries", get(pages::deliveries))
         .route("/admin/deliveries/{id}/retry", post(pages::retry_delivery))
         .merge(api)

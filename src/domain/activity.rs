@@ -18,7 +18,16 @@ const MAX_ID_CHARS: usize = 255;
 
 string_enum! {
     /// What an activity is.
-    pub enum ActivityType { Message => "message", Event => "event", Typing => "typing" }
+    pub enum ActivityType {
+        Message => "message",
+        Event => "event",
+        Typing => "typing",
+        /// The conversation was closed or reopened (Bot Framework's name). Recorded by
+        /// the hub itself, never accepted from a client; `metadata.status` is the new
+        /// status.
+        #[serde(rename = "conversationUpdate")]
+        ConversationUpdate => "conversationUpdate",
+    }
 }
 
 string_enum! {
@@ -136,6 +145,13 @@ impl NewActivity {
         }
         errors.extend(check_json_no_nul("attachments", &self.attachments).err());
         errors.extend(check_json_no_nul("metadata", &self.metadata).err());
+        if self.kind == ActivityType::ConversationUpdate {
+            errors.push(FieldError::new(
+                "type",
+                "conversationUpdate activities are recorded by the hub when a conversation \
+                 is closed or reopened",
+            ));
+        }
         let has_text = self.text.as_deref().is_some_and(|t| !t.trim().is_empty());
         let has_attachments = self.attachments.as_array().is_some_and(|a| !a.is_empty());
         if self.kind == ActivityType::Message && !has_text && !has_attachments {
@@ -224,6 +240,22 @@ mod tests {
                 "attachments[0].url",
                 "metadata.foo"
             ]
+        );
+    }
+
+    #[test]
+    fn conversation_updates_are_not_for_clients() {
+        let mut a = message("");
+        a.kind = ActivityType::ConversationUpdate;
+        let fields: Vec<_> = a.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["type"]);
+        assert_eq!(
+            serde_json::to_value(ActivityType::ConversationUpdate).unwrap(),
+            "conversationUpdate"
+        );
+        assert_eq!(
+            "conversationUpdate".parse::<ActivityType>(),
+            Ok(ActivityType::ConversationUpdate)
         );
     }
 

@@ -124,6 +124,17 @@ string_enum! {
     pub enum RouteDirection { Inbound => "inbound", Outbound => "outbound", Any => "any" }
 }
 
+impl ChannelType {
+    /// Whether the channel's external parties are phone numbers, kept in E.164 form
+    /// ([`super::normalise_phone`]): WhatsApp, through either provider.
+    pub fn keys_by_phone(self) -> bool {
+        matches!(
+            self,
+            ChannelType::WhatsappMeta | ChannelType::WhatsappInfobip
+        )
+    }
+}
+
 impl RouteDirection {
     /// Whether an activity travelling in `direction` passes this filter.
     pub fn matches(self, direction: super::Direction) -> bool {

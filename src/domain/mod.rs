@@ -9,6 +9,7 @@ mod conversation;
 mod delivery;
 mod health;
 mod ids;
+mod phone;
 mod tenant;
 mod text;
 mod time;
@@ -20,13 +21,14 @@ pub use activity::{
 pub use channel::{
     Channel, ChannelStatus, ChannelType, DeliveryOrdering, RateLimit, Route, RouteDirection,
 };
-pub use conversation::{Conversation, ConversationStatus};
+pub use conversation::{Conversation, ConversationStatus, normalise_external_id};
 pub use delivery::{AttemptOutcome, Delivery, DeliveryAttempt, DeliveryStatus};
 pub use health::{
     BreakerState, ChannelHealth, HealthState, HealthTransition, Observation, Observed, PauseReason,
     RATE_WINDOW, Recent,
 };
 pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, NodeId, RouteId, TenantId};
+pub use phone::{MAX_PHONE_DIGITS, MIN_PHONE_DIGITS, PhoneError, normalise_phone};
 pub use tenant::{MAX_TENANT_NAME_CHARS, Tenant, TenantStatus, check_tenant_name};
 pub use text::{check_json_no_nul, check_no_nul};
 pub use time::Timestamp;

@@ -350,6 +350,21 @@ impl From<OpError> for ApiError {
                 "delivery_in_flight",
                 "an attempt of this delivery is under way; retry once it has ended",
             ),
+            OpError::ConversationActive => ApiError::conflict(
+                "conversation_active",
+                "the conversation is active; only a closed conversation can be reopened",
+            ),
+            OpError::ConversationExists { holder } => {
+                let err = ApiError::conflict(
+                    "conversation_exists",
+                    "another active conversation with this external_id exists on the \
+                     channel; close it first",
+                );
+                match holder {
+                    Some(id) => err.with_details(json!({ "conversation_id": id })),
+                    None => err,
+                }
+            }
             OpError::Store(e) => e.into(),
         }
     }

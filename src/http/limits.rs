@@ -1,5 +1,6 @@
 //! Rate limits (GCRA, `governor`): per client IP on the API, per tenant after
-//! authentication, per channel on inbound webhooks, and per IP on token issuance.
+//! authentication, per channel on inbound webhooks, and on token issuance per tenant
+//! (API key) or per IP (channel token).
 //!
 //! Limits are kept in memory and hold per node: N nodes behind a load balancer allow
 //! up to N times the configured rate in total. No shared store is involved, so a
@@ -25,6 +26,7 @@ pub struct RateLimits {
     per_tenant: Option<DefaultKeyedRateLimiter<TenantId>>,
     inbound: Option<DefaultKeyedRateLimiter<ChannelId>>,
     tokens: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    tenant_tokens: Option<DefaultKeyedRateLimiter<TenantId>>,
     /// Wrong admin passwords per client address (always on).
     pub admin_passwords: PasswordAttempts,
     clock: DefaultClock,
@@ -45,6 +47,8 @@ impl RateLimits {
             per_tenant: per_second(config.rate_limit_per_tenant).map(RateLimiter::keyed),
             inbound: per_second(config.rate_limit_inbound_per_channel).map(RateLimiter::keyed),
             tokens: NonZeroU32::new(config.rate_limit_tokens_per_minute)
+                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            tenant_tokens: NonZeroU32::new(config.rate_limit_tokens_per_tenant_per_minute)
                 .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
             admin_passwords: PasswordAttempts::default(),
             clock: DefaultClock::default(),
@@ -93,13 +97,23 @@ impl RateLimits {
         )
     }
 
-    /// Client tokens issued to one address.
+    /// Client tokens issued to one address (callers without the API key).
     pub fn check_token_issue(&self, ip: IpAddr) -> Result<(), ApiError> {
         self.check(
             &self.tokens,
             &ip,
             "tokens",
             "token requests from this address",
+        )
+    }
+
+    /// Client tokens issued to one tenant's application (callers with its API key).
+    pub fn check_tenant_token_issue(&self, tenant: TenantId) -> Result<(), ApiError> {
+        self.check(
+            &self.tenant_tokens,
+            &tenant,
+            "tenant_tokens",
+            "token requests of this tenant",
         )
     }
 
@@ -115,6 +129,9 @@ impl RateLimits {
             l.retain_recent();
         }
         if let Some(l) = &self.tokens {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.tenant_tokens {
             l.retain_recent();
         }
     }
@@ -149,5 +166,24 @@ mod tests {
         config.rate_limit_per_ip = 0;
         let off = RateLimits::new(&config);
         assert!((0..1000).all(|_| off.check_ip(ip).is_ok()));
+    }
+
+    #[test]
+    fn tenant_token_budgets_are_separate_and_a_minute_long() {
+        let mut config = Config::new("sqlite::memory:");
+        config.rate_limit_tokens_per_tenant_per_minute = 3;
+        let limits = RateLimits::new(&config);
+        let (a, b) = (TenantId::new(), TenantId::new());
+        assert!((0..3).all(|_| limits.check_tenant_token_issue(a).is_ok()));
+        let err = limits.check_tenant_token_issue(a).unwrap_err();
+        assert_eq!(err.code, "rate_limited");
+        // One token back every 20 s.
+        assert!(err.retry_after.is_some_and(|s| (1..=20).contains(&s)));
+        assert!(limits.check_tenant_token_issue(b).is_ok());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(
+            limits.check_token_issue(ip).is_ok(),
+            "the per-address budget is another one"
+        );
     }
 }

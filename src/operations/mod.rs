@@ -36,6 +36,15 @@ pub enum OpError {
     /// An attempt of the delivery is under way: its outcome decides what comes next.
     #[error("an attempt of this delivery is under way; retry once it has ended")]
     DeliveryInFlight,
+    /// Only a closed conversation can be reopened; this one is active.
+    #[error("the conversation is active")]
+    ConversationActive,
+    /// Reopening would give the conversation's party a second active conversation on
+    /// its channel; `holder` is the one active now, if it is still there.
+    #[error("another active conversation holds the external id on the channel")]
+    ConversationExists {
+        holder: Option<crate::domain::ConversationId>,
+    },
     /// Any other store failure, constraint violations included (named for the edges).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -2,9 +2,10 @@
 
 use sqlx::{PgPool, SqliteConnection};
 
-use super::{Store, StoreResult, reader};
+use super::{Store, StoreError, StoreResult, reader};
 use crate::domain::{
-    Activity, ActivityId, ChannelId, ConversationId, DeliveryId, NewActivity, TenantId, Timestamp,
+    Activity, ActivityId, ChannelId, Conversation, ConversationId, ConversationStatus, DeliveryId,
+    NewActivity, TenantId, Timestamp,
 };
 
 const COLUMNS: &str = "id, conversation_id, tenant_id, seq, type, direction, sender, text, \
@@ -34,6 +35,82 @@ pub enum AppendOutcome {
     Existing(Activity),
     /// The conversation is missing or not active; nothing was written.
     NotActive,
+}
+
+/// A conversation's move to another status, recorded as its next activity (a
+/// `conversationUpdate` that `ingest` made).
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    /// The activity recording the change, and its delivery rows.
+    pub append: ActivityAppend,
+    pub to: ConversationStatus,
+    /// For the idle closer: change only a conversation whose last activity is older
+    /// than this, as it stands once locked (an activity may have just arrived).
+    pub idle_before: Option<Timestamp>,
+}
+
+/// What a status change did.
+#[derive(Debug, Clone)]
+pub enum StatusOutcome {
+    /// The conversation moved; it, its activity and the activity's deliveries are
+    /// committed together.
+    Changed {
+        conversation: Conversation,
+        activity: Box<Activity>,
+        deliveries: Vec<(DeliveryId, ChannelId)>,
+    },
+    /// Nothing was written: the conversation is in that status already, or (for the
+    /// idle closer) had an activity since. It is as it stands.
+    Unchanged(Conversation),
+}
+
+const CONVERSATION_COLUMNS: &str = "id, tenant_id, channel_id, external_id, status, metadata, \
+     last_seq, inserted_at, updated_at";
+// Takes the conversation's row lock as the bump of an append does, so appends and the
+// change are ordered by `seq` whichever comes first.
+const SET_STATUS: &str = const_format::concatcp!(
+    "UPDATE conversations SET status = $3, last_seq = last_seq + 1, updated_at = $4 \
+     WHERE tenant_id = $1 AND id = $2 AND status <> $3 AND ($5 IS NULL OR updated_at < $5) \
+     RETURNING ",
+    CONVERSATION_COLUMNS
+);
+const GET_CONVERSATION: &str = const_format::concatcp!(
+    "SELECT ",
+    CONVERSATION_COLUMNS,
+    " FROM conversations WHERE tenant_id = $1 AND id = $2"
+);
+
+/// Moves `$change`'s conversation to its status on `$conn`, a transaction of either
+/// backend, and evaluates to the changed conversation, whose `last_seq` is the `seq` of
+/// the activity recording the change; or returns [`StatusOutcome::Unchanged`] early. `?` returns database errors (a
+/// reopening that would give the party two active conversations among them) and
+/// `NotFound` from the enclosing function.
+macro_rules! set_status {
+    ($conn:expr, $change:expr, $now:expr) => {{
+        let change = $change;
+        let changed: Option<Conversation> = sqlx::query_as(SET_STATUS)
+            .bind(change.append.tenant_id)
+            .bind(change.append.conversation_id)
+            .bind(change.to.as_str())
+            .bind($now)
+            .bind(change.idle_before)
+            .fetch_optional(&mut *$conn)
+            .await?;
+        match changed {
+            Some(conversation) => conversation,
+            None => {
+                let current: Option<Conversation> = sqlx::query_as(GET_CONVERSATION)
+                    .bind(change.append.tenant_id)
+                    .bind(change.append.conversation_id)
+                    .fetch_optional(&mut *$conn)
+                    .await?;
+                return match current {
+                    Some(conversation) => Ok(StatusOutcome::Unchanged(conversation)),
+                    None => Err(StoreError::NotFound),
+                };
+            }
+        }
+    }};
 }
 
 const BUMP: &str = "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $3 \
@@ -141,8 +218,8 @@ macro_rules! bind_activity {
 }
 
 /// Inserts `$append`'s activity as number `$seq` and its delivery rows on `$conn`, a
-/// transaction of either backend; evaluates to the `Created` outcome. `?` returns
-/// database errors from the enclosing function.
+/// transaction of either backend; evaluates to the activity and its deliveries. `?`
+/// returns database errors from the enclosing function.
 macro_rules! insert_appended {
     ($conn:expr, $append:expr, $seq:expr, $now:expr) => {{
         let (append, seq, now) = ($append, $seq, $now);
@@ -165,10 +242,7 @@ macro_rules! insert_appended {
                 .await?;
             deliveries.push((id, channel_id));
         }
-        AppendOutcome::Created {
-            activity,
-            deliveries,
-        }
+        (activity, deliveries)
     }};
 }
 
@@ -187,6 +261,31 @@ impl Store {
             Store::Sqlite { appender, .. } => appender.append(append.clone()).await,
             Store::Postgres(pool, _) => append_postgres(pool, append).await,
         }
+    }
+
+    /// Moves a conversation to another status and appends the activity recording it,
+    /// with its delivery rows, in one transaction; the answer comes after the commit.
+    /// A conversation already in that status (or, with `idle_before`, active since) is
+    /// left as it is and nothing is written.
+    ///
+    /// Crate-private, as [`Store::append_activity`]: `ingest` decides the activity.
+    ///
+    /// # Errors
+    /// `NotFound` for a conversation missing from the tenant; `Conflict` on
+    /// `conversations_channel_id_external_id_key` when reopening it would give its
+    /// party a second active conversation on the channel.
+    pub(crate) async fn change_conversation_status(
+        &self,
+        change: &StatusChange,
+    ) -> StoreResult<StatusOutcome> {
+        let outcome = match self {
+            Store::Sqlite { writer, .. } => change_status_sqlite(writer, change).await,
+            Store::Postgres(pool, _) => change_status_postgres(pool, change).await,
+        }?;
+        if matches!(outcome, StatusOutcome::Changed { .. }) {
+            self.cache().invalidate();
+        }
+        Ok(outcome)
     }
 
     /// Activities of a conversation with `seq` greater than `after_seq`, in `seq` order.
@@ -246,20 +345,24 @@ async fn append_postgres(pool: &PgPool, append: &ActivityAppend) -> StoreResult<
         tx.rollback().await?;
         return Ok(AppendOutcome::Existing(existing));
     }
-    let created = insert_postgres(&mut tx, append, seq, now).await?;
+    let (activity, deliveries) = insert_postgres(&mut tx, append, seq, now).await?;
     tx.commit().await?;
-    Ok(created)
+    Ok(AppendOutcome::Created {
+        activity,
+        deliveries,
+    })
 }
 
 /// PostgreSQL: inserts the activity numbered `seq` and its delivery rows in one
-/// statement, in the transaction that bumped `seq`. The head flags are decided in this
+/// statement, in the transaction that bumped `seq` (or changed the conversation's
+/// status). The head flags are decided in this
 /// statement, whose snapshot postdates the conversation's lock (see `heads.rs`).
 async fn insert_postgres(
     tx: &mut sqlx::PgConnection,
     append: &ActivityAppend,
     seq: i64,
     now: Timestamp,
-) -> StoreResult<AppendOutcome> {
+) -> StoreResult<(Activity, Vec<(DeliveryId, ChannelId)>)> {
     const INSERT_ALL: &str = const_format::concatcp!(
         "WITH deliveries_inserted AS (\
          INSERT INTO deliveries (id, tenant_id, activity_id, channel_id, conversation_id, seq, \
@@ -282,13 +385,11 @@ async fn insert_postgres(
         .bind(append.targets.iter().map(|c| c.0).collect::<Vec<_>>())
         .fetch_one(&mut *tx)
         .await?;
-    Ok(AppendOutcome::Created {
-        activity,
-        deliveries: ids
-            .into_iter()
-            .zip(append.targets.iter().copied())
-            .collect(),
-    })
+    let deliveries = ids
+        .into_iter()
+        .zip(append.targets.iter().copied())
+        .collect();
+    Ok((activity, deliveries))
 }
 
 /// PostgreSQL, an append without idempotency key or delivery rows (chat on a
@@ -335,6 +436,46 @@ async fn append_postgres_alone(
     })
 }
 
+/// SQLite: a transaction of its own on the one writer connection, between two batches
+/// of the appender, which shares that connection.
+async fn change_status_sqlite(
+    writer: &sqlx::SqlitePool,
+    change: &StatusChange,
+) -> StoreResult<StatusOutcome> {
+    let now = Timestamp::now();
+    let mut tx = writer.begin().await?;
+    let conn: &mut SqliteConnection = &mut tx;
+    let conversation = set_status!(conn, change, now);
+    let seq = conversation.last_seq;
+    let (activity, deliveries) = insert_appended!(conn, &change.append, seq, now);
+    tx.commit().await?;
+    Ok(StatusOutcome::Changed {
+        conversation,
+        activity: Box::new(activity),
+        deliveries,
+    })
+}
+
+/// PostgreSQL: the status change takes the conversation's row lock first, as the bump
+/// of an append does; the activity and its deliveries follow in the same transaction.
+async fn change_status_postgres(
+    pool: &PgPool,
+    change: &StatusChange,
+) -> StoreResult<StatusOutcome> {
+    let now = Timestamp::now();
+    let mut tx = pool.begin().await?;
+    let conn: &mut sqlx::PgConnection = &mut tx;
+    let conversation = set_status!(conn, change, now);
+    let seq = conversation.last_seq;
+    let (activity, deliveries) = insert_postgres(conn, &change.append, seq, now).await?;
+    tx.commit().await?;
+    Ok(StatusOutcome::Changed {
+        conversation,
+        activity: Box::new(activity),
+        deliveries,
+    })
+}
+
 /// SQLite: one append inside the writer task's transaction, which may hold others
 /// before and after it. SQLite has one writer, so nothing can come between the
 /// idempotency lookup and the insert: the lookup goes first, and an append that ends
@@ -364,5 +505,9 @@ pub(super) async fn append_sqlite(
     let Some(seq) = bump_seq!(conn, append, now) else {
         return Ok(AppendOutcome::NotActive);
     };
-    Ok(insert_appended!(conn, append, seq, now))
+    let (activity, deliveries) = insert_appended!(conn, append, seq, now);
+    Ok(AppendOutcome::Created {
+        activity,
+        deliveries,
+    })
 }

@@ -24,9 +24,30 @@ pub struct NewConversation {
 pub struct ConversationFilter {
     pub channel_id: Option<ChannelId>,
     pub status: Option<ConversationStatus>,
+    pub external_id: Option<ExternalIdSearch>,
     /// Return conversations older than this one (ids are time-ordered).
     pub before: Option<ConversationId>,
     pub limit: i64,
+}
+
+/// An external party to look for, in the form each channel type stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdSearch {
+    /// Compared with the external ids of channels that keep them verbatim.
+    pub verbatim: String,
+    /// Compared with those of WhatsApp channels: the E.164 form, when the text is a
+    /// phone number (otherwise nothing there matches).
+    pub phone: Option<String>,
+}
+
+impl ExternalIdSearch {
+    /// A search for `raw` as a client wrote it.
+    pub fn new(raw: &str) -> Self {
+        Self {
+            verbatim: raw.to_owned(),
+            phone: crate::domain::normalise_phone(raw).ok(),
+        }
+    }
 }
 
 /// A conversation with what `ingest` needs to know of its channel.
@@ -147,13 +168,25 @@ impl Store {
         tenant_id: TenantId,
         filter: &ConversationFilter,
     ) -> StoreResult<Vec<Conversation>> {
+        // An external id is compared in the form its channel's type stores: `$7` (the
+        // E.164 form) on WhatsApp channels, `$6` verbatim on the others. The `IN` leads
+        // the planner to `conversations_tenant_external_id_idx`.
         const SQL: &str = const_format::concatcp!(
             "SELECT ",
             COLUMNS,
             " FROM conversations WHERE tenant_id = $1 \
              AND ($2 IS NULL OR channel_id = $2) AND ($3 IS NULL OR status = $3) \
-             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+             AND ($4 IS NULL OR id < $4) \
+             AND ($6 IS NULL OR (external_id IN ($6, $7) AND external_id = CASE WHEN EXISTS (\
+             SELECT 1 FROM channels ch WHERE ch.id = conversations.channel_id \
+             AND ch.type IN ('whatsapp_meta', 'whatsapp_infobip')) THEN $7 ELSE $6 END)) \
+             ORDER BY id DESC LIMIT $5"
         );
+        let search = filter.external_id.as_ref();
+        let verbatim = search.map(|s| s.verbatim.as_str());
+        // Without a phone form nothing on a WhatsApp channel matches; `$7` must still
+        // be a text for the `IN`.
+        let phone = search.map(|s| s.phone.as_deref().unwrap_or(""));
         Ok(reader!(self, |pool| {
             sqlx::query_as(SQL)
                 .bind(tenant_id)
@@ -161,32 +194,30 @@ impl Store {
                 .bind(filter.status.map(ConversationStatus::as_str))
                 .bind(filter.before)
                 .bind(filter.limit)
+                .bind(verbatim)
+                .bind(phone)
                 .fetch_all(pool)
                 .await
         })?)
     }
 
-    /// Closes a conversation; closing a closed one changes nothing.
-    pub async fn close_conversation(
+    /// Active conversations of every tenant whose last activity (or opening, or
+    /// reopening) is older than `cutoff`, oldest first: the idle closer's candidates.
+    /// Not scoped by tenant: the closer serves the whole installation, and closes each
+    /// one with its tenant's scope.
+    pub async fn list_idle_conversations(
         &self,
-        tenant_id: TenantId,
-        id: ConversationId,
-    ) -> StoreResult<Conversation> {
-        const SQL: &str = const_format::concatcp!(
-            "UPDATE conversations SET status = 'closed', \
-             updated_at = CASE WHEN status = 'closed' THEN updated_at ELSE $3 END \
-             WHERE tenant_id = $1 AND id = $2 RETURNING ",
-            COLUMNS
-        );
-        let conversation = writer!(self, |pool| {
+        cutoff: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<(TenantId, ConversationId)>> {
+        const SQL: &str = "SELECT tenant_id, id FROM conversations \
+             WHERE status = 'active' AND updated_at < $1 ORDER BY updated_at LIMIT $2";
+        Ok(reader!(self, |pool| {
             sqlx::query_as(SQL)
-                .bind(tenant_id)
-                .bind(id)
-                .bind(Timestamp::now())
-                .fetch_one(pool)
+                .bind(cutoff)
+                .bind(limit)
+                .fetch_all(pool)
                 .await
-        })?;
-        self.cache().invalidate();
-        Ok(conversation)
+        })?)
     }
 }

@@ -42,11 +42,13 @@ use sqlx::{Encode, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Type};
 
 use crate::domain::TenantId;
 
-pub use activities::{ActivityAppend, AppendOutcome};
+pub use activities::{ActivityAppend, AppendOutcome, StatusChange, StatusOutcome};
 pub use admin::{ChannelDeliveryStats, FailedDelivery};
 pub use availability::{PROBE_INTERVAL, PROBE_TIMEOUT};
 pub use channels::{ChannelFilter, ChannelUpdate, NewChannel};
-pub use conversations::{ConversationContext, ConversationFilter, NewConversation};
+pub use conversations::{
+    ConversationContext, ConversationFilter, ExternalIdSearch, NewConversation,
+};
 pub use error::StoreError;
 pub use health::{HealthCounts, NamedChannelHealth};
 pub use nodes::{NodeRow, Reaped};

@@ -1,7 +1,7 @@
 //! The admin guard over real HTTP: IP allow-list, trusted proxies, IPv6, password
 //! login, CSRF; the admin JSON API for scripts; the rules the panel, the admin API
-//! and the CLI share; editing a channel's config, retrying and replaying deliveries
-//! from the panel.
+//! and the CLI share; editing a channel's config, retrying and replaying deliveries,
+//! closing and reopening conversations from the panel.
 
 use reqwest::header::{COOKIE, HOST, LOCATION, RETRY_AFTER, SET_COOKIE};
 use reqwest::{Method, StatusCode};
@@ -23,6 +23,7 @@ both_backends!(
     logged_out_sessions_stay_out,
     the_panel_edits_a_channel_config_as_the_api_validates,
     the_panel_retries_now_replays_and_shows_attempts,
+    the_panel_closes_and_reopens_a_conversation,
 );
 
 /// After logout the old cookie, signed and unexpired, no longer opens the panel.
@@ -1152,4 +1153,105 @@ async fn the_panel_retries_now_replays_and_shows_attempts(backend: Backend) {
         .await
         .unwrap();
     assert!(!page.contains("Retry now"), "nothing waits any more");
+}
+
+/// The conversation page offers close while the conversation is active and reopen
+/// once it is closed; both are recorded as its activities.
+async fn the_panel_closes_and_reopens_a_conversation(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let http = no_redirects();
+    let ch = app.websocket_channel().await;
+    let conv = app
+        .create_conversation(ch["id"].as_str().unwrap(), Some("user-7"))
+        .await;
+    let conv_id = conv["id"].as_str().unwrap().to_owned();
+    let page_path = format!("/admin/conversations/{conv_id}");
+    let (cookie, csrf) = admin_session(&http, &app.base, &page_path).await;
+    let page = || async {
+        http.get(format!("{}{page_path}", app.base))
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let act = |action: &'static str| {
+        let (http, cookie, csrf) = (http.clone(), cookie.clone(), csrf.clone());
+        let url = format!("{}{page_path}/{action}", app.base);
+        async move {
+            let resp = http
+                .post(url)
+                .header(COOKIE, &cookie)
+                .form(&[("_csrf", csrf.as_str())])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+            resp.headers()[LOCATION].to_str().unwrap().to_owned()
+        }
+    };
+    let active = page().await;
+    assert!(active.contains(&format!("action=\"{page_path}/close\"")));
+    assert!(!active.contains(&format!("action=\"{page_path}/reopen\"")));
+
+    assert!(act("close").await.contains("Conversation+closed"));
+    let closed = page().await;
+    assert!(closed.contains(&format!("action=\"{page_path}/reopen\"")));
+    assert!(!closed.contains(&format!("action=\"{page_path}/close\"")));
+    assert!(closed.contains("conversationUpdate"));
+
+    assert!(act("reopen").await.contains("Conversation+reopened"));
+    assert!(
+        page()
+            .await
+            .contains(&format!("action=\"{page_path}/close\""))
+    );
+    let acts = app.activities(&conv_id).await;
+    let reasons: Vec<_> = acts
+        .iter()
+        .map(|a| {
+            (
+                a["sender"].as_str().unwrap(),
+                a["metadata"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons, [("admin", "closed"), ("admin", "active")]);
+    assert!(acts.iter().all(|a| a["metadata"]["reason"] == "admin"));
+
+    // Reopening what the party has replaced is refused with a notice, changing nothing.
+    act("close").await;
+    let newer = app
+        .create_conversation(ch["id"].as_str().unwrap(), Some("user-7"))
+        .await;
+    let refused = act("reopen").await;
+    assert!(refused.contains("Not+reopened"), "{refused}");
+    assert!(refused.contains(newer["id"].as_str().unwrap()), "{refused}");
+    assert_eq!(app.activities(&conv_id).await.len(), 3);
+
+    // The JSON API does the same for scripts.
+    let resp = app
+        .anon(
+            Method::POST,
+            &format!("/admin/api/conversations/{conv_id}/reopen"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(resp, StatusCode::CONFLICT, "conversation_exists").await;
+    assert_eq!(err["details"]["conversation_id"], newer["id"]);
+    let resp = app
+        .anon(
+            Method::POST,
+            &format!(
+                "/admin/api/conversations/{}/reopen",
+                newer["id"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, StatusCode::CONFLICT, "conversation_active").await;
 }

@@ -166,13 +166,15 @@ async fn appends_to_a_closed_conversation_write_nothing(backend: Backend) {
             "{key:?}: {outcome:?}"
         );
     }
+    // The message and the close's conversationUpdate; nothing after.
     let stored = app.activities(id).await;
-    assert_eq!(stored.len(), 1);
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[1]["type"], "conversationUpdate");
     let read = app
         .req(reqwest::Method::GET, &format!("/api/v1/conversations/{id}"))
         .send()
         .await
         .unwrap();
     let read: Value = read.json().await.unwrap();
-    assert_eq!(read["data"]["last_seq"], 1, "{read}");
+    assert_eq!(read["data"]["last_seq"], 2, "{read}");
 }

@@ -200,15 +200,16 @@ async fn closed_conversations_refuse_activities(backend: Backend) {
     )
     .await;
     assert_eq!(closed["status"], "closed");
-    assert_eq!(closed["last_seq"], 1);
+    // The close is the conversation's second activity.
+    assert_eq!(closed["last_seq"], 2);
     expect_error(
         app.post_activity(id, json!({"text": "after"})).await,
         StatusCode::CONFLICT,
         "conversation_closed",
     )
     .await;
-    // Closing twice is harmless.
-    expect_data(
+    // Closing twice is harmless and records nothing more.
+    let again = expect_data(
         app.req(Method::POST, &format!("/api/v1/conversations/{id}/close"))
             .send()
             .await
@@ -216,5 +217,8 @@ async fn closed_conversations_refuse_activities(backend: Backend) {
         StatusCode::OK,
     )
     .await;
-    assert_eq!(app.activities(id).await.len(), 1);
+    assert_eq!(again["last_seq"], 2);
+    let activities = app.activities(id).await;
+    assert_eq!(activities.len(), 2);
+    assert_eq!(activities[1]["type"], "conversationUpdate");
 }

@@ -4,11 +4,12 @@ use reqwest::header::{ACCESS_CONTROL_ALLOW_ORIGIN, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::common::{Backend, TestApp, both_backends, expect_error, s};
+use crate::common::{Backend, TestApp, both_backends, expect_data, expect_error, s};
 
 both_backends!(
     per_ip_and_per_tenant_limits_answer_429,
     token_issuance_is_limited_per_address,
+    token_issuance_with_the_api_key_is_limited_per_tenant,
     cors_preflight_and_origins,
 );
 
@@ -73,6 +74,7 @@ async fn per_ip_and_per_tenant_limits_answer_429(backend: Backend) {
     );
 }
 
+/// With a channel token (which browsers may hold), tokens are limited per address.
 async fn token_issuance_is_limited_per_address(backend: Backend) {
     let app = TestApp::start(backend).await;
     let ch = app.websocket_channel().await;
@@ -80,7 +82,8 @@ async fn token_issuance_is_limited_per_address(backend: Backend) {
     let mut got = Vec::new();
     for n in 0..11 {
         let resp = app
-            .req(Method::POST, "/api/v1/tokens")
+            .anon(Method::POST, "/api/v1/tokens")
+            .header("x-channel-token", s(&ch, "token"))
             .json(&json!({"conversation_id": s(&conv, "id"), "user_id": format!("u{n}")}))
             .send()
             .await
@@ -92,6 +95,81 @@ async fn token_issuance_is_limited_per_address(backend: Backend) {
         "{got:?}"
     );
     assert_eq!(got[10], StatusCode::TOO_MANY_REQUESTS);
+    // The tenant's application, with its API key, has a budget of its own.
+    let resp = app
+        .req(Method::POST, "/api/v1/tokens")
+        .json(&json!({"conversation_id": s(&conv, "id"), "user_id": "from-the-backend"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+async fn issue(app: &TestApp, key: &str, conversation: &str) -> reqwest::Response {
+    app.with_key(key, Method::POST, "/api/v1/tokens")
+        .json(&json!({"conversation_id": conversation, "user_id": "u"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A tenant's application issues tokens for all its users from one address: with its
+/// API key the budget is the tenant's, far above one address's, and every tenant has
+/// its own.
+async fn token_issuance_with_the_api_key_is_limited_per_tenant(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.rate_limit_tokens_per_minute = 2;
+        c.rate_limit_tokens_per_tenant_per_minute = 5;
+    })
+    .await;
+    let ch = app.websocket_channel().await;
+    let conv = app.create_conversation(s(&ch, "id"), None).await;
+    let (_, other_key) = app.create_tenant("other").await;
+    let other_ch = app
+        .create_channel_as(&other_key, "websocket", json!({}))
+        .await;
+    let other_conv = expect_data(
+        app.with_key(&other_key, Method::POST, "/api/v1/conversations")
+            .json(&json!({"channel_id": s(&other_ch, "id")}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+
+    // More than the address's 2 a minute, up to the tenant's 5, all from this address.
+    for n in 0..5 {
+        let resp = issue(&app, &app.api_key, s(&conv, "id")).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "token {n}");
+    }
+    let refused = issue(&app, &app.api_key, s(&conv, "id")).await;
+    assert!(
+        refused.headers()[RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let err = expect_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert!(err["message"].as_str().unwrap().contains("tenant"), "{err}");
+    // The other tenant, from the same address, is not held back.
+    for _ in 0..5 {
+        assert_eq!(
+            issue(&app, &other_key, s(&other_conv, "id")).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    // Nor are browsers with the exhausted tenant's channel token: they count per address.
+    let resp = app
+        .anon(Method::POST, "/api/v1/tokens")
+        .header("x-channel-token", s(&ch, "token"))
+        .json(&json!({"conversation_id": s(&conv, "id"), "user_id": "browser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
 }
 
 async fn cors_preflight_and_origins(backend: Backend) {

@@ -20,6 +20,7 @@ mod durability;
 mod egress;
 mod errors;
 mod inbound;
+mod lifecycle;
 mod limits;
 mod nul;
 mod observability;

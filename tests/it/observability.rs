@@ -107,7 +107,7 @@ async fn metrics_count_what_happened(backend: Backend) {
     let standby = app.base.clone();
     let node = serve_on_node(
         &mut app,
-        &[("CONVERGER_RATE_LIMIT_TOKENS_PER_MINUTE", "1")],
+        &[("CONVERGER_RATE_LIMIT_TOKENS_PER_TENANT_PER_MINUTE", "1")],
         Stdio::null(),
     );
     node.ready(&app.http).await;
@@ -139,7 +139,8 @@ async fn metrics_count_what_happened(backend: Backend) {
         .await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
-    // Token issuance allows one per minute here: the second is refused.
+    // Token issuance with the API key allows one per minute and tenant here: the
+    // second is refused.
     let token_request = || {
         app.req(Method::POST, "/api/v1/tokens")
             .json(&json!({"conversation_id": conv_ok["id"], "user_id": "u1"}))
@@ -198,7 +199,10 @@ async fn metrics_count_what_happened(backend: Backend) {
         1.0
     );
     assert_eq!(
-        scrape.value("converger_rate_limited_total", &[("scope", "tokens")]),
+        scrape.value(
+            "converger_rate_limited_total",
+            &[("scope", "tenant_tokens")]
+        ),
         1.0
     );
     for (direction, n) in &directions {

@@ -13,6 +13,7 @@ both_backends!(
     client_tokens_reach_one_conversation,
     bad_tokens_are_rejected,
     inactive_tenant_and_channel_are_rejected,
+    live_client_tokens_are_refreshed,
 );
 
 async fn client_tokens_reach_one_conversation(backend: Backend) {
@@ -319,4 +320,169 @@ async fn inactive_tenant_and_channel_are_rejected(backend: Backend) {
         .unwrap();
     expect_error(resp, StatusCode::FORBIDDEN, "tenant_inactive").await;
     assert_eq!(app.activities_count_direct(conv_id).await, 0);
+}
+
+/// The claims of a token, read without checking it.
+fn claims_of(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
+    app.with_bearer(token, Method::POST, "/api/v1/tokens/refresh")
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn live_client_tokens_are_refreshed(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ch = app.websocket_channel().await;
+    let ch_id = s(&ch, "id");
+    let conv = app.create_conversation(ch_id, None).await;
+    let conv_id = s(&conv, "id");
+    let resp = app
+        .req(Method::POST, "/api/v1/tokens")
+        .json(&json!({"conversation_id": conv_id, "user_id": "u-1"}))
+        .send()
+        .await
+        .unwrap();
+    let issued: serde_json::Value = expect_data(resp, StatusCode::CREATED).await;
+    let first = s(&issued, "token").to_owned();
+
+    // A new token for the same conversation and user, with an expiry of its own.
+    let resp = refresh(&app, &first).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["expires_in"], 3600);
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "bare {{token, expires_in}}: {body}"
+    );
+    let second = s(&body, "token").to_owned();
+    assert_ne!(second, first);
+    let (old, new) = (claims_of(&first), claims_of(&second));
+    for claim in ["typ", "tenant", "channel", "conversation", "sub"] {
+        assert_eq!(new[claim], old[claim], "{claim}");
+    }
+    assert_ne!(new["jti"], old["jti"]);
+    assert!(new["exp"].as_i64() >= old["exp"].as_i64());
+    // It works as the first did, and is refreshed in turn; the first still works until
+    // it expires.
+    let posted = app
+        .with_bearer(
+            &second,
+            Method::POST,
+            &format!("/api/v1/conversations/{conv_id}/activities"),
+        )
+        .json(&json!({"text": "still here"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_data(posted, StatusCode::CREATED).await["sender"],
+        "u-1"
+    );
+    assert_eq!(refresh(&app, &second).await.status(), StatusCode::OK);
+    assert_eq!(refresh(&app, &first).await.status(), StatusCode::OK);
+
+    // An expired token is not refreshed, nor anything that is not a client token.
+    let now = chrono::Utc::now().timestamp();
+    let expired = sign(
+        &Claims {
+            typ: TokenType::Client,
+            tenant: app.tenant_id,
+            channel: ch_id.parse().unwrap(),
+            conversation: Some(conv_id.parse().unwrap()),
+            sub: Some("u-1".into()),
+            sfp: None,
+            iat: now - 7200,
+            exp: Some(now - 3600),
+            jti: "j".into(),
+        },
+        Algorithm::HS256,
+        JWT_SECRET.as_bytes(),
+    );
+    expect_error(
+        refresh(&app, &expired).await,
+        StatusCode::UNAUTHORIZED,
+        "token_expired",
+    )
+    .await;
+    let mut forged = second.clone();
+    forged.pop();
+    expect_error(
+        refresh(&app, &forged).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    expect_error(
+        app.anon(Method::POST, "/api/v1/tokens/refresh")
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    for credential in [app.api_key.as_str(), s(&ch, "token")] {
+        expect_error(
+            refresh(&app, credential).await,
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+        )
+        .await;
+    }
+
+    // Inactive channel or tenant: refused, as every use of the token is.
+    app.req(Method::PATCH, &format!("/api/v1/channels/{ch_id}"))
+        .json(&json!({"status": "inactive"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        refresh(&app, &second).await,
+        StatusCode::FORBIDDEN,
+        "channel_inactive",
+    )
+    .await;
+    app.req(Method::PATCH, &format!("/api/v1/channels/{ch_id}"))
+        .json(&json!({"status": "active"}))
+        .send()
+        .await
+        .unwrap();
+    app.store
+        .set_tenant_status(app.tenant_id, converger::domain::TenantStatus::Inactive)
+        .await
+        .unwrap();
+    expect_error(
+        refresh(&app, &second).await,
+        StatusCode::FORBIDDEN,
+        "tenant_inactive",
+    )
+    .await;
+    app.store
+        .set_tenant_status(app.tenant_id, converger::domain::TenantStatus::Active)
+        .await
+        .unwrap();
+
+    // A closed conversation takes no new tokens; reopened, it does again.
+    let path = format!("/api/v1/conversations/{conv_id}");
+    app.req(Method::POST, &format!("{path}/close"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        refresh(&app, &second).await,
+        StatusCode::CONFLICT,
+        "conversation_closed",
+    )
+    .await;
+    app.req(Method::POST, &format!("{path}/reopen"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh(&app, &second).await.status(), StatusCode::OK);
 }

@@ -26,6 +26,7 @@ both_backends!(
     statuses_move_forward_and_reach_sockets,
     inbound_whatsapp_is_routed_to_the_bot_not_back,
     early_status_reports_are_asked_again,
+    replies_land_in_the_conversation_opened_for_the_number,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -235,7 +236,7 @@ async fn meta_sends_the_documented_request_and_keeps_the_wamid(backend: Backend)
         json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
-            "to": "16505551234",
+            "to": "+16505551234",
             "type": "text",
             "text": {"preview_url": false, "body": "Your order shipped"},
             "biz_opaque_callback_data": s(&delivery, "id"),
@@ -274,7 +275,9 @@ async fn meta_errors_are_classified_by_code(backend: Backend) {
     ]);
     throttled.always(graph_success("wamid.later"));
     let ch = meta_channel(&app, &throttled.url, json!({})).await;
-    let conv = app.create_conversation(s(&ch, "id"), Some("1555")).await;
+    let conv = app
+        .create_conversation(s(&ch, "id"), Some("15550001555"))
+        .await;
     let a = post_text(&app, s(&conv, "id"), json!({"text": "retry me"})).await;
 
     // Outside the 24-hour window: permanent, one attempt, the code in last_error.
@@ -282,7 +285,7 @@ async fn meta_errors_are_classified_by_code(backend: Backend) {
     closed.always(graph_error(400, 131047, "Re-engagement message"));
     let ch_closed = meta_channel(&app, &closed.url, json!({})).await;
     let conv_closed = app
-        .create_conversation(s(&ch_closed, "id"), Some("1666"))
+        .create_conversation(s(&ch_closed, "id"), Some("15550001666"))
         .await;
     let b = post_text(&app, s(&conv_closed, "id"), json!({"text": "too late"})).await;
 
@@ -295,7 +298,7 @@ async fn meta_errors_are_classified_by_code(backend: Backend) {
     );
     let ch_expired = meta_channel(&app, &expired.url, json!({})).await;
     let conv_expired = app
-        .create_conversation(s(&ch_expired, "id"), Some("1777"))
+        .create_conversation(s(&ch_expired, "id"), Some("15550001777"))
         .await;
     let c = post_text(&app, s(&conv_expired, "id"), json!({"text": "token?"})).await;
 
@@ -389,7 +392,9 @@ async fn infobip_sends_the_documented_request_and_classifies_errors(backend: Bac
         let sink = Sink::start().await;
         sink.always(infobip_error(status, code, text));
         let ch = infobip_channel(&app, &sink.url, "441134960000").await;
-        let conv = app.create_conversation(s(&ch, "id"), Some("4411")).await;
+        let conv = app
+            .create_conversation(s(&ch, "id"), Some("441134960011"))
+            .await;
         let a = post_text(&app, s(&conv, "id"), json!({"text": "x"})).await;
         let failed = settled(&app, s(&a, "id")).await;
         assert_eq!(
@@ -481,13 +486,13 @@ async fn meta_handshake_and_signatures(backend: Backend) {
     );
     let convs = conversations(&app).await;
     assert_eq!(convs.len(), 1);
-    assert_eq!(convs[0]["external_id"], "16505551234");
+    assert_eq!(convs[0]["external_id"], "+16505551234");
     assert_eq!(convs[0]["metadata"]["contact_name"], "Sheena Nelson");
     let acts = app.activities(s(&convs[0], "id")).await;
     assert_eq!(acts.len(), 1);
     assert_eq!(acts[0]["text"], "hi");
     assert_eq!(acts[0]["direction"], "inbound");
-    assert_eq!(acts[0]["sender"], "16505551234");
+    assert_eq!(acts[0]["sender"], "+16505551234");
     assert_eq!(acts[0]["idempotency_key"], "wamid.TEST1");
     assert_eq!(acts[0]["metadata"]["sender_name"], "Sheena Nelson");
 
@@ -518,11 +523,11 @@ async fn meta_notifications_ingest_every_message_once(backend: Backend) {
     assert_eq!(convs.len(), 2, "one conversation per wa_id");
     let sheena = convs
         .iter()
-        .find(|c| c["external_id"] == "16505551234")
+        .find(|c| c["external_id"] == "+16505551234")
         .unwrap();
     let omar = convs
         .iter()
-        .find(|c| c["external_id"] == "4915112345678")
+        .find(|c| c["external_id"] == "+4915112345678")
         .unwrap();
     assert_eq!(omar["metadata"]["contact_name"], "Omar Haddad");
     let texts: Vec<_> = app
@@ -591,7 +596,7 @@ async fn infobip_messages_and_reports(backend: Backend) {
     assert_eq!(accepted(inbound(&app, &ch, &body, &[]).await).await, ids);
     let convs = conversations(&app).await;
     assert_eq!(convs.len(), 1);
-    assert_eq!(convs[0]["external_id"], "385919998888");
+    assert_eq!(convs[0]["external_id"], "+385919998888");
     assert_eq!(convs[0]["metadata"]["contact_name"], "Frank");
     let acts = app.activities(s(&convs[0], "id")).await;
     assert_eq!(acts[0]["text"], "Support hello");
@@ -722,7 +727,7 @@ async fn inbound_whatsapp_is_routed_to_the_bot_not_back(backend: Backend) {
     let payload = got[0].json();
     assert_eq!(payload["text"], "Does it come in another color?");
     assert_eq!(payload["direction"], "inbound");
-    assert_eq!(payload["conversation"]["external_id"], "16505551234");
+    assert_eq!(payload["conversation"]["external_id"], "+16505551234");
 
     let deliveries = deliveries_of(&app, &ids[0]).await;
     assert_eq!(
@@ -860,4 +865,48 @@ async fn early_status_reports_are_asked_again(backend: Backend) {
             .await
             .is_empty()
     );
+}
+
+/// The application writes a number its own way; the provider names the user by digits
+/// alone. Both are one party: the user's reply lands in the conversation the
+/// application opened, on either provider.
+async fn replies_land_in_the_conversation_opened_for_the_number(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let graph = Sink::start().await;
+    graph.always(graph_success(WAMID));
+    let meta = meta_channel(&app, &graph.url, json!({})).await;
+    let conv = app
+        .create_conversation(s(&meta, "id"), Some("+1 (650) 555-1234"))
+        .await;
+    assert_eq!(conv["external_id"], "+16505551234");
+    let out = post_text(&app, s(&conv, "id"), json!({"text": "Your order shipped"})).await;
+    assert_eq!(settled(&app, s(&out, "id")).await["status"], "delivered");
+    assert_eq!(graph.received()[0].json()["to"], "+16505551234");
+
+    // Meta's notification names the sender `16505551234`.
+    let ids = meta_notify(&app, &meta, &fixture("meta_text.json")).await;
+    assert_eq!(conversations(&app).await.len(), 1, "no second conversation");
+    let acts = app.activities(s(&conv, "id")).await;
+    assert_eq!(acts.len(), 2);
+    assert_eq!(acts[1]["id"], ids[0].as_str());
+    assert_eq!(acts[1]["sender"], "+16505551234");
+    assert_eq!(acts[1]["direction"], "inbound");
+
+    // Infobip likewise: written with the 00 prefix, reported as `385919998888`.
+    let infobip = Sink::start().await;
+    infobip.always(infobip_success(INFOBIP_ID));
+    let ib = infobip_channel(&app, &infobip.url, "447860099299").await;
+    let conv = app
+        .create_conversation(s(&ib, "id"), Some("00385 91 999 8888"))
+        .await;
+    assert_eq!(conv["external_id"], "+385919998888");
+    let out = post_text(&app, s(&conv, "id"), json!({"text": "Hello Frank"})).await;
+    assert_eq!(settled(&app, s(&out, "id")).await["status"], "delivered");
+    assert_eq!(infobip.received()[0].json()["to"], "385919998888");
+    let ids = accepted(inbound(&app, &ib, &fixture("infobip_inbound.json"), &[]).await).await;
+    assert_eq!(ids.len(), 2);
+    assert_eq!(conversations(&app).await.len(), 2, "no third conversation");
+    let acts = app.activities(s(&conv, "id")).await;
+    let senders: Vec<_> = acts.iter().map(|a| a["sender"].as_str().unwrap()).collect();
+    assert_eq!(senders, ["app", "+385919998888", "+385919998888"]);
 }

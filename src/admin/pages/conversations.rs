@@ -1,6 +1,6 @@
 //! Conversations: the list of a tenant's (by channel and status), one conversation's
-//! activities with their deliveries and each delivery's attempt log, and closing it
-//! through [`crate::operations::conversations`].
+//! activities with their deliveries and each delivery's attempt log, and closing and
+//! reopening it through [`crate::operations::conversations`].
 
 use std::collections::HashMap;
 
@@ -23,6 +23,8 @@ use crate::domain::{
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiPath;
 use crate::http::state::AppState;
+use crate::ingest::StatusCause;
+use crate::operations::OpError;
 use crate::operations::conversations as ops;
 use crate::store::ConversationFilter;
 
@@ -53,6 +55,7 @@ pub async fn conversations(
             let filter = ConversationFilter {
                 channel_id: channel,
                 status,
+                external_id: None,
                 before: q.before,
                 limit: PAGE,
             };
@@ -212,9 +215,32 @@ pub async fn close_conversation(
     _form: CsrfForm,
 ) -> ApiResult<Response> {
     let tenant = ops::tenant_of(&state.store, id).await?;
-    ops::close(&state.store, tenant, id).await?;
+    ops::close(&state.ingest, tenant, id, StatusCause::Admin).await?;
     Ok(go(
         &format!("/admin/conversations/{id}"),
         "Conversation closed.",
     ))
+}
+
+pub async fn reopen_conversation(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ConversationId>,
+    _form: CsrfForm,
+) -> ApiResult<Response> {
+    let tenant = ops::tenant_of(&state.store, id).await?;
+    let notice = match ops::reopen(&state.ingest, tenant, id, StatusCause::Admin).await {
+        Ok(_) => "Conversation reopened.".to_owned(),
+        Err(OpError::ConversationActive) => "The conversation is already active.".to_owned(),
+        Err(OpError::ConversationExists { holder }) => match holder {
+            Some(other) => format!(
+                "Not reopened: conversation {other} is active for this external id on the channel; close it first."
+            ),
+            None => {
+                "Not reopened: another conversation is active for this external id on the channel."
+                    .to_owned()
+            }
+        },
+        Err(e) => return Err(e.into()),
+    };
+    Ok(go(&format!("/admin/conversations/{id}"), &notice))
 }

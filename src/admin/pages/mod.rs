@@ -35,7 +35,7 @@ pub use channels::{
     replay_channel_failures, resume_channel, retry_channel_failures, rotate_channel_secret,
     set_channel_status,
 };
-pub use conversations::{close_conversation, conversation, conversations};
+pub use conversations::{close_conversation, conversation, conversations, reopen_conversation};
 pub use dashboard::dashboard;
 pub use deliveries::{deliveries, retry_delivery};
 pub use login::{login, login_form, logout};

@@ -22,7 +22,8 @@ const DEFAULT_APP_SENDER: &str = "app";
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActivityIn {
-    /// Defaults to `message`.
+    /// Defaults to `message`. `conversationUpdate` is recorded by the hub when the
+    /// conversation is closed or reopened and refused here (422).
     #[serde(rename = "type")]
     pub kind: Option<ActivityType>,
     /// API key only (default `outbound`); channel and client tokens always post `inbound`.

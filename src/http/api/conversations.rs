@@ -10,13 +10,14 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{Data, Page, page_limit};
 use crate::domain::{
     ChannelId, ChannelStatus, Conversation, ConversationId, ConversationStatus, FieldError,
-    MAX_METADATA_BYTES, check_json_no_nul, check_no_nul,
+    MAX_METADATA_BYTES, check_json_no_nul, check_no_nul, normalise_external_id,
 };
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, Caller, TenantAuth};
 use crate::http::state::AppState;
+use crate::ingest::StatusCause;
 use crate::operations;
-use crate::store::{ConversationFilter, NewConversation, StoreError};
+use crate::store::{ConversationFilter, ExternalIdSearch, NewConversation, StoreError};
 
 /// Longest `external_id`, in characters.
 const MAX_EXTERNAL_ID_CHARS: usize = 255;
@@ -26,7 +27,9 @@ const MAX_EXTERNAL_ID_CHARS: usize = 255;
 pub struct ConversationIn {
     /// Required with the API key; implied by a channel token.
     pub channel_id: Option<ChannelId>,
-    /// The external party's id on the channel (phone number, user id, ...).
+    /// The external party's id on the channel (phone number, user id, ...). On
+    /// WhatsApp channels a phone number in international form, stored as E.164
+    /// (`+4915112345678`); elsewhere kept as given.
     pub external_id: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
@@ -38,6 +41,10 @@ pub struct ConversationQuery {
     pub channel_id: Option<ChannelId>,
     #[param(inline)]
     pub status: Option<ConversationStatus>,
+    /// Only the conversations of this external party, of any status, newest first. On
+    /// WhatsApp channels compared as a phone number (`0049 151 12345678` finds
+    /// `+4915112345678`), elsewhere exactly.
+    pub external_id: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<ConversationId>,
     pub limit: Option<i64>,
@@ -89,8 +96,10 @@ fn check_conversation_input(body: &ConversationIn) -> Vec<FieldError> {
 /// Create a conversation on an active channel (DESIGN.md §5).
 #[utoipa::path(post, path = "/conversations", tag = "conversations", request_body = ConversationIn,
     security(("api_key" = []), ("channel_token" = [])),
-    responses((status = 201, body = Data<Conversation>), (status = 409, body = crate::http::error::ErrorBody),
-              (status = 422, body = crate::http::error::ErrorBody)))]
+    responses((status = 201, body = Data<Conversation>),
+              (status = 404, body = crate::http::error::ErrorBody, description = "`not_found`: no such channel for this tenant"),
+              (status = 409, body = crate::http::error::ErrorBody, description = "`conversation_exists`: an active conversation holds this external_id on the channel (`details.conversation_id`)"),
+              (status = 422, body = crate::http::error::ErrorBody, description = "`validation_failed`; on WhatsApp channels also an `external_id` that is not a phone number in international form")))]
 async fn create_conversation(
     State(state): State<AppState>,
     caller: Caller,
@@ -130,16 +139,22 @@ async fn create_conversation(
             "the channel is inactive",
         ));
     }
+    let external_id = body
+        .external_id
+        .as_deref()
+        .map(|raw| normalise_external_id(channel.kind, raw))
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("external_id", &e.to_string()))?;
     let new = NewConversation {
         channel_id,
-        external_id: body.external_id.clone(),
+        external_id: external_id.clone(),
         metadata: body.metadata.unwrap_or_else(|| json!({})),
     };
     match state.store.insert_conversation(tenant_id, new).await {
         Ok(conversation) => Ok((StatusCode::CREATED, Data::new(conversation))),
         Err(err @ StoreError::Conflict { .. }) => {
             let mut api_err = ApiError::from(err);
-            if let Some(external_id) = &body.external_id
+            if let Some(external_id) = &external_id
                 && let Ok(Some(existing)) = state
                     .store
                     .find_active_conversation(tenant_id, channel_id, external_id)
@@ -153,7 +168,8 @@ async fn create_conversation(
     }
 }
 
-/// List the tenant's conversations, newest first, keyset-paginated.
+/// List the tenant's conversations, newest first, keyset-paginated; filtered by
+/// channel, status and external party.
 #[utoipa::path(get, path = "/conversations", tag = "conversations", params(ConversationQuery),
     security(("api_key" = [])), responses((status = 200, body = Page<Conversation>)))]
 async fn list_conversations(
@@ -165,6 +181,7 @@ async fn list_conversations(
     let filter = ConversationFilter {
         channel_id: query.channel_id,
         status: query.status,
+        external_id: query.external_id.as_deref().map(ExternalIdSearch::new),
         before: query.cursor,
         limit,
     };
@@ -189,7 +206,9 @@ async fn get_conversation(
     Ok(Data::new(state.visible_conversation(&caller, id).await?))
 }
 
-/// Close a conversation; later posts get 409 `conversation_closed`.
+/// Close a conversation (DESIGN.md §5); later posts get 409 `conversation_closed`. The
+/// close is the conversation's next activity, a `conversationUpdate` with
+/// `metadata.status = "closed"`; closing a closed conversation changes nothing.
 #[utoipa::path(post, path = "/conversations/{id}/close", tag = "conversations", params(("id" = ConversationId, Path)),
     security(("api_key" = [])), responses((status = 200, body = Data<Conversation>)))]
 async fn close_conversation(
@@ -197,8 +216,28 @@ async fn close_conversation(
     auth: TenantAuth,
     ApiPath(id): ApiPath<ConversationId>,
 ) -> ApiResult<axum::Json<Data<Conversation>>> {
-    let closed = operations::conversations::close(&state.store, auth.tenant_id, id).await?;
+    let closed =
+        operations::conversations::close(&state.ingest, auth.tenant_id, id, StatusCause::Api)
+            .await?;
     Ok(Data::new(closed))
+}
+
+/// Reopen a closed conversation, so it takes activities again; recorded as a
+/// `conversationUpdate` with `metadata.status = "active"`.
+#[utoipa::path(post, path = "/conversations/{id}/reopen", tag = "conversations", params(("id" = ConversationId, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = Data<Conversation>),
+              (status = 409, body = crate::http::error::ErrorBody,
+               description = "`conversation_active`: the conversation is not closed; `conversation_exists`: another active conversation holds its external_id on the channel (`details.conversation_id`)")))]
+async fn reopen_conversation(
+    State(state): State<AppState>,
+    auth: TenantAuth,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> ApiResult<axum::Json<Data<Conversation>>> {
+    let reopened =
+        operations::conversations::reopen(&state.ingest, auth.tenant_id, id, StatusCause::Api)
+            .await?;
+    Ok(Data::new(reopened))
 }
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -206,4 +245,5 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_conversation, list_conversations))
         .routes(routes!(get_conversation))
         .routes(routes!(close_conversation))
+        .routes(routes!(reopen_conversation))
 }
