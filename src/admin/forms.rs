@@ -255,6 +255,7 @@ mod tests {
                     false
                 ),
                 ("ordering", "Delivery order", ORDERING, false),
+                ("rate_limit", "Rate limit", Text, false),
             ]
         );
         assert_eq!(
@@ -281,6 +282,7 @@ mod tests {
                     false
                 ),
                 ("ordering", "Delivery order", ORDERING, false),
+                ("rate_limit", "Rate limit", Text, false),
             ]
         );
         assert_eq!(
@@ -290,6 +292,7 @@ mod tests {
                 ("api_key", "API key", Secret, true),
                 ("sender", "Sender number", Text, true),
                 ("ordering", "Delivery order", ORDERING, false),
+                ("rate_limit", "Rate limit", Text, false),
             ]
         );
         let timeout = &config_fields(ChannelType::Webhook)[3];

@@ -39,8 +39,8 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// for being out of reach.
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(250);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Longest a receiver's `Retry-After` holds back its whole channel (the delivery that
-/// got it waits as long as it asks).
+/// Longest a receiver's `429` `Retry-After` holds back its whole channel (the delivery
+/// that got it waits as long as it asks).
 const MAX_CHANNEL_BACK_OFF: Duration = Duration::from_secs(600);
 
 /// What one claim found.
@@ -308,16 +308,7 @@ impl DeliveryEngine {
         let now = Timestamp::now();
         let recorded = attempt_result(&result, in_budget, now, self.settings.backoff_scale);
         let observed = observation(&delivery, &result, now);
-        if let Err(AdapterError::Retryable {
-            retry_after: Some(wait),
-            reached: true,
-            ..
-        }) = &result
-        {
-            // The receiver asked for a pause: the whole channel takes it on this node.
-            self.throttle
-                .back_off(delivery.channel_id, (*wait).min(MAX_CHANNEL_BACK_OFF));
-        }
+
         let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
                 tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");
@@ -341,6 +332,20 @@ impl DeliveryEngine {
             response_body: answer.map(|a| a.body),
             node: self.settings.node.clone(),
         };
+        if let (
+            Some(429),
+            Err(AdapterError::Retryable {
+                retry_after: Some(wait),
+                ..
+            }),
+        ) = (log.http_status, &result)
+        {
+            // Too many requests, and told for how long: the whole channel waits on this
+            // node, not only this delivery (scaled as the delivery's own retry is).
+            let wait = wait.mul_f64(self.settings.backoff_scale);
+            self.throttle
+                .back_off(delivery.channel_id, wait.min(MAX_CHANNEL_BACK_OFF));
+        }
         let completion = Completion {
             delivery: delivery.clone(),
             lease,

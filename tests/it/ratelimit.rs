@@ -1,6 +1,6 @@
 //! Per-channel outbound rate limits (`rate_limit` in a channel's config), held by one
 //! node and by two nodes sharing one database, counted at a recording sink; and a
-//! receiver's `Retry-After` holding back its whole channel.
+//! receiver's `429` with `Retry-After` holding back its whole channel.
 
 use std::collections::HashMap;
 use std::process::Stdio;
