@@ -149,3 +149,108 @@ fn the_scan_reads_codes_after_a_status_and_across_lines() {
         ]
     );
 }
+
+/// The anchors GitHub gives the headings of a Markdown text: lowercased, spaces as
+/// `-`, other punctuation dropped (`## 8. Long-poll` is `#8-long-poll`).
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut in_code = false;
+    let mut found = BTreeSet::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let Some(title) = line.strip_prefix('#').filter(|_| !in_code) else {
+            continue;
+        };
+        let title = title.trim_start_matches('#').trim();
+        let anchor: String = title
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                _ => None,
+            })
+            .collect();
+        found.insert(anchor);
+    }
+    found
+}
+
+/// Files whose text may cite the docs: sources, tests, benchmarks, documentation.
+fn citing_files() -> Vec<PathBuf> {
+    let mut files = rust_files(&root().join("src"));
+    files.extend(rust_files(&root().join("tests")));
+    files.extend(rust_files(&root().join("bench")));
+    for doc in ["README.md", "BENCHMARKS.md", "bench/README.md"] {
+        files.push(root().join(doc));
+    }
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    files.retain(|f| f.exists());
+    files
+}
+
+#[test]
+fn every_cited_docs_section_exists() {
+    let mut cited = 0;
+    for file in citing_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (at, _) in text.match_indices("docs/") {
+            let rest = &text[at + "docs/".len()..];
+            let Some((page, after)) = rest.split_once(".md#") else {
+                continue;
+            };
+            if page.is_empty() || !page.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                continue;
+            }
+            let anchor: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            if anchor.is_empty() {
+                // `docs/design.md#<section>`: how to cite, not a citation.
+                continue;
+            }
+            let doc = root().join("docs").join(format!("{page}.md"));
+            let headings = std::fs::read_to_string(&doc)
+                .map(|d| anchors(&d))
+                .unwrap_or_else(|_| panic!("{file:?} cites docs/{page}.md, which does not exist"));
+            assert!(
+                headings.contains(&anchor),
+                "{file:?} cites docs/{page}.md#{anchor}, which is no section of it"
+            );
+            cited += 1;
+        }
+    }
+    assert!(cited > 0, "no citation found: the scan is broken");
+}
+
+#[test]
+fn no_citation_leaves_the_repository() {
+    // This file names what it looks for.
+    for file in citing_files()
+        .into_iter()
+        .filter(|f| !f.ends_with("tests/it/docs.rs"))
+    {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for outside in ["DESIGN.md", "protocols.md §", "STYLE.md", "shared/docs"] {
+            assert!(
+                !text.contains(outside),
+                "{file:?} cites {outside:?}, which is not part of this repository"
+            );
+        }
+    }
+}
+
+#[test]
+fn anchors_follow_github() {
+    let found =
+        anchors("# Title\n## 8. Long-poll\n```\n# not a heading\n```\n### Meta send errors\n");
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        ["8-long-poll", "meta-send-errors", "title"]
+    );
+}
