@@ -175,7 +175,7 @@ impl Ingestor {
         }
     }
 
-    /// The channels that get a delivery row (DESIGN.md §3 "Which channels"): the conversation's own
+    /// The channels that get a delivery row (docs/design.md#routing): the conversation's own
     /// channel when its adapter delivers this activity, and every matching route's
     /// target except the channel the activity came from. The own channel needs no such
     /// exclusion: what arrives from a channel is inbound, and adapters deliver outbound

@@ -1,4 +1,4 @@
-//! Conversations (DESIGN.md §5 "conversations").
+//! Conversations (docs/design.md#api).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -86,7 +86,7 @@ fn check_conversation_input(body: &ConversationIn) -> Vec<FieldError> {
     errors
 }
 
-/// Create a conversation on an active channel (DESIGN.md §5).
+/// Create a conversation on an active channel (docs/design.md#api).
 #[utoipa::path(post, path = "/conversations", tag = "conversations", request_body = ConversationIn,
     security(("api_key" = []), ("channel_token" = [])),
     responses((status = 201, body = Data<Conversation>), (status = 409, body = crate::http::error::ErrorBody),

@@ -1,4 +1,4 @@
-//! Client tokens (DESIGN.md §4): one conversation, one user, one hour.
+//! Client tokens (docs/design.md#authentication): one conversation, one user, one hour.
 
 use axum::extract::State;
 use axum::http::StatusCode;
