@@ -200,17 +200,27 @@ fn host_name(host: &str) -> &str {
 /// Parses a comma-separated CIDR list; bare addresses are single-host networks.
 ///
 /// # Errors
-/// The entries that are neither.
+/// Every entry that is neither, named in one message.
 pub fn parse_cidrs(list: &str) -> Result<Vec<IpNet>, String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("`{s}` is not an IP network (CIDR) or address"))
-        })
-        .collect()
+    let mut networks = Vec::new();
+    let mut bad = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(network) => networks.push(network),
+            Err(_) => bad.push(format!("`{entry}`")),
+        }
+    }
+    match bad.as_slice() {
+        [] => Ok(networks),
+        [one] => Err(format!("{one} is not an IP network (CIDR) or address")),
+        many => Err(format!(
+            "{} are not IP networks (CIDR) or addresses",
+            many.join(", ")
+        )),
+    }
 }
 
 /// An admin browser session (also without a password: it carries the CSRF binding).
@@ -533,7 +543,14 @@ mod tests {
         for no in ["127.0.0.2", "::2", "10.0.0.1"] {
             assert!(!is_allowed(no.parse().unwrap(), &allowed), "{no}");
         }
-        assert!(parse_cidrs("10.0.0.0/8, nonsense").is_err());
+        assert_eq!(
+            parse_cidrs("10.0.0.0/8, nonsense"),
+            Err("`nonsense` is not an IP network (CIDR) or address".into())
+        );
+        assert_eq!(
+            parse_cidrs("bad, 10.0.0.0/8, 10.0.0.0/33,,worse"),
+            Err("`bad`, `10.0.0.0/33`, `worse` are not IP networks (CIDR) or addresses".into())
+        );
         assert_eq!(
             parse_cidrs("10.0.0.1").unwrap()[0].to_string(),
             "10.0.0.1/32"

@@ -242,9 +242,29 @@ pub async fn run(
     if let Err(problems) = config.validate() {
         anyhow::bail!("invalid configuration:\n  {}", problems.join("\n  "));
     }
-    install_crypto_provider();
-    let tls = load_tls(&config).await?;
     let store = open_store(&config).await?;
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// [`run`] over a store already opened with [`open_store`] from a validated `config`
+/// (the `serve` command opens it first, to say which database it serves).
+///
+/// # Errors
+/// An unusable certificate or a failing listener.
+pub async fn run_with_store(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    install_crypto_provider();
+    let tls = match load_tls(&config).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
     // The later steps of shutdown. Cancelled also when this future is dropped before
     // reaching them, so that no task outlives an aborted `run`.
     let stop = CancellationToken::new();

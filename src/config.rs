@@ -6,9 +6,12 @@
 //! the config is loaded. This module configures the node and runs nothing: it must not
 //! import the edges, `ingest` or `delivery`.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, FromArgMatches, ValueEnum};
 use ipnet::IpNet;
 
@@ -702,9 +705,9 @@ impl Config {
             .filter(|k| !k.is_empty())
     }
 
-    /// Where an SQLite installation keeps a key it generated, `<file><suffix>`, if
-    /// this is one with a file.
-    fn sqlite_key_path(&self, suffix: &str) -> Option<PathBuf> {
+    /// The file of an SQLite database, as the URL names it (relative to the working
+    /// directory unless absolute); `None` for PostgreSQL and in-memory databases.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
         let path = self
             .database_url
             .strip_prefix("sqlite://")
@@ -713,7 +716,33 @@ impl Config {
         if path.is_empty() || path.contains(":memory:") {
             return None;
         }
-        Some(PathBuf::from(format!("{path}{suffix}")))
+        Some(PathBuf::from(path))
+    }
+
+    /// The database as the CLI names it: an SQLite file by its absolute path
+    /// (`sqlite:///srv/converger.db`), a PostgreSQL URL without its password or its
+    /// parameters (which may hold one).
+    pub fn database_display(&self) -> String {
+        if let Some(file) = self.sqlite_file() {
+            let absolute = std::path::absolute(&file).unwrap_or(file);
+            return format!("sqlite://{}", absolute.display());
+        }
+        match url::Url::parse(&self.database_url) {
+            Ok(mut url) if Backend::from_url(&self.database_url) == Some(Backend::Postgres) => {
+                let _ = url.set_password(None);
+                url.set_query(None);
+                url.to_string()
+            }
+            _ => redact_url(&self.database_url),
+        }
+    }
+
+    /// Where an SQLite installation keeps a key it generated, `<file><suffix>`, if
+    /// this is one with a file.
+    fn sqlite_key_path(&self, suffix: &str) -> Option<PathBuf> {
+        let mut path = self.sqlite_file()?.into_os_string();
+        path.push(suffix);
+        Some(PathBuf::from(path))
     }
 
     /// Where the generated JWT secret of an SQLite installation is kept, if this is one.
@@ -739,6 +768,141 @@ impl Config {
     pub fn public_base(&self) -> &str {
         self.public_url.trim_end_matches('/')
     }
+}
+
+/// Why a command line did not become a configuration.
+#[derive(Debug)]
+pub enum CliError {
+    /// Help, version, an unknown flag, a missing subcommand: clap's own answer, shown
+    /// as clap shows it ([`clap::Error::exit`]).
+    Clap(clap::Error),
+    /// Every setting with a value that does not parse, then every rule between settings
+    /// that the others break: one line each.
+    Invalid(Vec<String>),
+}
+
+/// Parses a command line of `P`, whose settings include the [`Config`] that `config`
+/// reaches, reporting every bad setting at once.
+///
+/// clap stops at the first value it cannot parse. Here each such setting is noted and
+/// set aside (its flag dropped, its variable ignored) and the command line parsed
+/// again, until the rest parses; then [`Config::validate`] adds the problems between
+/// settings. A bad number in one variable and a bad network in another are so reported
+/// in one run.
+///
+/// # Errors
+/// [`CliError::Invalid`] listing every problem, or [`CliError::Clap`] when the command
+/// line is wrong in another way (or asks for help).
+pub fn parse_all<P: clap::Parser>(
+    args: impl IntoIterator<Item = impl Into<OsString>>,
+    config: impl Fn(&P) -> &Config,
+) -> Result<P, CliError> {
+    let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = P::command();
+    let mut set_aside = HashSet::new();
+    let mut problems = Vec::new();
+    loop {
+        let error = match command.clone().try_get_matches_from(args.clone()) {
+            Ok(matches) => {
+                let parsed = P::from_arg_matches(&matches).map_err(CliError::Clap)?;
+                if let Err(more) = config(&parsed).validate() {
+                    problems.extend(more);
+                }
+                return if problems.is_empty() {
+                    Ok(parsed)
+                } else {
+                    Err(CliError::Invalid(problems))
+                };
+            }
+            Err(error) => error,
+        };
+        let bad_value = matches!(
+            error.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        );
+        let culprit = bad_value
+            .then(|| culprit(&command, &error))
+            .flatten()
+            .filter(|arg| !set_aside.contains(arg.get_id()));
+        let Some(arg) = culprit else {
+            if problems.is_empty() {
+                return Err(CliError::Clap(error));
+            }
+            problems.push(first_line(&error));
+            return Err(CliError::Invalid(problems));
+        };
+        problems.push(value_problem(&arg, &error));
+        if let Some(long) = arg.get_long() {
+            drop_flag(&mut args, long);
+        }
+        set_aside.insert(arg.get_id().clone());
+        command = command.mut_arg(arg.get_id().clone(), |a| a.env(None));
+    }
+}
+
+/// The argument of `command` that `error` names.
+fn culprit(command: &clap::Command, error: &clap::Error) -> Option<clap::Arg> {
+    let Some(ContextValue::String(named)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // `--listen <LISTEN>`: the flag names the argument.
+    let long = named.split(' ').next()?.strip_prefix("--")?;
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .cloned()
+}
+
+/// `CONVERGER_LISTEN `abc`: invalid socket address syntax`, the value left out for
+/// settings whose values are secret.
+fn value_problem(arg: &clap::Arg, error: &clap::Error) -> String {
+    let name = arg.get_env().map_or_else(
+        || format!("--{}", arg.get_long().unwrap_or_default()),
+        |env| env.to_string_lossy().into_owned(),
+    );
+    let value = match error.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) if !arg.is_hide_env_values_set() => {
+            format!(" `{value}`")
+        }
+        _ => String::new(),
+    };
+    let why = match std::error::Error::source(error) {
+        Some(cause) => cause.to_string(),
+        None => match error.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(valid)) => format!("must be one of {}", valid.join(", ")),
+            _ => "invalid value".to_owned(),
+        },
+    };
+    format!("{name}{value}: {why}")
+}
+
+/// The first line of clap's message, without its `error: ` label.
+fn first_line(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+}
+
+/// Removes `--long VALUE` and `--long=VALUE` from a command line (its first item, the
+/// program, kept).
+fn drop_flag(args: &mut Vec<OsString>, long: &str) {
+    let flag = format!("--{long}");
+    let with_value = format!("{flag}=");
+    let mut kept = Vec::with_capacity(args.len());
+    let mut items = std::mem::take(args).into_iter();
+    if let Some(program) = items.next() {
+        kept.push(program);
+    }
+    while let Some(item) = items.next() {
+        match item.to_str() {
+            Some(s) if s == flag => {
+                items.next();
+            }
+            Some(s) if s.starts_with(&with_value) => {}
+            _ => kept.push(item),
+        }
+    }
+    *args = kept;
 }
 
 impl std::fmt::Debug for Config {
@@ -1006,6 +1170,84 @@ mod tests {
         assert!(c.validate().unwrap_err()[0].contains("without CONVERGER_SECRET_KEY"));
     }
 
+    /// A command line of settings alone, as `converger` parses them.
+    #[derive(clap::Parser, Debug)]
+    struct Settings {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, CliError> {
+        let args = std::iter::once("converger").chain(args.iter().copied());
+        parse_all::<Settings>(args, |s| &s.config)
+    }
+
+    fn problems(args: &[&str]) -> Vec<String> {
+        match parse(args) {
+            Err(CliError::Invalid(problems)) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_unparsable_value_is_reported_with_the_rules_between_settings() {
+        let found = problems(&[
+            "--delivery-concurrency",
+            "lots",
+            "--admin-allowed-ips=10.0.0.0/8,nonsense,10.0.0.0/33",
+            "--listen",
+            "nowhere",
+            "--log-format",
+            "xml",
+            "--database-url",
+            "postgres://u:hunter2@h/db",
+        ]);
+        assert_eq!(found.len(), 5, "{found:#?}");
+        assert!(
+            found[0].starts_with("CONVERGER_DELIVERY_CONCURRENCY `lots`: invalid digit"),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("CONVERGER_ADMIN_ALLOWED_IPS")
+                    && p.contains("`nonsense`, `10.0.0.0/33` are not IP networks")),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("CONVERGER_LISTEN `nowhere`: invalid socket address")),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p == "CONVERGER_LOG_FORMAT `xml`: must be one of text, json"),
+            "{found:#?}"
+        );
+        // The rules between settings still run, over the settings that parsed.
+        assert!(
+            found[4].starts_with("CONVERGER_JWT_SECRET is required with PostgreSQL"),
+            "{found:#?}"
+        );
+        assert!(!format!("{found:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn good_settings_parse_and_other_mistakes_are_clap_s_to_report() {
+        let parsed =
+            parse(&["--listen", "127.0.0.1:9000", "--trusted-proxies=10.0.0.0/8"]).unwrap();
+        assert_eq!(
+            parsed.config.listen,
+            SocketAddr::from(([127, 0, 0, 1], 9000))
+        );
+        assert!(matches!(
+            parse(&["--no-such-flag"]),
+            Err(CliError::Clap(e)) if e.kind() == ErrorKind::UnknownArgument
+        ));
+    }
+
     #[test]
     fn secret_file_sits_next_to_the_database() {
         let c = Config::new("sqlite://data/converger.db?mode=rwc");
@@ -1020,6 +1262,28 @@ mod tests {
         assert_eq!(
             c.sqlite_secret_key_path(),
             Some(PathBuf::from("data/converger.db.secret-key"))
+        );
+        assert_eq!(c.sqlite_file(), Some(PathBuf::from("data/converger.db")));
+        assert_eq!(
+            Config::new("sqlite:///var/lib/converger.db").sqlite_file(),
+            Some(PathBuf::from("/var/lib/converger.db"))
+        );
+        assert_eq!(Config::new("postgres://h/db").sqlite_file(), None);
+        assert_eq!(
+            Config::new("sqlite:///var/lib/converger.db?mode=rwc").database_display(),
+            "sqlite:///var/lib/converger.db"
+        );
+        let relative = Config::new("sqlite://converger.db").database_display();
+        let expected = std::env::current_dir().unwrap().join("converger.db");
+        assert_eq!(relative, format!("sqlite://{}", expected.display()));
+        assert_eq!(
+            Config::new("postgres://app:hunter2@db.internal:5432/hub?password=x&sslmode=require")
+                .database_display(),
+            "postgres://app@db.internal:5432/hub"
+        );
+        assert_eq!(
+            Config::new("sqlite::memory:").database_display(),
+            "sqlite::memory:"
         );
     }
 }

@@ -320,7 +320,7 @@ impl Ingestor {
         }
     }
 
-    /// The channels that get a delivery row (DESIGN.md §3): the conversation's own
+    /// The channels that get a delivery row (docs/design.md#semantics): the conversation's own
     /// channel when its adapter delivers this activity, and every matching route's
     /// target except the channel the activity came from. The own channel needs no such
     /// exclusion: what arrives from a channel is inbound, and adapters deliver outbound

@@ -248,7 +248,7 @@ pub fn str_field(value: &Value, key: &str) -> Option<String> {
 }
 
 /// A provider's time as RFC 3339 UTC: Meta's Unix seconds (`"1750857384"`) or Infobip's
-/// `2019-04-09T16:01:56.494-0300` (offset without colon, §3.5); anything else as sent.
+/// `2019-04-09T16:01:56.494-0300` (offset without colon, docs/protocols.md#infobip-webhooks); anything else as sent.
 pub fn provider_time(raw: &str) -> String {
     use chrono::{DateTime, SecondsFormat, Utc};
     let parsed = match raw.parse::<i64>() {

@@ -1,4 +1,4 @@
-//! `whatsapp_infobip`: WhatsApp through Infobip's API, protocols.md §3.
+//! `whatsapp_infobip`: WhatsApp through Infobip's API, docs/protocols.md#infobip.
 //!
 //! Outbound: `POST {base_url}/whatsapp/1/message/text` with `Authorization: App
 //! <api_key>`; the returned `messageId` is the delivery's external id, which delivery
@@ -8,7 +8,7 @@
 //! Inbound: one URL takes Infobip's three webhook kinds, told apart per `results[]`
 //! entry: inbound messages (a `message` object; keyed by `messageId`), delivery reports
 //! (a `status` object) and seen reports (`seenAt`, no `status`). Infobip signs nothing
-//! by default (§3.8), so requests are accepted unsigned: the channel's inbound URL,
+//! by default (docs/protocols.md#infobip-signing), so requests are accepted unsigned: the channel's inbound URL,
 //! which holds its random id, is the shared secret. Like Meta, Infobip re-sends refused
 //! requests, so this adapter is lenient: only a body that is not JSON is refused. The
 //! API key never appears in errors or logs.
@@ -128,7 +128,7 @@ impl ChannelAdapter for WhatsappInfobipAdapter {
     }
 }
 
-/// The documented text-message body (§3.2); numbers go without a leading `+`. The
+/// The documented text-message body (docs/protocols.md#infobip-send); numbers go without a leading `+`. The
 /// delivery id rides along as `callbackData`, which reports echo.
 fn send_body(sender: &str, to: &str, text: &str, delivery_id: &str) -> Value {
     json!({
@@ -139,7 +139,7 @@ fn send_body(sender: &str, to: &str, text: &str, delivery_id: &str) -> Value {
     })
 }
 
-/// Reads a send answer (§3.3, §3.4): the `messageId` of an accepted message; a
+/// Reads a send answer (docs/protocols.md#infobip-send): the `messageId` of an accepted message; a
 /// `REJECTED` status group or a 4xx is permanent, 408/425/429/5xx retryable.
 fn classify(status: u16, after: Option<Duration>, body: &str) -> Result<Delivered, AdapterError> {
     let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
@@ -246,7 +246,7 @@ fn digits(number: &str) -> String {
     number.chars().filter(char::is_ascii_digit).collect()
 }
 
-/// Reads an inbound message, delivery report or seen report webhook (§3.5, §3.6).
+/// Reads an inbound message, delivery report or seen report webhook (docs/protocols.md#infobip-webhooks, docs/protocols.md#infobip-reports).
 /// Messages to another sender than the channel's (one account may route several
 /// numbers to one URL) are skipped.
 ///
@@ -330,7 +330,7 @@ fn parse_message(result: &Value) -> Option<Incoming> {
 }
 
 /// A delivery report (`status`) or a seen report (`seenAt` without `status`), mapped
-/// as §3.7 says: PENDING/ACCEPTED → sent, DELIVERED → delivered, seen → read,
+/// as docs/protocols.md#infobip-reports says: PENDING/ACCEPTED → sent, DELIVERED → delivered, seen → read,
 /// UNDELIVERABLE/EXPIRED/REJECTED → failed.
 fn parse_report(result: &Value) -> Option<StatusUpdate> {
     let provider_id = str_field(result, "messageId")?;

@@ -1,9 +1,9 @@
-//! `whatsapp_meta`: WhatsApp through Meta's Cloud API (Graph API), protocols.md §2.
+//! `whatsapp_meta`: WhatsApp through Meta's Cloud API (Graph API), docs/protocols.md#whatsapp-cloud-api.
 //!
 //! Outbound: a text message per delivery, `POST {api_base_url}/{api_version}/
 //! {phone_number_id}/messages` with the access token as bearer; the returned `wamid` is
 //! the delivery's external id, which status notifications name. Failures are classified
-//! by the Graph error's `code`, not the HTTP status (§2.3).
+//! by the Graph error's `code`, not the HTTP status (docs/protocols.md#meta-send-errors).
 //!
 //! Inbound: the `GET` verification handshake (`hub.verify_token`), and notifications
 //! signed with `X-Hub-Signature-256` over the raw body with the app secret. Every
@@ -139,7 +139,7 @@ fn inbound_config(channel: &Channel) -> Result<WhatsappMetaConfig, InboundError>
 /// The signature header of Meta's notifications.
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
-/// Graph error codes worth retrying with backoff: transient errors (§2.3).
+/// Graph error codes worth retrying with backoff: transient errors (docs/protocols.md#meta-send-errors).
 const TRANSIENT_CODES: &[i64] = &[1, 2, 131000, 131016, 133004, 131057];
 /// Throttling codes: retried later, with the backoff schedule.
 const THROTTLING_CODES: &[i64] = &[4, 80007, 130429, 131056, 133016];
@@ -251,7 +251,7 @@ impl ChannelAdapter for WhatsappMetaAdapter {
     }
 }
 
-/// The documented text-message body (§2.1). The delivery id rides along as
+/// The documented text-message body (docs/protocols.md#meta-send). The delivery id rides along as
 /// `biz_opaque_callback_data`, which Meta echoes in status notifications.
 fn send_body(to: &str, text: &str, delivery_id: &str) -> Value {
     json!({
@@ -265,7 +265,7 @@ fn send_body(to: &str, text: &str, delivery_id: &str) -> Value {
 }
 
 /// Reads a send answer: the `wamid` of a 2xx, else the Graph error classified by its
-/// `code` (§2.3 "Retry classification"); without an error envelope, by HTTP status.
+/// `code` (docs/protocols.md#meta-send-errors); without an error envelope, by HTTP status.
 fn classify(status: u16, after: Option<Duration>, body: &str) -> Result<Delivered, AdapterError> {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     if (200..300).contains(&status) {
@@ -347,7 +347,7 @@ fn classify(status: u16, after: Option<Duration>, body: &str) -> Result<Delivere
     })
 }
 
-/// Reads a notification (§2.5): every message and status of every entry and change.
+/// Reads a notification (docs/protocols.md#meta-notifications): every message and status of every entry and change.
 /// Changes for another phone number id than the channel's (one Meta app may serve
 /// several numbers through one URL) are skipped.
 ///

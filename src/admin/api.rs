@@ -77,7 +77,9 @@ async fn list_tenants(State(state): State<AppState>) -> ApiResult<axum::Json<Dat
 
 /// Create a tenant; the API key is in this answer only.
 #[utoipa::path(post, path = "/tenants", tag = "admin", request_body = TenantIn,
-    responses((status = 201, body = Data<TenantWithKey>), (status = 422, body = crate::http::error::ErrorBody)))]
+    responses((status = 201, body = Data<TenantWithKey>),
+        (status = 409, description = "`tenant_exists`: another tenant has this name, compared without case", body = crate::http::error::ErrorBody),
+        (status = 422, body = crate::http::error::ErrorBody)))]
 async fn create_tenant(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TenantIn>,

@@ -1,4 +1,4 @@
-//! The operator's admin panel at `/admin` (DESIGN.md §4, §5): server-rendered pages
+//! The operator's admin panel at `/admin` (docs/design.md#authentication, docs/design.md#api): server-rendered pages
 //! and a JSON API under `/admin/api`, both behind the guard (`guard.rs`).
 //!
 //! An edge like the REST API: it reads the store and changes tenants, channels,

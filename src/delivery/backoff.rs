@@ -1,4 +1,4 @@
-//! The retry schedule (DESIGN.md §3 "Delivery"), pure.
+//! The retry schedule (docs/design.md#delivery), pure.
 //!
 //! Attempt 1 is immediate; after the n-th failed attempt the next is due
 //! `3^n * 10 s` later (30 s, 90 s, 270 s, 810 s), or after the receiver's

@@ -78,7 +78,7 @@ pub struct NewActivity {
 }
 
 impl NewActivity {
-    /// Checks every rule of DESIGN.md §5 and returns all that are broken.
+    /// Checks every rule of docs/design.md#limits and returns all that are broken.
     pub fn validate(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let sender = self.sender.trim();

@@ -341,6 +341,12 @@ impl From<OpError> for ApiError {
         match err {
             OpError::NotFound(what) => ApiError::not_found(what),
             OpError::Invalid(errors) => ApiError::validation(errors),
+            OpError::TenantExists(name) => ApiError::conflict(
+                "tenant_exists",
+                format!(
+                    "a tenant called `{name}` exists already (names are compared without case)"
+                ),
+            ),
             OpError::DeliveryNotFailed { status } => ApiError::conflict(
                 "delivery_not_failed",
                 format!("only failed or pending deliveries can be retried; this one is {status}"),

@@ -129,7 +129,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-/// Who is calling, after authentication and the active-status checks of DESIGN.md §4.
+/// Who is calling, after authentication and the active-status checks of docs/design.md#authentication.
 #[derive(Debug, Clone)]
 pub enum Caller {
     /// A tenant API key: everything of the tenant.

@@ -1,4 +1,4 @@
-//! HTTPS enforcement (DESIGN.md §4 "TLS"): redirect plain-HTTP requests to https and
+//! HTTPS enforcement (docs/design.md#security): redirect plain-HTTP requests to https and
 //! send HSTS on HTTPS responses.
 //!
 //! Stage 1, one middleware around every route. It decides a request's scheme and

@@ -1,4 +1,4 @@
-//! Inbound webhooks (DESIGN.md §3 "Inbound"): `POST /api/v1/channels/:id/inbound`
+//! Inbound webhooks (docs/design.md#inbound): `POST /api/v1/channels/:id/inbound`
 //! verifies the sender's signature, lets the channel's adapter parse the payload, finds
 //! or opens each sender's conversation and hands every message to `ingest`, keyed by
 //! the provider's message id so re-deliveries create nothing.
@@ -172,7 +172,7 @@ async fn resolve_conversation(
     }
 }
 
-/// Receive messages from the channel's external side (DESIGN.md §3 "Inbound").
+/// Receive messages from the channel's external side (docs/design.md#inbound).
 #[utoipa::path(post, path = "/channels/{id}/inbound", tag = "inbound", params(("id" = ChannelId, Path)),
     request_body(content = Object, description = "The channel type's inbound format", content_type = "application/json"),
     responses((status = 201, body = InboundAccepted), (status = 200, body = InboundAccepted, description = "Accepted from a provider (WhatsApp)"),
@@ -354,7 +354,7 @@ fn drop_unmatchable_statuses(channel: &Channel, batch: &mut InboundBatch) {
 }
 
 /// Reachability check for senders that probe the URL with `GET`, and Meta's webhook
-/// verification handshake (protocols.md §2.4).
+/// verification handshake (docs/protocols.md#meta-verification-handshake).
 #[utoipa::path(get, path = "/channels/{id}/inbound", tag = "inbound", params(("id" = ChannelId, Path)),
     responses((status = 200, description = "The channel takes inbound requests; for whatsapp_meta, the `hub.challenge` as text/plain"),
               (status = 403, body = crate::http::error::ErrorBody, description = "whatsapp_meta: wrong hub.mode or hub.verify_token"),

@@ -25,7 +25,7 @@ pub async fn tenant_of(store: &Store, id: DeliveryId) -> OpResult<TenantId> {
 /// Retries a tenant's delivery at once: a failed one is queued again, a pending one
 /// waiting for its next attempt (after a fixed receiver, say) becomes due now. Either
 /// gets a fresh budget of attempts, numbered on from its last one; `last_error` is
-/// kept (DESIGN.md §3 "Delivery").
+/// kept (docs/design.md#delivery).
 ///
 /// # Errors
 ///

@@ -30,6 +30,9 @@ pub enum OpError {
     /// The input broke these rules, every one of them listed.
     #[error("{}", summary(.0))]
     Invalid(Vec<FieldError>),
+    /// Another tenant has this name, compared without case.
+    #[error("a tenant called `{0}` exists already (names are compared without case)")]
+    TenantExists(String),
     /// Only a failed or pending delivery can be retried; this one is in `status`.
     #[error("only failed or pending deliveries can be retried; this one is {status}")]
     DeliveryNotFailed { status: DeliveryStatus },

@@ -1,4 +1,4 @@
-//! Routes between a tenant's channels (DESIGN.md §2 "route"): creating one between
+//! Routes between a tenant's channels (docs/design.md#data-model): creating one between
 //! two active channels without closing a cycle, and deleting one.
 
 use super::{OpError, OpResult, not_found_as};

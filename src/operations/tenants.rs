@@ -7,7 +7,10 @@ use utoipa::ToSchema;
 use super::{OpError, OpResult, not_found_as};
 use crate::auth;
 use crate::domain::{Tenant, TenantId, TenantStatus, check_tenant_name};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// The unique index on `lower(name)`.
+const TENANT_NAME_KEY: &str = "tenants_name_key";
 
 /// A tenant with its API key, shown this once (the store keeps only its hash).
 #[derive(Serialize, ToSchema)]
@@ -20,11 +23,21 @@ pub struct TenantWithKey {
 ///
 /// # Errors
 ///
-/// [`OpError::Invalid`] naming `name` when it breaks the tenant name rule.
+/// [`OpError::Invalid`] naming `name` when it breaks the tenant name rule;
+/// [`OpError::TenantExists`] when another tenant has the name, compared without case
+/// (the `tenants_name_key` index decides, so two creations racing cannot both win).
 pub async fn create(store: &Store, name: &str) -> OpResult<TenantWithKey> {
     let name = check_tenant_name(name).map_err(|e| OpError::Invalid(vec![e]))?;
     let key = auth::generate_api_key();
-    let tenant = store.insert_tenant(name, &key.hash, &key.prefix).await?;
+    let tenant = store
+        .insert_tenant(name, &key.hash, &key.prefix)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict { constraint } if constraint == TENANT_NAME_KEY => {
+                OpError::TenantExists(name.to_owned())
+            }
+            other => other.into(),
+        })?;
     tracing::info!(tenant_id = %tenant.id, "tenant created");
     Ok(TenantWithKey {
         tenant,

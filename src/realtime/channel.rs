@@ -1,5 +1,5 @@
 //! The `conversation:<id>` channel: who may join, what a join resumes from, and what
-//! client pushes do (DESIGN.md §3 "Real time").
+//! client pushes do (docs/design.md#real-time).
 //!
 //! Resume is gap-free and duplicate-free: a join subscribes to PubSub first, then reads
 //! the conversation's watermark; the [`Stream`](super::stream::Stream) the session

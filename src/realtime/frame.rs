@@ -1,4 +1,4 @@
-//! Phoenix Channels text frames (protocols.md §1.2): parsing and serialising only.
+//! Phoenix Channels text frames (docs/protocols.md#frames): parsing and serialising only.
 //!
 //! V2 frames are 5-element JSON arrays `[join_ref, ref, topic, event, payload]`; V1
 //! frames are objects `{"topic","event","payload","ref","join_ref"?}`. This module does

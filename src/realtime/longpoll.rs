@@ -1,4 +1,4 @@
-//! The long-poll transport (protocols.md §1.10), for clients without WebSocket:
+//! The long-poll transport (docs/protocols.md#long-poll), for clients without WebSocket:
 //! `GET /socket/longpoll` opens a session or polls it for messages, `POST` sends it a
 //! batch of messages.
 //!
@@ -252,7 +252,7 @@ fn failure(err: ApiError) -> Response {
 
 /// `GET /socket/longpoll`: without a session token, authenticates like the WebSocket
 /// connect and opens a session (`status` 410 with its `token`); with one, waits up to
-/// `CONVERGER_LONGPOLL_WINDOW_SECS` for the session's messages (protocols.md §1.10).
+/// `CONVERGER_LONGPOLL_WINDOW_SECS` for the session's messages (docs/protocols.md#long-poll).
 #[utoipa::path(get, path = "/socket/longpoll", tag = "realtime",
     params(
         ("token" = Option<String>, Query, description = "To open a session: the client token (or send it as `X-Phoenix-AuthToken`). To poll: also the session token (`lps_...`, or send it as `X-Phoenix-Longpoll-Token`)"),

@@ -1,5 +1,4 @@
-//! Real-time edge: Phoenix Channels over WebSocket and over long-poll (DESIGN.md §3
-//! "Real time", protocols.md §1).
+//! Real-time edge: Phoenix Channels over WebSocket and over long-poll (docs/design.md#real-time, docs/protocols.md#phoenix-channels).
 //!
 //! Stage 1 of the flow, beside `http`. This module authenticates a connect request,
 //! the same way for both transports, and refuses it (403 with a reason, no session)

@@ -1,7 +1,7 @@
 //! The stream of one joined `conversation:<id>` topic: replays the store after the
 //! client's watermark, then forwards live PubSub events, filling any gap (or a lagged
 //! subscription, or one told to resynchronise) from the store, so that each activity
-//! reaches the socket exactly once and in `seq` order (DESIGN.md §3 "Real time").
+//! reaches the socket exactly once and in `seq` order (docs/design.md#real-time).
 //!
 //! A stream is spawned by the session after `channel::join` granted the topic and runs
 //! until the session drops it. It only reads the store and writes encoded frames into

@@ -1,5 +1,5 @@
 //! The WebSocket transport: `GET /socket/websocket` authenticates, then upgrades and
-//! hands the socket to a [`session`](super::session) (protocols.md §1.1).
+//! hands the socket to a [`session`](super::session) (docs/protocols.md#connecting).
 //!
 //! It refuses a connect before upgrading, never after, and moves frames only: what
 //! they mean is the session's business.
@@ -61,7 +61,7 @@ fn protocol_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `GET /socket/websocket`: authenticates with a client token, then upgrades
-/// (DESIGN.md §4: client tokens; protocols.md §1.1). A refusal is answered before the
+/// (docs/design.md#authentication: client tokens; docs/protocols.md#connecting). A refusal is answered before the
 /// upgrade, with a JSON error body that WebSocket clients cannot read but people and
 /// logs can.
 #[utoipa::path(get, path = "/socket/websocket", tag = "realtime",

@@ -90,6 +90,13 @@ const SQLITE_UNIQUE: &[(&str, &str)] = &[
 
 fn sqlite_constraint(message: &str) -> Option<String> {
     if let Some(columns) = message.strip_prefix("UNIQUE constraint failed: ") {
+        // A unique index on an expression is reported by its name.
+        if let Some(index) = columns
+            .strip_prefix("index '")
+            .and_then(|rest| rest.strip_suffix('\''))
+        {
+            return Some(index.to_owned());
+        }
         return SQLITE_UNIQUE
             .iter()
             .find(|(cols, _)| *cols == columns)
@@ -145,6 +152,10 @@ mod tests {
         assert_eq!(
             sqlite_constraint("CHECK constraint failed: routes_not_self_check").as_deref(),
             Some("routes_not_self_check")
+        );
+        assert_eq!(
+            sqlite_constraint("UNIQUE constraint failed: index 'tenants_name_key'").as_deref(),
+            Some("tenants_name_key")
         );
         assert_eq!(sqlite_constraint("disk I/O error"), None);
     }

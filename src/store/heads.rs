@@ -1,6 +1,6 @@
 //! The head-of-line flag of the delivery queue.
 //!
-//! Deliveries of one conversation to one channel go out in `seq` order (DESIGN.md §3),
+//! Deliveries of one conversation to one channel go out in `seq` order (docs/design.md#ordering),
 //! so of each (conversation, channel) only the pending delivery with the smallest `seq`
 //! may be attempted. `deliveries.head` marks that row: a claim reads the heads alone
 //! through `deliveries_head_due_idx`, and its cost follows the pairs with work to do,

@@ -122,7 +122,8 @@ impl Store {
         Ok(tenant)
     }
 
-    /// Finds a tenant by id, name or API key prefix, for the CLI.
+    /// Finds a tenant by id, name (compared without case, as names are unique) or API
+    /// key prefix, for the CLI.
     pub async fn find_tenant(&self, needle: &str) -> StoreResult<Tenant> {
         if let Ok(id) = needle.parse::<TenantId>() {
             return self.get_tenant(id).await;
@@ -130,7 +131,7 @@ impl Store {
         const SQL: &str = const_format::concatcp!(
             "SELECT ",
             COLUMNS,
-            " FROM tenants WHERE name = $1 OR api_key_prefix = $1 ORDER BY id LIMIT 2"
+            " FROM tenants WHERE lower(name) = lower($1) OR api_key_prefix = $1 ORDER BY id LIMIT 2"
         );
         let found: Vec<Tenant> = reader!(self, |pool| sqlx::query_as(SQL)
             .bind(needle)
@@ -140,7 +141,7 @@ impl Store {
             1 => Ok(found.into_iter().next().ok_or(StoreError::NotFound)?),
             0 => Err(StoreError::NotFound),
             _ => Err(StoreError::Config(format!(
-                "more than one tenant is called `{needle}`: name it by id"
+                "`{needle}` is one tenant's name and another's key prefix: name the tenant by id"
             ))),
         }
     }

@@ -15,6 +15,7 @@ both_backends!(
     forms_need_the_csrf_token,
     admin_api_onboards_a_tenant,
     tenant_name_rule_is_the_same_for_cli_api_and_form,
+    tenant_names_are_unique_without_case_in_cli_api_and_form,
     junk_forwarded_for_behind_a_trusted_proxy_is_refused,
     other_host_names_get_no_answer,
     wrong_passwords_are_limited_per_address,
@@ -753,6 +754,76 @@ async fn admin_api_onboards_a_tenant(backend: Backend) {
         .await
         .unwrap();
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+async fn tenant_names_are_unique_without_case_in_cli_api_and_form(backend: Backend) {
+    // The harness's tenant is called `acme`.
+    let app = TestApp::start(backend).await;
+    let before = crate::cli::listed_names(&app.database_url);
+    assert_eq!(before, ["acme"]);
+
+    let out = crate::cli::converger(&app.database_url, &["tenant", "create", " ACME "]);
+    assert!(!out.status.success(), "the CLI refuses a taken name");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a tenant called `ACME` exists already (names are compared without case)"),
+        "{stderr}"
+    );
+
+    let resp = app
+        .anon(Method::POST, "/admin/api/tenants")
+        .json(&json!({ "name": "Acme" }))
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(resp, StatusCode::CONFLICT, "tenant_exists").await;
+    assert!(err["message"].as_str().unwrap().contains("`Acme`"), "{err}");
+
+    let http = no_redirects();
+    let page = http
+        .get(format!("{}/admin/tenants", app.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = cookie_of(&page);
+    let csrf = csrf_in(&page.text().await.unwrap());
+    let html = http
+        .post(format!("{}/admin/tenants", app.base))
+        .header(COOKIE, &cookie)
+        .form(&[("_csrf", csrf.as_str()), ("name", "aCmE")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("A tenant called aCmE exists already"),
+        "the form says why"
+    );
+    assert!(
+        !html.contains("shown only now"),
+        "no key for a refused name"
+    );
+
+    assert_eq!(
+        crate::cli::listed_names(&app.database_url),
+        before,
+        "nothing was created"
+    );
+    // Another name is fine, and a name finds its tenant whatever its case.
+    crate::cli::stdout(&crate::cli::converger(
+        &app.database_url,
+        &["tenant", "create", "acme corp"],
+    ));
+    let disabled = crate::cli::stdout(&crate::cli::converger(
+        &app.database_url,
+        &["tenant", "disable", "ACME"],
+    ));
+    assert!(
+        disabled.contains("inactive") && disabled.trim_end().ends_with("  acme"),
+        "{disabled}"
+    );
 }
 
 async fn tenant_name_rule_is_the_same_for_cli_api_and_form(backend: Backend) {

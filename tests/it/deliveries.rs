@@ -1,6 +1,5 @@
 //! The tenant's deliveries: listing by status and channel, keyset pages, and the
-//! operator's retry of a failed delivery, or of a pending one now (DESIGN.md §3
-//! "Delivery", §5).
+//! operator's retry of a failed delivery, or of a pending one now (docs/design.md#delivery, docs/design.md#api).
 
 use std::time::Duration;
 

@@ -39,7 +39,7 @@ async fn app_with_fast_retries(backend: Backend) -> TestApp {
     .await
 }
 
-/// Verifies a Standard Webhooks request from the spec alone (protocols.md §4.3),
+/// Verifies a Standard Webhooks request from the spec alone (docs/protocols.md#standard-webhooks),
 /// independently of the server's signing code.
 pub(crate) fn verify_standard_webhook(
     secret: &str,

@@ -1,6 +1,7 @@
 //! The one integration-test binary: every module drives a real server over real HTTP,
 //! each test on SQLite and (with `CONVERGER_TEST_DATABASE_URL`) on PostgreSQL. `deploy`
-//! is the exception: it checks the deployment files by parsing them.
+//! and `docs` are the exceptions: they check the deployment files and the documentation
+//! by reading them.
 
 mod common;
 
@@ -16,6 +17,7 @@ mod conversations;
 mod deliveries;
 mod delivery;
 mod deploy;
+mod docs;
 mod durability;
 mod egress;
 mod errors;

@@ -1,4 +1,4 @@
-//! The delivery queue's head-of-line flag (DESIGN.md §3 "Delivery"): of each
+//! The delivery queue's head-of-line flag (docs/design.md#delivery): of each
 //! (conversation, channel) only the pending delivery with the smallest `seq` is
 //! claimable, so a backlog in one pair costs a claim nothing, and every way a delivery
 //! enters or leaves `pending` keeps exactly that row marked. These tests drive the

@@ -1,5 +1,5 @@
 //! WhatsApp channels end to end: a real server sending to a fake Graph API and a fake
-//! Infobip (local sinks checking method, path, headers and body as protocols.md §2–3
+//! Infobip (local sinks checking method, path, headers and body as docs/protocols.md#whatsapp-cloud-api and docs/protocols.md#infobip
 //! document them), inbound notifications from the documented fixtures, status
 //! callbacks reaching the delivery and the conversation's sockets, and routing.
 
@@ -458,7 +458,7 @@ async fn meta_handshake_and_signatures(backend: Backend) {
         assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{query}");
     }
 
-    // The §2.7 test vector, byte for byte, with its published signature.
+    // The docs/protocols.md#meta-signature-test-vector test vector, byte for byte, with its published signature.
     let body = fixture("meta_signed_test_vector.json");
     assert_eq!(body.len(), 420);
     let published =

@@ -122,6 +122,8 @@ async function startServer() {
     CONVERGER_PUBLIC_URL: `http://127.0.0.1:${port}`,
     RUST_LOG: "warn",
   };
+  // Tenant commands use an existing database only: create it first.
+  await promisify(execFile)(BIN, ["migrate"], { env, timeout: WAIT_MS });
   const { stdout } = await promisify(execFile)(BIN, ["tenant", "create", "js"], { env, timeout: WAIT_MS });
   const keyLine = stdout.split("\n").find((l) => /^api key\s/.test(l));
   assert.ok(keyLine, `no "api key" line in the output of tenant create:\n${stdout}`);

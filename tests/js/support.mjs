@@ -103,6 +103,8 @@ export async function startServer(extraEnv = {}) {
     RUST_LOG: "warn",
     ...extraEnv,
   };
+  // Tenant commands use an existing database only: create it first.
+  await promisify(execFile)(BIN, ["migrate"], { env: server.env, timeout: WAIT_MS });
   const { stdout } = await promisify(execFile)(BIN, ["tenant", "create", "js"], { env: server.env, timeout: WAIT_MS });
   const keyLine = stdout.split("\n").find((l) => /^api key\s/.test(l));
   assert.ok(keyLine, `no "api key" line in the output of tenant create:\n${stdout}`);

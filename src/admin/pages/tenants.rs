@@ -71,6 +71,13 @@ pub async fn create_tenant(
         Err(OpError::Invalid(errors)) => {
             tenants_page(&state, chrome, None, Some(sentences(&errors))).await
         }
+        Err(OpError::TenantExists(name)) => {
+            let error = format!(
+                "A tenant called {name} exists already (names are compared without case): \
+                 choose another name."
+            );
+            tenants_page(&state, chrome, None, Some(error)).await
+        }
         Err(e) => Err(e.into()),
     }
 }

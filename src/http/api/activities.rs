@@ -1,4 +1,4 @@
-//! Activities of a conversation (DESIGN.md §5 "activities"). Creation goes through
+//! Activities of a conversation (docs/design.md#api). Creation goes through
 //! `ingest`, like every other source of activities.
 
 use axum::extract::State;
@@ -48,7 +48,7 @@ pub struct ActivityQuery {
     pub limit: Option<i64>,
 }
 
-/// Create an activity (DESIGN.md §3 "Idempotency", "Direction"): 201 when created,
+/// Create an activity (docs/design.md#idempotency, docs/design.md#direction): 201 when created,
 /// 200 with the original when the idempotency key was used for the same activity.
 #[utoipa::path(post, path = "/conversations/{id}/activities", tag = "activities",
     params(("id" = ConversationId, Path), ("x-idempotency-key" = Option<String>, Header)),
@@ -130,7 +130,7 @@ async fn create_activity(
     }
 }
 
-/// List a conversation's activities in `seq` order (DESIGN.md §3 "Ordering").
+/// List a conversation's activities in `seq` order (docs/design.md#ordering).
 #[utoipa::path(get, path = "/conversations/{id}/activities", tag = "activities",
     params(("id" = ConversationId, Path), ActivityQuery),
     security(("api_key" = []), ("channel_token" = []), ("client_token" = [])),

@@ -1,4 +1,4 @@
-//! Channels of a tenant (DESIGN.md §5 "channels"), managed with the API key. Creating
+//! Channels of a tenant (docs/design.md#api), managed with the API key. Creating
 //! one, rotating its secret, pausing and resuming its deliveries are
 //! [`crate::operations::channels`], shared with the admin panel; this file decodes,
 //! and shows channels with secrets masked and their delivery health.
@@ -180,7 +180,7 @@ impl AppState {
     }
 }
 
-/// Create a channel; its config is validated by the adapter of its type (DESIGN.md §2, §5).
+/// Create a channel; its config is validated by the adapter of its type (docs/design.md#data-model, docs/design.md#api).
 #[utoipa::path(post, path = "/channels", tag = "channels", request_body = ChannelIn,
     security(("api_key" = [])),
     responses((status = 201, body = Data<ChannelCreated>), (status = 422, body = crate::http::error::ErrorBody)))]

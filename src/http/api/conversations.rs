@@ -1,4 +1,4 @@
-//! Conversations (DESIGN.md §5 "conversations").
+//! Conversations (docs/design.md#api).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -93,7 +93,7 @@ fn check_conversation_input(body: &ConversationIn) -> Vec<FieldError> {
     errors
 }
 
-/// Create a conversation on an active channel (DESIGN.md §5).
+/// Create a conversation on an active channel (docs/design.md#api).
 #[utoipa::path(post, path = "/conversations", tag = "conversations", request_body = ConversationIn,
     security(("api_key" = []), ("channel_token" = [])),
     responses((status = 201, body = Data<Conversation>),
@@ -206,7 +206,7 @@ async fn get_conversation(
     Ok(Data::new(state.visible_conversation(&caller, id).await?))
 }
 
-/// Close a conversation (DESIGN.md §5); later posts get 409 `conversation_closed`. The
+/// Close a conversation (docs/design.md#api); later posts get 409 `conversation_closed`. The
 /// close is the conversation's next activity, a `conversationUpdate` with
 /// `metadata.status = "closed"`; closing a closed conversation changes nothing.
 #[utoipa::path(post, path = "/conversations/{id}/close", tag = "conversations", params(("id" = ConversationId, Path)),

@@ -1,6 +1,6 @@
 //! Deliveries: status per activity, the tenant's dead letters, each delivery's attempt
-//! log, retrying one now and replaying a channel's failures (DESIGN.md §3 "Delivery",
-//! §5 "deliveries").
+//! log, retrying one now and replaying a channel's failures (docs/design.md#delivery,
+//! docs/design.md#api).
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -78,7 +78,7 @@ async fn list_activity_deliveries(
 }
 
 /// List the tenant's deliveries, newest first, keyset-paginated; `?status=failed` are
-/// the dead letters (DESIGN.md §5).
+/// the dead letters (docs/design.md#api).
 #[utoipa::path(get, path = "/deliveries", tag = "deliveries", params(DeliveryQuery),
     security(("api_key" = [])), responses((status = 200, body = Page<Delivery>)))]
 async fn list_deliveries(
@@ -102,7 +102,7 @@ async fn list_deliveries(
     }))
 }
 
-/// Retry a delivery now (DESIGN.md §3 "Delivery": an operator can retry a failed
+/// Retry a delivery now (docs/design.md#delivery: an operator can retry a failed
 /// delivery). A failed one is queued again; a pending one waiting for its next attempt
 /// (after its receiver was fixed, say) becomes due at once instead of after its
 /// backoff. Either gets a fresh budget of 5 attempts, numbered on from its last one;

@@ -1,4 +1,4 @@
-//! The REST API under `/api/v1` (DESIGN.md §5): one router per resource.
+//! The REST API under `/api/v1` (docs/design.md#api): one router per resource.
 
 mod activities;
 mod channels;

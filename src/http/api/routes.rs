@@ -1,5 +1,4 @@
-//! Routing rules between a tenant's channels (DESIGN.md §2 "route", §3 "Which channels
-//! get a delivery row", §5 "routes"), managed with the API key.
+//! Routing rules between a tenant's channels (docs/design.md#data-model, docs/design.md#routing, docs/design.md#api), managed with the API key.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -36,7 +35,7 @@ pub struct RouteQuery {
 }
 
 /// Create a route between two active channels of the tenant; a route that would close
-/// a cycle is refused (DESIGN.md §2 "route", §5 "routes").
+/// a cycle is refused (docs/design.md#data-model, docs/design.md#api).
 #[utoipa::path(post, path = "/routes", tag = "routes", request_body = RouteIn,
     security(("api_key" = [])),
     responses((status = 201, body = Data<Route>), (status = 404, body = crate::http::error::ErrorBody),

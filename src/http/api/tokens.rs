@@ -1,4 +1,4 @@
-//! Client tokens (DESIGN.md §4): one conversation, one user, one hour; refreshed by
+//! Client tokens (docs/design.md#authentication): one conversation, one user, one hour; refreshed by
 //! the client before it expires, as Direct Line's `tokens/refresh`.
 
 use axum::extract::State;
