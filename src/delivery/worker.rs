@@ -267,9 +267,9 @@ impl DeliveryEngine {
                 }
             },
         };
-        // The channel's rate limit, or a receiver's Retry-After, may hold it back: the
-        // lease goes back and the delivery is due at the channel's next slot, with no
-        // attempt counted.
+        // The channel's rate limit, or a receiver's 429 with Retry-After, may hold it
+        // back: the lease goes back and the delivery is due at the channel's next slot,
+        // with no attempt counted.
         if let Ok(context) = &loaded {
             let channel = &context.channel;
             let nodes = self.node.live_nodes();
@@ -308,7 +308,6 @@ impl DeliveryEngine {
         let now = Timestamp::now();
         let recorded = attempt_result(&result, in_budget, now, self.settings.backoff_scale);
         let observed = observation(&delivery, &result, now);
-
         let outcome = match &recorded {
             AttemptResult::Delivered { .. } => {
                 tracing::debug!(delivery_id = %delivery.id, attempt, "delivered");
