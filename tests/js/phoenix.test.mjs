@@ -22,6 +22,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
+import { outcome, sleep, until } from "./support.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.CONVERGER_BIN || path.resolve(here, "../../target/debug/converger");
@@ -42,40 +43,6 @@ function freePort() {
       const { port } = srv.address();
       srv.close(() => resolve(port));
     });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Calls `fn` until it returns a truthy value, at most `timeoutMs`. */
-async function until(what, fn, timeoutMs = WAIT_MS, everyMs = 25) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-      last = v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) {
-      const detail = last instanceof Error ? last.message : JSON.stringify(last);
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${detail}`);
-    }
-    await sleep(everyMs);
-  }
-}
-
-/** A promise settled by the callbacks of a phoenix `Push` (join, push, leave). */
-function outcome(push, timeoutMs = WAIT_MS) {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve({ status: "test_timeout" }), timeoutMs);
-    const done = (status) => (response) => {
-      clearTimeout(timer);
-      resolve({ status, response });
-    };
-    push.receive("ok", done("ok")).receive("error", done("error")).receive("timeout", done("timeout"));
   });
 }
 
