@@ -28,18 +28,10 @@ both_backends!(
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Backoff scale of these tests: 30 s becomes 30 ms.
-const FAST: f64 = 0.001;
-
-/// A server whose retries come in milliseconds. Its channels' breakers open only after
-/// more failures than these tests make in a row, so they see the attempt log and the
-/// retry budget alone (`control.rs` tests the breaker).
+/// More failures in a row than these tests make: they see the attempt log and the
+/// retry budget alone.
 async fn fast_app(backend: Backend) -> TestApp {
-    TestApp::start_with(backend, |c| {
-        c.delivery_backoff_scale = FAST;
-        c.breaker_failures = 100;
-    })
-    .await
+    TestApp::with_fast_retries(backend, 100).await
 }
 
 /// A webhook channel to `url` and a conversation on it: (channel id, conversation id).

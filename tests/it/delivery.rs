@@ -25,18 +25,10 @@ both_backends!(
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Backoff scale of these tests: 30 s becomes 30 ms.
-const SCALE: f64 = 0.001;
-
-/// A server whose retries come in milliseconds. Its channels' breakers open only after
-/// more failures than one delivery's attempts, so these tests see the retry schedule
-/// alone (`control.rs` tests the breaker).
+/// More failures in a row than one delivery's attempts: these tests see the retry
+/// schedule alone.
 async fn app_with_fast_retries(backend: Backend) -> TestApp {
-    TestApp::start_with(backend, |c| {
-        c.delivery_backoff_scale = SCALE;
-        c.breaker_failures = 10;
-    })
-    .await
+    TestApp::with_fast_retries(backend, 10).await
 }
 
 /// Verifies a Standard Webhooks request from the spec alone (docs/protocols.md#standard-webhooks),

@@ -212,10 +212,24 @@ pub struct TestApp {
     _db: TestDb,
 }
 
+/// Backoff scale of servers whose retries come in milliseconds: 30 s becomes 30 ms.
+pub const FAST_RETRIES: f64 = 0.001;
+
 impl TestApp {
     /// Starts a server on `127.0.0.1:0` over a fresh database and creates a tenant.
     pub async fn start(backend: Backend) -> Self {
         Self::start_with(backend, |_| {}).await
+    }
+
+    /// A server whose retries come in milliseconds ([`FAST_RETRIES`]) and whose
+    /// channels' breakers open only after `breaker_failures` failures in a row, so
+    /// that a test sees the retry schedule alone (`control.rs` tests the breaker).
+    pub async fn with_fast_retries(backend: Backend, breaker_failures: u32) -> Self {
+        Self::start_with(backend, |c| {
+            c.delivery_backoff_scale = FAST_RETRIES;
+            c.breaker_failures = breaker_failures;
+        })
+        .await
     }
 
     /// Like [`TestApp::start`], with config changes. With a TLS certificate configured
