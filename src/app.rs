@@ -30,11 +30,15 @@ use tokio_util::task::TaskTracker;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Config;
-use crate::delivery::{DeliveryEngine, DeliverySettings};
+use crate::delivery::{DeliveryEngine, DeliverySettings, OpsSenderSettings};
+use crate::egress::EgressClient;
 use crate::http::listener::{ConnectionLimits, LimitAcceptor};
 use crate::http::{self, state::AppState};
 use crate::secrets::{Keyring, SecretKey};
 use crate::store::{Reseal, Sealer, Store, StoreOptions};
+
+/// How often each node looks for operational events to send.
+const OPS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the pruner runs when a retention is configured.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -283,6 +287,17 @@ pub async fn run_with_store(
             &tasks,
         );
         tasks.spawn(engine.run(stop.clone(), abort.clone(), tasks.clone()));
+        let http = EgressClient::new(state.adapters.egress().clone())
+            .map_err(|e| anyhow::anyhow!("the TLS backend of the ops event client failed: {e}"))?;
+        tasks.spawn(crate::delivery::run_ops_sender(
+            store.clone(),
+            http,
+            OpsSenderSettings {
+                poll_interval: OPS_POLL_INTERVAL,
+                backoff_scale: state.config.delivery_backoff_scale,
+            },
+            stop.clone(),
+        ));
     }
     // Outside the tracker: the node keeps beating while the tasks drain, so that its
     // leases stay its own until it has given them back, and leaves the registry last.

@@ -157,11 +157,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let cutoff = converger::domain::Timestamp::now().minus(std::time::Duration::from_secs(
                 older_than_days.saturating_mul(86_400),
             ));
-            let result = store
-                .prune_delivered(cutoff, converger::delivery::PRUNE_BATCH)
-                .await;
+            let batch = converger::delivery::PRUNE_BATCH;
+            let result = match store.prune_delivered(cutoff, batch).await {
+                Ok(activities) => store
+                    .prune_ops_events(cutoff, batch)
+                    .await
+                    .map(|events| (activities, events)),
+                Err(e) => Err(e),
+            };
             store.close().await;
-            println!("pruned {} activities", result?);
+            let (activities, events) = result?;
+            println!("pruned {activities} activities and {events} operational events");
             Ok(())
         }
         Command::Secrets(SecretsCommand::Reencrypt) => {

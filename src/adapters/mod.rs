@@ -10,7 +10,7 @@ mod config;
 mod echo;
 mod inbound;
 pub mod signing;
-mod webhook;
+pub(crate) mod webhook;
 mod websocket;
 mod whatsapp;
 mod whatsapp_infobip;

@@ -17,6 +17,7 @@ use super::{
     Outbound, RESPONSE_EXCERPT_BYTES,
 };
 use crate::domain::{ActivityType, Channel, ChannelType, DeliveryOrdering, Direction, RateLimit};
+use crate::egress::EgressClient;
 
 /// Settings of a `webhook` channel.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -129,35 +130,17 @@ impl ChannelAdapter for WebhookAdapter {
     }
 
     async fn deliver(&self, out: &Outbound<'_>) -> Result<Delivered, AdapterError> {
-        let config: WebhookConfig = stored(&out.channel.config).map_err(AdapterError::permanent)?;
-        let timeout = Duration::from_millis(config.timeout_ms).min(out.max_timeout);
         let body = serde_json::to_vec(&payload(out))
             .map_err(|e| AdapterError::permanent(format!("cannot encode the activity: {e}")))?;
-        let msg_id = out.delivery_id.to_string();
-        let timestamp = chrono::Utc::now().timestamp();
-        let signature = standard_webhooks_signature(&out.channel.secret, &msg_id, timestamp, &body);
-
-        let url = url::Url::parse(config.url.as_str())
-            .map_err(|e| AdapterError::permanent(format!("bad URL: {e}")))?;
-        let mut request = out
-            .http
-            .request(config.method.into(), &url)?
-            .timeout(timeout);
-        for (name, value) in &config.headers {
-            if !name.to_ascii_lowercase().starts_with("webhook-") {
-                request = request.header(name.as_str(), value.as_str());
-            }
-        }
-        let response = request
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("webhook-id", &msg_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        classify(response, out.exchange).await
+        send_signed(
+            out.http,
+            out.channel,
+            &out.delivery_id.to_string(),
+            body,
+            out.max_timeout,
+            out.exchange,
+        )
+        .await
     }
 
     fn verify_inbound(
@@ -189,6 +172,43 @@ impl ChannelAdapter for WebhookAdapter {
     fn inbound_signature_header(&self) -> Option<&'static str> {
         Some(SIGNATURE_HEADER)
     }
+}
+
+/// Sends `body` to a webhook channel's URL as a Standard Webhook: signed with the
+/// channel's secret under `msg_id` (the `webhook-id`), with its method and extra
+/// headers, within its timeout and `max_timeout`; the receiver's answer is noted on
+/// `exchange`. Activities and operational events both leave through here.
+pub(crate) async fn send_signed(
+    http: &EgressClient,
+    channel: &Channel,
+    msg_id: &str,
+    body: Vec<u8>,
+    max_timeout: Duration,
+    exchange: &Exchange,
+) -> Result<Delivered, AdapterError> {
+    let config: WebhookConfig = stored(&channel.config).map_err(AdapterError::permanent)?;
+    let timeout = Duration::from_millis(config.timeout_ms).min(max_timeout);
+    let timestamp = chrono::Utc::now().timestamp();
+    let signature = standard_webhooks_signature(&channel.secret, msg_id, timestamp, &body);
+
+    let url = url::Url::parse(config.url.as_str())
+        .map_err(|e| AdapterError::permanent(format!("bad URL: {e}")))?;
+    let mut request = http.request(config.method.into(), &url)?.timeout(timeout);
+    for (name, value) in &config.headers {
+        if !name.to_ascii_lowercase().starts_with("webhook-") {
+            request = request.header(name.as_str(), value.as_str());
+        }
+    }
+    let response = request
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e))?;
+    classify(response, exchange).await
 }
 
 /// Whether a channel refuses unsigned inbound requests.

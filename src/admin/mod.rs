@@ -9,6 +9,7 @@
 mod api;
 mod forms;
 mod guard;
+mod ops_feed;
 mod pages;
 
 use axum::Router;
@@ -104,6 +105,7 @@ pub fn router(state: AppState, api: Router<AppState>) -> Router<AppState> {
         )
         .route("/admin/deliveries", get(pages::deliveries))
         .route("/admin/deliveries/{id}/retry", post(pages::retry_delivery))
+        .route("/admin/ops-events/socket", get(ops_feed::socket))
         .merge(api)
         .route_layer(middleware::from_fn_with_state(state, guard::guard))
 }

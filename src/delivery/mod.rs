@@ -9,6 +9,7 @@
 mod backoff;
 mod breaker;
 mod nodes;
+mod ops_sender;
 mod outcome;
 mod probe;
 mod pruner;
@@ -25,6 +26,7 @@ pub use crate::ingest::DeliveryWaker;
 pub use backoff::{MAX_ATTEMPTS, next_delay};
 pub use breaker::{BreakerSettings, observe};
 pub use nodes::{MISSED_BEATS, NodeIdentity, run_heartbeat, stale_before};
+pub use ops_sender::{OpsSenderSettings, ops_payload, run_ops_sender};
 pub use outcome::{
     REPLAY_BATCH, StatusApplied, apply_provider_status, attempt_result, observation, pause_channel,
     replay_failed, resume_channel, retry_now,

@@ -1,5 +1,6 @@
-//! The periodic pruner: removes activities whose deliveries all succeeded once they
-//! are older than the retention. Off unless a retention is configured.
+//! The periodic pruner: removes activities whose deliveries all succeeded, and
+//! operational events no longer waiting to be sent, once they are older than the
+//! retention. Off unless a retention is configured.
 
 use std::time::Duration;
 
@@ -32,6 +33,14 @@ pub async fn run_pruner(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(activities = n, "pruned delivered activities"),
                 Err(e) => tracing::warn!(error = %e, "pruning failed; will retry"),
+            },
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            result = store.prune_ops_events(cutoff, PRUNE_BATCH) => match result {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "pruned operational events"),
+                Err(e) => tracing::warn!(error = %e, "pruning operational events failed; will retry"),
             },
         }
     }

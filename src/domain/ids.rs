@@ -60,4 +60,6 @@ id_type!(
     DeliveryId,
     /// Identifies a running node (one `serve` process) for as long as it runs.
     NodeId,
+    /// Identifies an operational event; also its `webhook-id`.
+    OpsEventId,
 );

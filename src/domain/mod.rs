@@ -9,6 +9,7 @@ mod conversation;
 mod delivery;
 mod health;
 mod ids;
+mod ops;
 mod phone;
 mod tenant;
 mod text;
@@ -27,7 +28,10 @@ pub use health::{
     BreakerState, ChannelHealth, HealthState, HealthTransition, Observation, Observed, PauseReason,
     RATE_WINDOW, Recent,
 };
-pub use ids::{ActivityId, ChannelId, ConversationId, DeliveryId, NodeId, RouteId, TenantId};
+pub use ids::{
+    ActivityId, ChannelId, ConversationId, DeliveryId, NodeId, OpsEventId, RouteId, TenantId,
+};
+pub use ops::{NewOpsEvent, OpsDispatch, OpsDispatchStatus, OpsEvent, OpsEventType, OpsWebhook};
 pub use phone::{MAX_PHONE_DIGITS, MIN_PHONE_DIGITS, PhoneError, normalise_phone};
 pub use tenant::{MAX_TENANT_NAME_CHARS, Tenant, TenantStatus, check_tenant_name};
 pub use text::{check_json_no_nul, check_no_nul};

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         (name = "routes", description = "Routing rules between channels"),
         (name = "deliveries", description = "Per-channel delivery status"),
         (name = "tokens", description = "Client tokens for one conversation"),
+        (name = "operational events", description = "What happened to the tenant's deliveries and channels, and the ops webhook it is sent to"),
         (name = "inbound", description = "Messages from channels' external side, authenticated by signature"),
         (name = "realtime", description = "Phoenix Channels sockets for end users, over WebSocket or long-poll; the protocol is in docs/realtime.md"),
         (name = "operations", description = "Health and readiness"),

@@ -14,6 +14,7 @@ pub mod channels;
 pub mod conversations;
 pub mod dashboard;
 pub mod deliveries;
+pub mod ops_events;
 pub mod routes;
 pub mod tenants;
 

@@ -31,9 +31,13 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::json;
+
+use super::ops::record_ops_events;
 use super::{Backend, Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{
-    ChannelHealth, ChannelId, DeliveryId, HealthTransition, Observation, TenantId, Timestamp,
+    ChannelHealth, ChannelId, DeliveryId, HealthTransition, NewOpsEvent, Observation, OpsEventType,
+    PauseReason, TenantId, Timestamp,
 };
 
 /// Whether the channel of the `deliveries` row being written is held now: the value of
@@ -235,6 +239,36 @@ macro_rules! own_health_row {
     }};
 }
 
+/// A channel's pause and breaker state, for what a pause or a resume reports.
+const STATE: &str = "SELECT paused, open_until FROM channel_health WHERE channel_id = $1";
+
+/// The operational event a breaker's transition reports, given the channel's health
+/// after it. A probe that fails again reports nothing: the breaker was open already.
+fn transition_event(
+    health: &ChannelHealth,
+    tenant_id: TenantId,
+    transition: HealthTransition,
+) -> Option<NewOpsEvent> {
+    let channel = health.channel_id;
+    let (kind, data) = match transition {
+        HealthTransition::Opened { until } => (
+            OpsEventType::BreakerOpened,
+            json!({
+                "open_until": until,
+                "consecutive_failures": health.consecutive_failures,
+                "last_error": health.last_error,
+            }),
+        ),
+        HealthTransition::Reopened { .. } => return None,
+        HealthTransition::Closed => (OpsEventType::BreakerClosed, json!({})),
+        HealthTransition::Disabled => (
+            OpsEventType::ChannelPaused,
+            json!({"reason": PauseReason::Failing, "last_error": health.last_error}),
+        ),
+    };
+    Some(NewOpsEvent::channel(tenant_id, channel, kind, data))
+}
+
 impl Store {
     /// The health of a tenant's channel: a healthy one when the channel has never been
     /// attempted nor paused. `NotFound` for a channel of another tenant.
@@ -279,12 +313,20 @@ impl Store {
         let row: HealthRow = writer!(self, |pool| {
             let mut tx = pool.begin().await?;
             own_health_row!(self, tx, tenant_id, id, now);
+            let (was_paused, _): (bool, Option<Timestamp>) =
+                sqlx::query_as(STATE).bind(id).fetch_one(&mut *tx).await?;
             let row: HealthRow = sqlx::query_as(PAUSE)
                 .bind(id)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
             set_held!(tx, id, true, None::<DeliveryId>, now);
+            if !was_paused {
+                let reason = json!({"reason": PauseReason::Operator});
+                let event =
+                    NewOpsEvent::channel(tenant_id, id, OpsEventType::ChannelPaused, reason);
+                record_ops_events!(tx, [event], now);
+            }
             tx.commit().await?;
             row
         });
@@ -310,12 +352,24 @@ impl Store {
         let row: HealthRow = writer!(self, |pool| {
             let mut tx = pool.begin().await?;
             own_health_row!(self, tx, tenant_id, id, now);
+            let (was_paused, open_until): (bool, Option<Timestamp>) =
+                sqlx::query_as(STATE).bind(id).fetch_one(&mut *tx).await?;
             let row: HealthRow = sqlx::query_as(RESUME)
                 .bind(id)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
             set_held!(tx, id, false, None::<DeliveryId>, now);
+            if was_paused || open_until.is_some() {
+                let from = if was_paused { "paused" } else { "open" };
+                let event = NewOpsEvent::channel(
+                    tenant_id,
+                    id,
+                    OpsEventType::ChannelResumed,
+                    json!({"from": from}),
+                );
+                record_ops_events!(tx, [event], now);
+            }
             tx.commit().await?;
             row
         });
@@ -367,12 +421,15 @@ impl Store {
                 let mut health = ChannelHealth::try_from(row)?;
                 let was_held = health.held();
                 let mut hold = false;
+                let mut events = Vec::new();
                 for o in observed {
                     if let Some(t) = rule(&mut health, o) {
                         hold |= !matches!(t, HealthTransition::Closed);
+                        events.extend(transition_event(&health, o.tenant_id, t));
                         transitions.push((channel_id, t));
                     }
                 }
+                record_ops_events!(tx, &events, now);
                 bind_health!(sqlx::query(WRITE), &health)
                     .execute(&mut *tx)
                     .await?;

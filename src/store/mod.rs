@@ -23,6 +23,7 @@ mod error;
 mod heads;
 mod health;
 mod nodes;
+mod ops;
 mod postgres;
 mod prune;
 mod queue;
@@ -52,6 +53,7 @@ pub use conversations::{
 pub use error::StoreError;
 pub use health::{HealthCounts, NamedChannelHealth};
 pub use nodes::{NodeRow, Reaped};
+pub use ops::{OpsAttemptEnd, TenantOpsEvent};
 pub use queue::{AttemptContext, AttemptLog, AttemptResult, ClaimedDelivery, Completion};
 pub use routes::RouteTarget;
 pub use sealing::{CredentialFn, Reseal, Sealer};

@@ -13,10 +13,11 @@ use sqlx::types::Json;
 
 use super::heads::PROMOTE_FIRST;
 use super::health::HELD_BY_CHANNEL;
+use super::ops::record_ops_events;
 use super::{QueueDepth, Sealer, Store, StoreError, StoreResult, reader, writer};
 use crate::domain::{
     Activity, AttemptOutcome, Channel, ChannelId, Conversation, ConversationId, Delivery,
-    DeliveryId, NodeId, Timestamp,
+    DeliveryId, NewOpsEvent, NodeId, OpsEventType, Timestamp,
 };
 
 /// The columns of a [`Delivery`] the workers read, as a literal for `concat!`.
@@ -298,6 +299,29 @@ impl Completion {
     fn ends(&self) -> bool {
         !matches!(self.result, AttemptResult::RetryAt { .. })
     }
+
+    /// The `delivery.failed` event of a completion that gives its delivery up, once
+    /// recorded as attempt number `attempt`.
+    fn failure_event(&self, attempt: i32) -> Option<NewOpsEvent> {
+        let AttemptResult::Failed { error } = &self.result else {
+            return None;
+        };
+        let d = &self.delivery;
+        Some(NewOpsEvent {
+            tenant_id: d.tenant_id,
+            kind: OpsEventType::DeliveryFailed,
+            channel_id: Some(d.channel_id),
+            delivery_id: Some(d.id),
+            data: serde_json::json!({
+                "delivery_id": d.id,
+                "activity_id": d.activity_id,
+                "conversation_id": d.conversation_id,
+                "channel_id": d.channel_id,
+                "attempts": attempt,
+                "error": error,
+            }),
+        })
+    }
 }
 
 const DELIVERED: &str = "UPDATE deliveries SET status = 'delivered', head = FALSE, \
@@ -375,6 +399,9 @@ async fn record_sqlite(conn: &mut sqlx::SqliteConnection, c: &Completion) -> Sto
         .bind(log.node.as_str())
         .execute(&mut *conn)
         .await?;
+    if let Some(event) = c.failure_event(attempt) {
+        record_ops_events!(conn, [event], c.now);
+    }
     if c.ends() {
         // The pair's other flags are right (the invariant held before), so marking its
         // first pending row is all that is left to do.
@@ -416,7 +443,7 @@ async fn record_attempts_postgres(
              duration_ms, outcome, http_status, error, response_body, node) \
              SELECT id, tenant_id, attempts, started_at, duration_ms, outcome, http_status, error, \
              response_body, node FROM recorded ON CONFLICT (delivery_id, attempt) DO NOTHING) \
-         SELECT id FROM recorded";
+         SELECT id, attempts FROM recorded";
     // The first pending row of each pair whose head left, marked if it is not yet.
     // A new head takes its channel's `held` flag (`health.rs`).
     const PROMOTE: &str = const_format::concatcp!(
@@ -495,7 +522,7 @@ async fn record_attempts_postgres(
         // First, before any delivery row: the lock order of every head change.
         sqlx::query(LOCK).bind(&locks).execute(&mut *tx).await?;
     }
-    let written: Vec<(DeliveryId,)> = sqlx::query_as(RECORD)
+    let written: Vec<(DeliveryId, i32)> = sqlx::query_as(RECORD)
         .bind(&ids)
         .bind(&leases)
         .bind(&nows)
@@ -522,11 +549,20 @@ async fn record_attempts_postgres(
             .execute(&mut *tx)
             .await?;
     }
+    let written: std::collections::HashMap<_, _> = written.into_iter().collect();
+    // Each delivery given up for good is reported, in this transaction.
+    for c in batch {
+        if let Some(event) = written
+            .get(&c.delivery.id)
+            .and_then(|&n| c.failure_event(n))
+        {
+            record_ops_events!(tx, [event], c.now);
+        }
+    }
     tx.commit().await?;
-    let written: std::collections::HashSet<_> = written.into_iter().map(|(id,)| id).collect();
     Ok(batch
         .iter()
-        .map(|c| written.contains(&c.delivery.id))
+        .map(|c| written.contains_key(&c.delivery.id))
         .collect())
 }
 

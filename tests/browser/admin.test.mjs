@@ -1,8 +1,9 @@
 // The operator's admin panel (/admin) in headless Chromium, clicked through as an
 // operator would: tenants, channels (type-dependent fields, validation errors), routes,
 // conversations, deliveries (failure, attempt log, retry), channel health (an open
-// breaker, pause and resume), the live dashboard, retry now of a delivery in backoff,
-// editing a channel's config, replaying failures and the API reference page.
+// breaker, pause and resume), the live dashboard and its operational events, retry
+// now of a delivery in backoff, editing a channel's config, replaying failures and
+// the API reference page.
 //
 // It starts `converger serve` (CONVERGER_BIN, default ../../target/debug/converger)
 // on a free loopback port with a temporary SQLite database, and a local HTTP sink that
@@ -629,6 +630,33 @@ describe("admin panel in headless Chromium", () => {
     const cells = await page.locator("tbody[data-live-rows=channels] tr", { hasText: "Bot" }).locator("td").allInnerTexts();
     assert.equal(cells[3].trim(), String(after), "Bot's delivered cell follows");
     await shoot("dashboard-live");
+  });
+
+  step("9b. operational events: the failure and the breaker are listed; a pause arrives live over the socket", async () => {
+    const page = S.page;
+    const feed = page.locator("tbody[data-ops-feed]");
+    const failed = feed.locator("tr", { hasText: "delivery.failed" }).first();
+    await expectText(failed, "failed for good");
+    await expectText(failed, "gave up after 5 attempts");
+    const opened = feed.locator("tr", { hasText: "channel.breaker_opened" }).first();
+    await expectText(opened, "Acme");
+    await expectText(opened.getByRole("link"), "Bot");
+    await until("the dashboard's event socket to open", async () => {
+      return (await feed.getAttribute("data-connected")) === "true";
+    });
+    const paused = feed.locator("tr", { hasText: "channel.paused" });
+    const before = await paused.count();
+    const url = page.url();
+    await api("POST", `/channels/${S.botId}/pause`);
+    await until("the pause to appear without a reload", async () => (await paused.count()) > before, 12_000, 250);
+    await expectText(paused.first(), "paused (operator)");
+    await expectText(paused.first().getByRole("link"), "Bot");
+    assert.equal(page.url(), url, "no navigation happened");
+    await api("POST", `/channels/${S.botId}/resume`);
+    await expectText(feed.locator("tr").first(), "channel.resumed");
+    const listed = (await api("GET", "/ops-events?limit=2")).data;
+    assert.deepEqual(listed.map((e) => e.type), ["channel.resumed", "channel.paused"]);
+    await shoot("dashboard-ops-events");
   });
 
   step("10. retry now: a delivery waiting in backoff is delivered at once", async () => {

@@ -27,6 +27,7 @@ mod limits;
 mod nul;
 mod observability;
 mod ops;
+mod ops_events;
 mod outage;
 mod queue;
 mod ratelimit;

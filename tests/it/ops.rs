@@ -80,6 +80,8 @@ async fn health_ready_and_openapi(backend: Backend) {
         "/api/v1/activities/{id}/deliveries",
         "/api/v1/deliveries",
         "/api/v1/deliveries/{id}/retry",
+        "/api/v1/ops-events",
+        "/api/v1/ops-webhook",
         "/api/v1/deliveries/{id}/attempts",
         "/api/v1/channels/{id}/deliveries/retry",
         "/api/v1/routes",

@@ -1,5 +1,6 @@
 //! The dashboard: delivery counts, activity rate, per-channel counts, recent failures
-//! and the channels that are not healthy, from [`crate::operations::dashboard::stats`] (the JSON API serves the same).
+//! the channels that are not healthy and the latest operational events (live,
+//! `ops_feed.rs`), from [`crate::operations::dashboard::stats`] (the JSON API serves the same).
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -8,6 +9,7 @@ use axum::extract::{Query, State};
 
 use super::{Chrome, Notice};
 use crate::admin::guard::AdminContext;
+use crate::admin::ops_feed::{self, OpsRow};
 use crate::http::error::ApiResult;
 use crate::http::state::AppState;
 use crate::operations::dashboard::{HealthRow, RecentFailure, stats};
@@ -24,6 +26,7 @@ pub struct DashboardPage {
     channels: Vec<ChannelDeliveryStats>,
     failures: Vec<RecentFailure>,
     health: Vec<HealthRow>,
+    events: Vec<OpsRow>,
 }
 
 pub async fn dashboard(
@@ -41,5 +44,6 @@ pub async fn dashboard(
         channels: s.channels,
         failures: s.recent_failures,
         health: s.channel_health,
+        events: ops_feed::recent(&state).await?,
     })
 }

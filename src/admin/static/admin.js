@@ -126,4 +126,56 @@
     };
     setInterval(refresh, 5000);
   }
+
+  // Operational events arrive over a WebSocket as they happen, newest on top.
+  var feed = document.querySelector("[data-ops-feed]");
+  if (feed && window.WebSocket) {
+    var KEEP = 50;
+    var td = function (tr, text) {
+      var el = document.createElement("td");
+      el.textContent = text;
+      tr.appendChild(el);
+      return el;
+    };
+    var show = function (e) {
+      if (feed.querySelector('tr[data-id="' + e.id + '"]')) return;
+      var none = feed.querySelector("tr.none");
+      if (none) none.remove();
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-id", e.id);
+      td(tr, e.when);
+      td(tr, e.tenant_name);
+      var badge = document.createElement("span");
+      badge.className = "badge";
+      badge.textContent = e.type;
+      td(tr, "").appendChild(badge);
+      var channel = td(tr, "");
+      if (e.channel_id) {
+        var a = document.createElement("a");
+        a.href = "/admin/channels/" + encodeURIComponent(e.channel_id);
+        a.textContent = e.channel_name || e.channel_id;
+        channel.appendChild(a);
+      }
+      td(tr, e.summary);
+      td(tr, e.webhook);
+      feed.insertBefore(tr, feed.firstChild);
+      while (feed.children.length > KEEP) feed.removeChild(feed.lastChild);
+    };
+    var wait = 1000;
+    var connect = function () {
+      var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+      var ws = new WebSocket(scheme + location.host + feed.getAttribute("data-ops-feed"));
+      ws.onopen = function () { wait = 1000; feed.setAttribute("data-connected", "true"); };
+      ws.onmessage = function (m) {
+        var frame = JSON.parse(m.data);
+        if (frame.event === "ops_event") show(frame.payload);
+      };
+      ws.onclose = function () {
+        feed.removeAttribute("data-connected");
+        setTimeout(connect, wait);
+        wait = Math.min(wait * 2, 30000);
+      };
+    };
+    connect();
+  }
 })();

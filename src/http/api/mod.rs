@@ -4,6 +4,7 @@ mod activities;
 mod channels;
 mod conversations;
 mod deliveries;
+mod ops_events;
 mod routes;
 mod tokens;
 
@@ -64,4 +65,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(activities::router())
         .merge(deliveries::router())
         .merge(tokens::router())
+        .merge(ops_events::router())
 }
