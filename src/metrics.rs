@@ -24,6 +24,7 @@ pub const HTTP_REQUEST_DURATION: &str = "converger_http_request_duration_seconds
 pub const ACTIVITIES_INGESTED: &str = "converger_activities_ingested_total";
 pub const DELIVERY_ATTEMPTS: &str = "converger_delivery_attempts_total";
 pub const DELIVERY_ATTEMPT_DURATION: &str = "converger_delivery_attempt_duration_seconds";
+pub const OPS_WEBHOOK_ATTEMPTS: &str = "converger_ops_webhook_attempts_total";
 pub const DELIVERY_QUEUE_DEPTH: &str = "converger_delivery_queue_depth";
 pub const CHANNEL_HEALTH: &str = "converger_channel_health";
 /// Live nodes in the node registry, as this node counted them at its last heartbeat.
@@ -107,6 +108,10 @@ fn describe() {
     describe_counter!(
         DELIVERY_ATTEMPTS,
         "Delivery attempts, by adapter and recorded outcome"
+    );
+    describe_counter!(
+        OPS_WEBHOOK_ATTEMPTS,
+        "Attempts to send operational events to ops webhooks, by recorded outcome"
     );
     describe_histogram!(
         DELIVERY_ATTEMPT_DURATION,

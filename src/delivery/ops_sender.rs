@@ -119,7 +119,15 @@ async fn send(store: &Store, http: &EgressClient, event: OpsEvent, lease: Timest
         .record_ops_attempt(event.id, lease, Timestamp::now(), &end)
         .await
     {
-        Ok(true) => {}
+        Ok(true) => {
+            let outcome = match end {
+                OpsAttemptEnd::Delivered => "delivered",
+                OpsAttemptEnd::RetryAt { .. } => "retry",
+                OpsAttemptEnd::Failed { .. } => "failed",
+            };
+            metrics::counter!(crate::metrics::OPS_WEBHOOK_ATTEMPTS, "outcome" => outcome)
+                .increment(1);
+        }
         Ok(false) => tracing::debug!(event = %event.id, "ops event lease lost; outcome dropped"),
         Err(e) => tracing::warn!(event = %event.id, error = %e,
             "cannot record an operational event's attempt; it will be sent again"),

@@ -10,8 +10,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::common::node::Node;
 use crate::common::sink::{Received, Reply, Sink};
-use crate::common::{Backend, TestApp, both_backends, eventually, expect_data, expect_error, s};
+use crate::common::{
+    Backend, TestApp, TestDb, both_backends, eventually, expect_data, expect_error, postgres_only,
+    s,
+};
 
 both_backends!(
     a_failing_channel_is_reported_to_the_ops_webhook,
@@ -21,6 +25,8 @@ both_backends!(
     the_admin_dashboard_shows_every_tenants_events_live,
     the_admin_feed_is_behind_the_admin_guard,
 );
+
+postgres_only!(two_nodes_send_each_event_once);
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -257,6 +263,26 @@ async fn the_ops_webhook_is_retried_then_given_up_without_feeding_itself(backend
     assert_eq!(listed[0]["webhook"]["attempts"], 5);
     assert!(s(&listed[0]["webhook"], "last_error").contains("gave up after 5 attempts"));
     assert_eq!(ops.received().len(), 2 + 5);
+
+    // Every outcome is counted (the metrics of all servers in this process add up).
+    let metrics = app
+        .anon(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, least) in [("delivered", 1.0), ("retry", 5.0), ("failed", 1.0)] {
+        let line = format!("converger_ops_webhook_attempts_total{{outcome=\"{outcome}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+            .parse()
+            .unwrap();
+        assert!(count >= least, "{line}{count}");
+    }
 }
 
 async fn ops_webhooks_and_events_stay_within_their_tenant(backend: Backend) {
@@ -457,4 +483,83 @@ async fn the_admin_feed_is_behind_the_admin_guard(backend: Backend) {
         app.base.replacen("http", "ws", 1)
     );
     assert_eq!(crate::common::socket::refused(ws.as_str()).await, 403);
+}
+
+/// Both nodes look for due events every second; each event still goes out once.
+async fn two_nodes_send_each_event_once(backend: Backend) {
+    const EVENTS: usize = 20;
+    let (_db, url, _store, key) = TestDb::with_tenant(backend).await;
+    let http = reqwest::Client::new();
+    let ops = Sink::start().await;
+    // A slow receiver widens the window in which both nodes see the same due events.
+    ops.always(Reply::status(200).delay(Duration::from_millis(300)));
+    let nodes = [
+        Node::start_with(&url, &[], std::process::Stdio::null()),
+        Node::start_with(&url, &[], std::process::Stdio::null()),
+    ];
+    for node in &nodes {
+        node.ready(&http).await;
+    }
+    let call = |node: &Node, method: Method, path: &str| {
+        http.request(method, format!("{}/api/v1{path}", node.base))
+            .header("x-api-key", &key)
+    };
+    let create = |url: &str| json!({"name": "ops", "type": "webhook", "config": {"url": url}});
+    let resp = call(&nodes[0], Method::POST, "/channels")
+        .json(&create(&ops.url))
+        .send()
+        .await
+        .unwrap();
+    let ops_channel = expect_data(resp, StatusCode::CREATED).await;
+    let resp = call(&nodes[0], Method::PUT, "/ops-webhook")
+        .json(&json!({"channel_id": ops_channel["id"]}))
+        .send()
+        .await
+        .unwrap();
+    expect_data(resp, StatusCode::OK).await;
+
+    // Pauses and resumes through either node: one event each.
+    let sink = Sink::start().await;
+    let resp = call(&nodes[1], Method::POST, "/channels")
+        .json(&create(&sink.url))
+        .send()
+        .await
+        .unwrap();
+    let channel = expect_data(resp, StatusCode::CREATED).await;
+    for i in 0..EVENTS {
+        let action = if i % 2 == 0 { "pause" } else { "resume" };
+        let path = format!("/channels/{}/{action}", s(&channel, "id"));
+        let resp = call(&nodes[i % 2], Method::POST, &path)
+            .send()
+            .await
+            .unwrap();
+        expect_data(resp, StatusCode::OK).await;
+    }
+
+    // Once every event is recorded as delivered at its first attempt, anything sent
+    // twice would have reached the sink already.
+    let listed = eventually(WAIT, "every event to be delivered", || async {
+        let resp = call(&nodes[1], Method::GET, "/ops-events?limit=100")
+            .send()
+            .await
+            .ok()?;
+        let page: Value = resp.json().await.ok()?;
+        let listed = page["data"].as_array()?.clone();
+        (listed.len() == EVENTS && listed.iter().all(|e| e["webhook"]["status"] == "delivered"))
+            .then_some(listed)
+    })
+    .await;
+    assert!(
+        listed.iter().all(|e| e["webhook"]["attempts"] == 1),
+        "{listed:?}"
+    );
+    let mut ids: Vec<String> = ops
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), EVENTS, "each event once: {ids:?}");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), EVENTS);
 }
