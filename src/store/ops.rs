@@ -241,13 +241,23 @@ impl Store {
     }
 
     /// Leases up to `limit` events due for the ops webhook until `lease_until`, oldest
-    /// due first. PostgreSQL skips rows another node is claiming right now.
+    /// due first. PostgreSQL skips rows another node is claiming right now. The usual
+    /// answer, nothing due, is a read alone: no write transaction (SQLite's one writer)
+    /// every second on every node.
     pub async fn claim_ops_events(
         &self,
         now: Timestamp,
         lease_until: Timestamp,
         limit: i64,
     ) -> StoreResult<Vec<OpsEvent>> {
+        const ANY_DUE: &str = "SELECT 1 FROM ops_events WHERE webhook_status = 'pending' \
+             AND next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) LIMIT 1";
+        let any: Option<(i32,)> = reader!(self, |pool| {
+            sqlx::query_as(ANY_DUE).bind(now).fetch_optional(pool).await
+        })?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         const DUE: &str = "SELECT id FROM ops_events WHERE webhook_status = 'pending' \
              AND next_attempt_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
              ORDER BY next_attempt_at LIMIT $3";
