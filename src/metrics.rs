@@ -29,6 +29,7 @@ pub const DELIVERY_QUEUE_DEPTH: &str = "converger_delivery_queue_depth";
 pub const CHANNEL_HEALTH: &str = "converger_channel_health";
 /// Live nodes in the node registry, as this node counted them at its last heartbeat.
 pub const NODES_LIVE: &str = "converger_nodes_live";
+pub const NODES_DELIVERING: &str = "converger_nodes_delivering";
 pub const WEBSOCKET_CONNECTIONS: &str = "converger_websocket_connections";
 pub const WEBSOCKET_JOINED_TOPICS: &str = "converger_websocket_joined_topics";
 pub const PUBSUB_LAG: &str = "converger_pubsub_lag_seconds";
@@ -128,7 +129,11 @@ fn describe() {
     );
     describe_gauge!(
         NODES_LIVE,
-        "Live nodes in the node registry, this one included; they share each channel's rate_limit"
+        "Live nodes in the node registry, this one included"
+    );
+    describe_gauge!(
+        NODES_DELIVERING,
+        "Live nodes that run delivery workers; they share each channel's rate_limit"
     );
     describe_gauge!(
         WEBSOCKET_CONNECTIONS,

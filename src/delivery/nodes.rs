@@ -21,37 +21,36 @@ use crate::store::Store;
 /// Heartbeats a node may miss before it is taken for dead.
 pub const MISSED_BEATS: u32 = 3;
 
-/// Who this node is in the registry, and how many live nodes it saw there last.
+/// Who this node is in the registry, and how many delivering nodes it saw there
+/// last.
 #[derive(Debug)]
 pub struct NodeIdentity {
     pub id: NodeId,
     /// `host:pid` ([`crate::telemetry::node_name`]), as in the attempt log.
     pub name: String,
     pub started_at: Timestamp,
-    live_nodes: AtomicU32,
+    /// Whether this node runs delivery workers (`CONVERGER_DELIVERY_ENABLED`).
+    pub delivers: bool,
+    delivering_nodes: AtomicU32,
 }
 
 impl NodeIdentity {
-    /// A new identity for a node starting now.
-    pub fn new() -> Self {
+    /// A new identity for a node starting now, running delivery workers or not.
+    pub fn new(delivers: bool) -> Self {
         Self {
             id: NodeId::new(),
             name: crate::telemetry::node_name(),
             started_at: Timestamp::now(),
-            live_nodes: AtomicU32::new(1),
+            delivers,
+            delivering_nodes: AtomicU32::new(1),
         }
     }
 
-    /// The live nodes of the registry at this node's last heartbeat, itself included
-    /// (1 until it has looked): they share each channel's `rate_limit`.
-    pub fn live_nodes(&self) -> u32 {
-        self.live_nodes.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for NodeIdentity {
-    fn default() -> Self {
-        Self::new()
+    /// The live nodes of the registry that deliver, at this node's last heartbeat
+    /// (at least 1, and 1 until it has looked): they share each channel's
+    /// `rate_limit`. Nodes serving the API alone take no share.
+    pub fn delivering_nodes(&self) -> u32 {
+        self.delivering_nodes.load(Ordering::Relaxed)
     }
 }
 
@@ -81,7 +80,7 @@ pub async fn run_heartbeat(
         }
         let now = Timestamp::now();
         match store
-            .heartbeat_node(node.id, &node.name, node.started_at, now)
+            .heartbeat_node(node.id, &node.name, node.started_at, node.delivers, now)
             .await
         {
             Ok(true) if !first => tracing::warn!(
@@ -111,9 +110,12 @@ pub async fn run_heartbeat(
         }
         match store.live_nodes(stale_before(now, interval)).await {
             Ok(live) => {
-                let count = u32::try_from(live.len()).unwrap_or(u32::MAX).max(1);
-                node.live_nodes.store(count, Ordering::Relaxed);
-                metrics::gauge!(crate::metrics::NODES_LIVE).set(f64::from(count));
+                let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+                let delivering = count(live.iter().filter(|n| n.delivers).count());
+                node.delivering_nodes
+                    .store(delivering.max(1), Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::NODES_LIVE).set(f64::from(count(live.len())));
+                metrics::gauge!(crate::metrics::NODES_DELIVERING).set(f64::from(delivering));
             }
             Err(e) => tracing::warn!(error = %e, "cannot count the live nodes"),
         }

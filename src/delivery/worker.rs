@@ -272,7 +272,7 @@ impl DeliveryEngine {
         // with no attempt counted.
         if let Ok(context) = &loaded {
             let channel = &context.channel;
-            let nodes = self.node.live_nodes();
+            let nodes = self.node.delivering_nodes();
             if let Some(wait) = self.throttle.admit(channel.id, channel.rate_limit(), nodes) {
                 let due = Timestamp::now().plus(wait);
                 if let Err(e) = self.store.defer_delivery(delivery.id, lease, due).await {

@@ -114,7 +114,7 @@ impl AppState {
             connections: Arc::new(ConnectionLimits::new(&config)),
             admin: Arc::new(admin),
             waker,
-            node: Arc::new(NodeIdentity::new()),
+            node: Arc::new(NodeIdentity::new(config.delivery_enabled)),
             config: Arc::new(config),
             store,
             adapters,

@@ -17,6 +17,8 @@ pub struct NodeRow {
     pub name: String,
     pub started_at: Timestamp,
     pub heartbeat_at: Timestamp,
+    /// Whether it runs delivery workers, and so takes a share of rate limits.
+    pub delivers: bool,
 }
 
 /// What giving back the leases of dead nodes did.
@@ -30,18 +32,20 @@ pub struct Reaped {
 
 impl Store {
     /// Writes `node`'s heartbeat: its row, created when missing (the node is new, or
-    /// was taken for dead while it could not reach the database). Returns whether
-    /// the row had to be created.
+    /// was taken for dead while it could not reach the database), saying whether it
+    /// `delivers`. Returns whether the row had to be created.
     pub async fn heartbeat_node(
         &self,
         node: NodeId,
         name: &str,
         started_at: Timestamp,
+        delivers: bool,
         now: Timestamp,
     ) -> StoreResult<bool> {
         const REFRESH: &str = "UPDATE nodes SET heartbeat_at = $2 WHERE id = $1";
-        const INSERT: &str = "INSERT INTO nodes (id, name, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at";
+        const INSERT: &str = "INSERT INTO nodes (id, name, started_at, heartbeat_at, delivers) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at";
         let refreshed = writer!(self, |pool| {
             sqlx::query(REFRESH)
                 .bind(node)
@@ -59,6 +63,7 @@ impl Store {
                 .bind(name)
                 .bind(started_at)
                 .bind(now)
+                .bind(delivers)
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())
@@ -120,7 +125,7 @@ impl Store {
 
     /// The nodes whose heartbeat is not older than `since`, oldest first.
     pub async fn live_nodes(&self, since: Timestamp) -> StoreResult<Vec<NodeRow>> {
-        const SQL: &str = "SELECT id, name, started_at, heartbeat_at FROM nodes \
+        const SQL: &str = "SELECT id, name, started_at, heartbeat_at, delivers FROM nodes \
              WHERE heartbeat_at >= $1 ORDER BY started_at, id";
         Ok(reader!(self, |pool| sqlx::query_as(SQL)
             .bind(since)

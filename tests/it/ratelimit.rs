@@ -19,7 +19,10 @@ both_backends!(
     one_node_keeps_a_channel_within_its_rate_limit,
     retry_after_holds_back_the_whole_channel
 );
-postgres_only!(two_nodes_share_a_channels_rate_limit);
+postgres_only!(
+    two_nodes_share_a_channels_rate_limit,
+    an_api_only_node_takes_no_share
+);
 
 /// The most arrivals within any `window`.
 fn busiest(arrivals: &[Instant], window: Duration) -> usize {
@@ -79,22 +82,32 @@ async fn post_many(
 }
 
 /// Every delivery of `channel` was delivered in one attempt: a delivery held back by
-/// the limit used none up.
+/// the limit used none up. Waits for the outcomes to be recorded first: a sink sees
+/// a request before its node records the answer.
 async fn all_delivered_once(app_store: &converger::store::Store, count: usize) {
-    let rows: Vec<(String, i32)> = match app_store {
-        converger::store::Store::Postgres(pool, _) => {
-            sqlx::query_as("SELECT status, attempts FROM deliveries")
-                .fetch_all(pool)
-                .await
-                .unwrap()
-        }
-        converger::store::Store::Sqlite { reader, .. } => {
-            sqlx::query_as("SELECT status, attempts FROM deliveries")
-                .fetch_all(reader)
-                .await
-                .unwrap()
-        }
+    let read = || async {
+        let sql = "SELECT status, attempts FROM deliveries";
+        let rows: Vec<(String, i32)> = match app_store {
+            converger::store::Store::Postgres(pool, _) => {
+                sqlx::query_as(sql).fetch_all(pool).await.unwrap()
+            }
+            converger::store::Store::Sqlite { reader, .. } => {
+                sqlx::query_as(sql).fetch_all(reader).await.unwrap()
+            }
+        };
+        rows
     };
+    let rows = eventually(
+        Duration::from_secs(10),
+        "every outcome recorded",
+        || async {
+            let rows = read().await;
+            rows.iter()
+                .all(|(status, _)| status != "pending")
+                .then_some(rows)
+        },
+    )
+    .await;
     assert_eq!(rows.len(), count);
     assert!(
         rows.iter()
@@ -169,7 +182,8 @@ async fn retry_after_holds_back_the_whole_channel(backend: Backend) {
     let first = sink.wait_for(1, Duration::from_secs(30)).await[0].at;
     // Posted after the 429: without the channel-wide pause they would go at once.
     post_many(&app.http, &app.base, &app.api_key, s(&channel, "id"), 3).await;
-    let received = sink.wait_for(5, Duration::from_secs(30)).await;
+    // The 429'd delivery itself comes back on the retry schedule, 30 s after the 429.
+    let received = sink.wait_for(5, Duration::from_secs(60)).await;
     for r in &received[1..] {
         assert!(
             r.at - first >= Duration::from_millis(2_500),
@@ -245,20 +259,71 @@ async fn two_nodes_share_a_channels_rate_limit(backend: Backend) {
         *per_id.entry(r.header("webhook-id").to_owned()).or_default() += 1;
     }
     assert_eq!(per_id.len(), 16);
+    all_delivered_once(&store, 16).await;
+    drop((first, second));
+    store.close().await;
+}
+
+/// A node that runs no delivery workers counts as live but takes no share of a
+/// limit: the delivering node alone uses all of it.
+async fn an_api_only_node_takes_no_share(backend: Backend) {
+    let (_db, url, store, key) = TestDb::with_tenant(backend).await;
+    let http = reqwest::Client::new();
+    let sink = Sink::start().await;
+    let beat = ("CONVERGER_NODE_HEARTBEAT_SECS", "1");
+    let worker = Node::start_with(&url, &[beat], Stdio::null());
+    let api = Node::start_with(
+        &url,
+        &[beat, ("CONVERGER_DELIVERY_ENABLED", "false")],
+        Stdio::null(),
+    );
+    worker.ready(&http).await;
+    api.ready(&http).await;
     eventually(
         Duration::from_secs(10),
-        "every outcome recorded",
+        "the worker to count two live nodes, one delivering",
         || async {
-            let (n,): (i64,) =
-                sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'")
-                    .fetch_one(store.pg_pool()?)
-                    .await
-                    .ok()?;
-            (n == 16).then_some(())
+            let text = http
+                .get(format!("{}/metrics", worker.base))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let has = |line: &str| text.lines().any(|l| l == line);
+            (has("converger_nodes_live 2") && has("converger_nodes_delivering 1")).then_some(())
         },
     )
     .await;
-    all_delivered_once(&store, 16).await;
-    drop((first, second));
+    let channel = expect_data(
+        http.post(format!("{}/api/v1/channels", api.base))
+            .header("x-api-key", &key)
+            .json(&json!({"name": "limited", "type": "webhook",
+                "config": {"url": sink.url, "ordering": "none", "rate_limit": "4/s"}}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await;
+    post_many(&http, &api.base, &key, s(&channel, "id"), 12).await;
+    let received = sink.wait_for(12, Duration::from_secs(60)).await;
+    let mut at = arrivals(&received);
+    at.sort();
+    // 4/s from one node: one every 250 ms, never faster. Had the API node taken half
+    // the limit, no two would come closer than 500 ms.
+    let mut gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    assert!(
+        busiest(&at, Duration::from_secs(1)) <= 5,
+        "more than 4/s: {gaps:?}"
+    );
+    assert!(
+        gaps[gaps.len() / 2] < Duration::from_millis(450),
+        "the delivering node used half the limit: {gaps:?}"
+    );
+    all_delivered_once(&store, 12).await;
+    drop((worker, api));
     store.close().await;
 }
