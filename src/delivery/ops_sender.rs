@@ -55,6 +55,11 @@ pub async fn run_ops_sender(
             let now = Timestamp::now();
             let due = match store.claim_ops_events(now, now.plus(LEASE), BATCH).await {
                 Ok(due) => due,
+                // An outage is logged once, by the store's availability probe.
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::debug!(error = %e, "cannot claim operational events; will retry");
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim operational events; will retry");
                     break;

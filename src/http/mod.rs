@@ -26,8 +26,9 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -227,12 +228,25 @@ pub fn router(
                 })
                 // One line per request at INFO: the access log, with the request id.
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
-                // A 5xx is not always an error of this node (`/ready` while draining, a
-                // database away); internal errors log themselves at ERROR.
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+                // A 5xx is not always an error of this node; internal errors log
+                // themselves at ERROR.
+                .on_failure(log_failure),
         )
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// A 5xx answer, at WARN; but not a 503, which says the node is draining or its
+/// database is out of reach: each of those is logged once where it starts, and an
+/// outage would otherwise log a warning per request on top of the access log.
+fn log_failure(class: ServerErrorsFailureClass, latency: std::time::Duration, _: &tracing::Span) {
+    if matches!(
+        class,
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE)
+    ) {
+        return;
+    }
+    tracing::warn!(classification = %class, latency_ms = latency.as_millis(), "response failed");
 }
 
 /// Refuses requests that need the database at once while it is known to be out of

@@ -36,10 +36,11 @@ async fn a_database_outage_is_refused_fast_and_costs_no_attempt(backend: Backend
     let sink = Sink::start().await;
     // Long enough for the attempts in flight to end while the database is away.
     sink.always(Reply::status(200).delay(Duration::from_secs(2)));
+    let log = tempfile::NamedTempFile::new().unwrap();
     let node = Node::start_with(
         proxied.as_str(),
         &[("CONVERGER_DELIVERY_LEASE_SECS", "90")],
-        Stdio::null(),
+        Stdio::from(log.reopen().unwrap()),
     );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -168,6 +169,19 @@ async fn a_database_outage_is_refused_fast_and_costs_no_attempt(backend: Backend
     .await
     .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    drop(node);
+    // The outage was logged once, not once per refused request nor per look at the
+    // queue of operational events. The node is stopped first, so its log is all
+    // written.
+    let mut node = node;
+    node.terminate();
+    node.exited(Duration::from_secs(30)).await;
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(
+        logged.matches("the database is unreachable").count(),
+        1,
+        "{logged}"
+    );
+    assert!(!logged.contains("response failed"), "{logged}");
+    assert!(!logged.contains("operational events"), "{logged}");
     store.close().await;
 }
