@@ -16,8 +16,9 @@ use super::backoff::next_delay;
 
 /// An operator's retry of a delivery: a failed one queued again, a pending one waiting
 /// for its next attempt made due; either is due now with a fresh budget of
-/// [`MAX_ATTEMPTS`](super::MAX_ATTEMPTS) attempts, numbered on from its last one. The
-/// workers are woken after the commit.
+/// [`MAX_ATTEMPTS`](super::MAX_ATTEMPTS) attempts, numbered on from its last one. An
+/// open breaker of its channel probes now rather than at the end of its cool-down.
+/// The workers are woken after the commit.
 ///
 /// # Errors
 /// `NotFound` when the tenant has no delivery with this id that is failed, or pending
@@ -28,9 +29,15 @@ pub async fn retry_now(
     tenant_id: TenantId,
     id: DeliveryId,
 ) -> StoreResult<Delivery> {
-    let delivery = store
-        .retry_delivery(tenant_id, id, Timestamp::now())
-        .await?;
+    let now = Timestamp::now();
+    let delivery = store.retry_delivery(tenant_id, id, now).await?;
+    // Held behind an open breaker, it would wait for the cool-down: the receiver is
+    // probed now instead (the probe may be another delivery of the channel first in
+    // line; this one follows once it succeeds).
+    if store.end_cooldown(delivery.channel_id, now).await? {
+        tracing::info!(delivery_id = %id, channel_id = %delivery.channel_id,
+            "retried behind an open breaker: the breaker probes now");
+    }
     waker.wake();
     Ok(delivery)
 }
@@ -41,7 +48,8 @@ pub const REPLAY_BATCH: i64 = 1000;
 /// An operator's replay of a tenant's channel's failed deliveries, those of activities
 /// created in `[since, until)` (unbounded where `None`): each is queued again as by
 /// [`retry_now`], in order of id, `batch` rows per transaction so that no replay holds
-/// a long one; the workers are woken after each. Returns how many were requeued.
+/// a long one; the workers are woken after each. An open breaker of the channel probes
+/// now. Returns how many were requeued.
 ///
 /// # Errors
 /// Database failures; the batches committed before one stay committed.
@@ -77,6 +85,9 @@ pub async fn replay_failed(
             waker.wake();
         }
         if n < batch as u64 {
+            if total > 0 && store.end_cooldown(channel_id, Timestamp::now()).await? {
+                tracing::info!(%channel_id, "replayed behind an open breaker: the breaker probes now");
+            }
             return Ok(total);
         }
         after = last;

@@ -116,7 +116,8 @@ impl Store {
         stored.into_iter().map(|c| self.sealer().open(c)).collect()
     }
 
-    /// Applies an update to one channel of a tenant.
+    /// Applies an update to one channel of a tenant. A new config ends an open
+    /// breaker's cool-down ([`Store::end_cooldown`]).
     ///
     /// A config whose `ordering` differs from the channel's moves the head flags of its
     /// pending deliveries in the same transaction (`heads.rs`): with `none` every one
@@ -179,6 +180,12 @@ impl Store {
             stored
         });
         self.cache().invalidate();
+        // A new config deserves a probe now, not at the end of an open breaker's
+        // cool-down. Its own statement: health rows are locked before delivery rows,
+        // and the transaction above moved delivery rows.
+        if update.config.is_some() && self.end_cooldown(id, Timestamp::now()).await? {
+            tracing::info!(channel_id = %id, "config changed: the open breaker probes now");
+        }
         self.sealer().open(stored)
     }
 }

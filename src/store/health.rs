@@ -444,6 +444,26 @@ impl Store {
         Ok(transitions)
     }
 
+    /// Ends the cool-down of a channel's open breaker now, so that the next look for
+    /// cooled-down breakers ([`Store::release_probes`], within a poll interval) lets
+    /// its probe through: after its config changed or an operator retried one of its
+    /// deliveries, the receiver is tried again at once rather than at the end of a
+    /// cool-down of up to an hour. Still one probe: its failure reopens the breaker as
+    /// any other's. Returns whether the breaker was open and cooling down.
+    pub async fn end_cooldown(&self, channel_id: ChannelId, now: Timestamp) -> StoreResult<bool> {
+        const SQL: &str = "UPDATE channel_health SET open_until = $2 \
+             WHERE channel_id = $1 AND open_until > $2";
+        let ended = writer!(self, |pool| {
+            sqlx::query(SQL)
+                .bind(channel_id)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        })?;
+        Ok(ended > 0)
+    }
+
     /// Lets one delivery through on every channel whose breaker's cool-down has ended
     /// and that has no probe on its way (half-open): the first due head not leased,
     /// released and due at once. Each channel is its own transaction, under its

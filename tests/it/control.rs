@@ -27,6 +27,7 @@ both_backends!(
     held_rows_written_in_a_race_are_held_again,
     the_next_head_of_a_paused_channel_is_held_too,
     health_is_reported_per_channel_and_tenant,
+    a_new_config_or_a_retry_probes_an_open_breaker_at_once,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -742,4 +743,69 @@ async fn health_is_reported_per_channel_and_tenant(backend: Backend) {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
     assert_eq!(health(&app, &channel).await["state"], "healthy");
+}
+
+/// An operator who fixed a receiver does not wait out the breaker's cool-down: a
+/// config change, or a retry of a waiting delivery, lets the probe through at once.
+async fn a_new_config_or_a_retry_probes_an_open_breaker_at_once(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.delivery_backoff_scale = 0.0001;
+        c.breaker_failures = 2;
+        c.breaker_cooldown_secs = LONG_COOLDOWN;
+        c.breaker_max_cooldown_secs = 4 * LONG_COOLDOWN;
+    })
+    .await;
+    let broken = Sink::start().await;
+    broken.always(Reply::status(500));
+    let (channel, conv) = channel_to(&app, &broken, json!({})).await;
+    let open = || async {
+        eventually(WAIT, "the breaker to open", || async {
+            (health(&app, &channel).await["state"] == "open").then_some(())
+        })
+        .await
+    };
+
+    // The receiver moves; the tenant points the channel at it.
+    let first = post(&app, &conv, "first").await;
+    open().await;
+    let fixed = Sink::start().await;
+    let resp = app
+        .req(
+            Method::PATCH,
+            &format!("/api/v1/channels/{}", s(&channel, "id")),
+        )
+        .json(&json!({"config": {"url": fixed.url}}))
+        .send()
+        .await
+        .unwrap();
+    expect_data(resp, StatusCode::OK).await;
+    let d = delivered(&app, &first).await;
+    assert_eq!(d.attempts, 3, "two failures, then the probe to the new URL");
+    assert_eq!(fixed.received().len(), 1);
+    eventually(WAIT, "the probe's success to close the breaker", || async {
+        (health(&app, &channel).await["state"] == "healthy").then_some(())
+    })
+    .await;
+
+    // It breaks again; once it is fixed, retrying the waiting delivery probes now.
+    fixed.always(Reply::status(500));
+    let second = post(&app, &conv, "second").await;
+    open().await;
+    fixed.always(Reply::status(200));
+    let waiting = delivery_of(&app, &second).await;
+    let resp = app
+        .req(
+            Method::POST,
+            &format!("/api/v1/deliveries/{}/retry", waiting.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_data(resp, StatusCode::OK).await;
+    let d = delivered(&app, &second).await;
+    assert_eq!(d.attempts, 3);
+    eventually(WAIT, "the breaker to close again", || async {
+        (health(&app, &channel).await["breaker"] == "closed").then_some(())
+    })
+    .await;
 }
