@@ -5,13 +5,16 @@
 //! The feed reads the `ops_events` table, which every node writes, once a second
 //! while a dashboard is open: an event written on another node reaches this one's
 //! dashboards without a message bus. Rows are picked by time with a margin and sent
-//! once each, so one committed a little after a later one is not missed.
+//! once each, so one committed a little after a later one is not missed. The feed is
+//! for display: each look sends at most the newest [`BATCH`] of the last minute, and
+//! the list at `GET /api/v1/ops-events` is the record.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -109,8 +112,16 @@ pub async fn recent(state: &AppState) -> StoreResult<Vec<OpsRow>> {
 /// written from now on as a JSON text frame `{"event": "ops_event", "payload": row}`.
 pub async fn socket(
     State(state): State<AppState>,
+    headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    if !same_origin(&headers, &state.config.public_url) {
+        return ApiError::forbidden(
+            "csrf_rejected",
+            "the admin feed opens only from the admin panel's own origin",
+        )
+        .into_response();
+    }
     match upgrade {
         Ok(upgrade) => {
             let tasks = state.tasks.clone();
@@ -118,6 +129,39 @@ pub async fn socket(
         }
         Err(rejection) => ApiError::websocket_required(&rejection.body_text()).into_response(),
     }
+}
+
+/// Whether a handshake comes from the panel's own pages. Browsers let any page open a
+/// WebSocket to any address and send the cookies of that address, so without this
+/// check a page on another site, in the operator's browser, could read the feed;
+/// they always send `Origin`, which must then name the host the request was sent to
+/// or the public URL. Clients other than browsers send none, and pass on the guard
+/// alone.
+fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let authority = |url: &url::Url| {
+        let host = url.host_str()?.to_ascii_lowercase();
+        Some(match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        })
+    };
+    let Some(origin) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| url::Url::parse(o).ok())
+        .and_then(|o| authority(&o))
+    else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let public = url::Url::parse(public_url).ok().and_then(|u| authority(&u));
+    host.as_deref() == Some(origin.as_str()) || public.as_deref() == Some(origin.as_str())
 }
 
 async fn feed(mut socket: WebSocket, state: AppState) {

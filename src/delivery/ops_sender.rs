@@ -112,7 +112,12 @@ async fn send(store: &Store, http: &EgressClient, event: OpsEvent, lease: Timest
         Err(Failure::Permanent(message)) => OpsAttemptEnd::Failed { error: message },
         Err(Failure::Store(e)) => {
             // Not the webhook's fault: the lease runs out and the event is tried again.
-            tracing::warn!(event = %event.id, error = %e, "cannot send an operational event");
+            // An outage is logged once, by the store's availability probe.
+            if matches!(e, StoreError::Unavailable(_)) {
+                tracing::debug!(event = %event.id, error = %e, "cannot send an operational event");
+            } else {
+                tracing::warn!(event = %event.id, error = %e, "cannot send an operational event");
+            }
             return;
         }
     };
@@ -153,6 +158,13 @@ async fn attempt(store: &Store, http: &EgressClient, event: &OpsEvent) -> Result
             return Err(Failure::Permanent(
                 "the tenant has no ops webhook any more".into(),
             ));
+        }
+        // A channel that cannot be opened (its secret sealed with a key no longer
+        // configured) stays so: trying again every lease would never end.
+        Err(e @ (StoreError::Secret { .. } | StoreError::Config(_))) => {
+            return Err(Failure::Permanent(format!(
+                "the ops webhook's channel cannot be read: {e}"
+            )));
         }
         Err(e) => return Err(Failure::Store(e)),
     };

@@ -34,10 +34,9 @@ pub async fn retry_now(
     // Held behind an open breaker, it would wait for the cool-down: the receiver is
     // probed now instead (the probe may be another delivery of the channel first in
     // line; this one follows once it succeeds).
-    if store.end_cooldown(delivery.channel_id, now).await? {
-        tracing::info!(delivery_id = %id, channel_id = %delivery.channel_id,
-            "retried behind an open breaker: the breaker probes now");
-    }
+    store
+        .probe_soon(delivery.channel_id, "delivery retried")
+        .await;
     waker.wake();
     Ok(delivery)
 }
@@ -85,8 +84,10 @@ pub async fn replay_failed(
             waker.wake();
         }
         if n < batch as u64 {
-            if total > 0 && store.end_cooldown(channel_id, Timestamp::now()).await? {
-                tracing::info!(%channel_id, "replayed behind an open breaker: the breaker probes now");
+            if total > 0 {
+                store
+                    .probe_soon(channel_id, "failed deliveries replayed")
+                    .await;
             }
             return Ok(total);
         }

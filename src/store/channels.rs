@@ -183,8 +183,8 @@ impl Store {
         // A new config deserves a probe now, not at the end of an open breaker's
         // cool-down. Its own statement: health rows are locked before delivery rows,
         // and the transaction above moved delivery rows.
-        if update.config.is_some() && self.end_cooldown(id, Timestamp::now()).await? {
-            tracing::info!(channel_id = %id, "config changed: the open breaker probes now");
+        if update.config.is_some() {
+            self.probe_soon(id, "config changed").await;
         }
         self.sealer().open(stored)
     }

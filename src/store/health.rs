@@ -464,6 +464,18 @@ impl Store {
         Ok(ended > 0)
     }
 
+    /// [`Store::end_cooldown`] after a change that has already committed (`why`, for
+    /// the log): a failure is logged, not returned, and the breaker then probes at the
+    /// end of its cool-down, as it would have anyway.
+    pub async fn probe_soon(&self, channel_id: ChannelId, why: &str) {
+        match self.end_cooldown(channel_id, Timestamp::now()).await {
+            Ok(true) => tracing::info!(%channel_id, "{why}: the open breaker probes now"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%channel_id, error = %e,
+                "{why}, but the open breaker's cool-down could not be ended; it probes when it ends"),
+        }
+    }
+
     /// Lets one delivery through on every channel whose breaker's cool-down has ended
     /// and that has no probe on its way (half-open): the first due head not leased,
     /// released and due at once. Each channel is its own transaction, under its

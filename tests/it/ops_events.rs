@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::common::node::Node;
 use crate::common::sink::{Received, Reply, Sink};
@@ -353,8 +354,10 @@ async fn ops_webhooks_and_events_stay_within_their_tenant(backend: Backend) {
         replacement["id"]
     );
 
-    // Their pause is theirs alone: listed for them, sent nowhere of ours. Ours, which
-    // comes after, is the one thing our webhook receives.
+    // Their pause is theirs alone: listed for them and sent to their webhook, never
+    // to ours. Ours, which comes after, is the one thing our webhook receives.
+    let their_sink = Sink::start().await;
+    let their_ops = ops_webhook_to(&app, &other_key, &their_sink).await;
     let resp = app
         .with_key(
             &other_key,
@@ -380,6 +383,10 @@ async fn ops_webhooks_and_events_stay_within_their_tenant(backend: Backend) {
     let body = verified(&received[0], &replacement);
     assert_eq!(body["data"]["channel_id"], ours["id"]);
     assert_eq!(body["tenant_id"], app.tenant_id.to_string());
+    let theirs_received = their_sink.wait_for(1, WAIT).await;
+    let body = verified(&theirs_received[0], &their_ops);
+    assert_eq!(body["data"]["channel_id"], theirs["id"]);
+    assert_ne!(body["tenant_id"], app.tenant_id.to_string());
 
     let resp = app
         .req(Method::DELETE, "/api/v1/ops-webhook")
@@ -394,6 +401,7 @@ async fn ops_webhooks_and_events_stay_within_their_tenant(backend: Backend) {
         .unwrap();
     expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
     assert_eq!(sink.received().len(), 1, "{:?}", sink.received());
+    assert_eq!(their_sink.received().len(), 1);
 }
 
 async fn the_admin_dashboard_shows_every_tenants_events_live(backend: Backend) {
@@ -472,6 +480,26 @@ async fn the_admin_feed_is_behind_the_admin_guard(backend: Backend) {
         "{}/admin/ops-events/socket",
         app.base.replacen("http", "ws", 1)
     );
+    // A page of another site cannot open it from the operator's browser, which would
+    // send the session cookie along.
+    let app_open = TestApp::start(backend).await;
+    let ws_open = format!(
+        "{}/admin/ops-events/socket",
+        app_open.base.replacen("http", "ws", 1)
+    );
+    let mut foreign = ws_open.as_str().into_client_request().unwrap();
+    foreign
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    let (status, body) = crate::common::socket::refusal(foreign).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "csrf_rejected", "{body}");
+    let mut own = ws_open.as_str().into_client_request().unwrap();
+    let origin = app_open.base.clone();
+    own.headers_mut().insert("origin", origin.parse().unwrap());
+    tokio_tungstenite::connect_async(own)
+        .await
+        .expect("the panel's own pages open the feed");
     // Without a session the handshake is sent to the login page, as any admin page.
     assert_eq!(crate::common::socket::refused(ws.as_str()).await, 303);
     let app = TestApp::start_with(backend, |c| {
