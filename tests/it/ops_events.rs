@@ -46,6 +46,12 @@ async fn ops_webhook_to(app: &TestApp, key: &str, sink: &Sink) -> Value {
     channel
 }
 
+/// `method path` as the app's tenant, refused with `status` and `code`.
+async fn refused_with(app: &TestApp, method: Method, path: &str, status: StatusCode, code: &str) {
+    let resp = app.req(method, path).send().await.unwrap();
+    expect_error(resp, status, code).await;
+}
+
 async fn events(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
     let resp = app
         .with_key(key, Method::GET, &format!("/api/v1/ops-events{query}"))
@@ -202,18 +208,22 @@ async fn pause_and_resume_are_reported_and_listed_without_a_webhook(backend: Bac
     assert_eq!(rest[0]["id"], listed[1]["id"]);
 
     // Bad queries are refused with their codes.
-    let resp = app
-        .req(Method::GET, "/api/v1/ops-events?type=channel.exploded")
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, StatusCode::BAD_REQUEST, "invalid_query").await;
-    let resp = app
-        .req(Method::GET, "/api/v1/ops-events?cursor=nope")
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, StatusCode::BAD_REQUEST, "invalid_query").await;
+    refused_with(
+        &app,
+        Method::GET,
+        "/api/v1/ops-events?type=channel.exploded",
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    refused_with(
+        &app,
+        Method::GET,
+        "/api/v1/ops-events?cursor=nope",
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
 }
 
 async fn the_ops_webhook_is_retried_then_given_up_without_feeding_itself(backend: Backend) {
@@ -292,18 +302,22 @@ async fn ops_webhooks_and_events_stay_within_their_tenant(backend: Backend) {
     let sink = Sink::start().await;
 
     // Neither GET nor DELETE finds a webhook that was never set.
-    let resp = app
-        .req(Method::GET, "/api/v1/ops-webhook")
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
-    let resp = app
-        .req(Method::DELETE, "/api/v1/ops-webhook")
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+    refused_with(
+        &app,
+        Method::GET,
+        "/api/v1/ops-webhook",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    refused_with(
+        &app,
+        Method::DELETE,
+        "/api/v1/ops-webhook",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
 
     // Another tenant's channel is not found; a channel of another type is refused.
     let theirs = app
@@ -394,12 +408,14 @@ async fn ops_webhooks_and_events_stay_within_their_tenant(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let resp = app
-        .req(Method::GET, "/api/v1/ops-webhook")
-        .send()
-        .await
-        .unwrap();
-    expect_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+    refused_with(
+        &app,
+        Method::GET,
+        "/api/v1/ops-webhook",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     assert_eq!(sink.received().len(), 1, "{:?}", sink.received());
     assert_eq!(their_sink.received().len(), 1);
 }

@@ -81,6 +81,21 @@ async fn post_many(
     ids
 }
 
+/// An unordered webhook channel to `sink` limited to 4/s, created through `base`.
+async fn limited_channel(http: &reqwest::Client, base: &str, key: &str, sink: &Sink) -> Value {
+    expect_data(
+        http.post(format!("{base}/api/v1/channels"))
+            .header("x-api-key", key)
+            .json(&json!({"name": "limited", "type": "webhook",
+                "config": {"url": sink.url, "ordering": "none", "rate_limit": "4/s"}}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::CREATED,
+    )
+    .await
+}
+
 /// Every delivery of `channel` was delivered in one attempt: a delivery held back by
 /// the limit used none up. Waits for the outcomes to be recorded first: a sink sees
 /// a request before its node records the answer.
@@ -229,17 +244,7 @@ async fn two_nodes_share_a_channels_rate_limit(backend: Backend) {
         )
         .await;
     }
-    let channel = expect_data(
-        http.post(format!("{}/api/v1/channels", first.base))
-            .header("x-api-key", &key)
-            .json(&json!({"name": "limited", "type": "webhook",
-                "config": {"url": sink.url, "ordering": "none", "rate_limit": "4/s"}}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let channel = limited_channel(&http, &first.base, &key, &sink).await;
     post_many(&http, &first.base, &key, s(&channel, "id"), 8).await;
     post_many(&http, &second.base, &key, s(&channel, "id"), 8).await;
     let received = sink.wait_for(16, Duration::from_secs(60)).await;
@@ -296,17 +301,7 @@ async fn an_api_only_node_takes_no_share(backend: Backend) {
         },
     )
     .await;
-    let channel = expect_data(
-        http.post(format!("{}/api/v1/channels", api.base))
-            .header("x-api-key", &key)
-            .json(&json!({"name": "limited", "type": "webhook",
-                "config": {"url": sink.url, "ordering": "none", "rate_limit": "4/s"}}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::CREATED,
-    )
-    .await;
+    let channel = limited_channel(&http, &api.base, &key, &sink).await;
     post_many(&http, &api.base, &key, s(&channel, "id"), 12).await;
     let received = sink.wait_for(12, Duration::from_secs(60)).await;
     let mut at = arrivals(&received);
